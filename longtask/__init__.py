@@ -1,0 +1,32 @@
+"""longtask: durable long-running work for Django.
+
+The public API is importable from here once Django is set up::
+
+    import longtask
+
+    task = longtask.start("report", {"month": "2026-10"}, owner=request.user)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["Download", "InvalidParameters", "Kind", "UnknownKind", "register", "start"]
+
+_LAZY = {
+    "start": "longtask.api",
+    "Kind": "longtask.kinds",
+    "Download": "longtask.kinds",
+    "register": "longtask.kinds",
+    "InvalidParameters": "longtask.exceptions",
+    "UnknownKind": "longtask.exceptions",
+}
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so that listing "longtask" in INSTALLED_APPS does not import models early.
+    if name in _LAZY:
+        from importlib import import_module
+
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'longtask' has no attribute {name!r}")

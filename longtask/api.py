@@ -1,0 +1,59 @@
+"""Starting tasks: the one entry point shared by the web, the CLI and Python callers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from django.db import IntegrityError, transaction
+
+from longtask.conf import settings
+from longtask.kinds import Kind, registry
+from longtask.models import LongTask
+
+logger = logging.getLogger("longtask")
+
+
+def start(
+    kind: str | Kind,
+    params: Mapping[str, Any] | None = None,
+    *,
+    owner: Any = None,
+    name: str | None = None,
+    queue: str | None = None,
+) -> LongTask:
+    """Validate ``params``, save a LongTask and queue it once the transaction commits.
+
+    Raises ``UnknownKind`` or ``InvalidParameters``; nothing is saved then. With a
+    ``name`` that a task already has, that task is returned and nothing is started.
+    """
+    kind = registry.get(kind) if isinstance(kind, str) else kind
+    parameters = kind.clean_parameters(params or {})
+    if name and (existing := LongTask.objects.filter(name=name).first()) is not None:
+        return existing
+    if owner is not None and not owner.is_authenticated:
+        owner = None
+    try:
+        with transaction.atomic():
+            task = LongTask.objects.create(
+                kind=kind.name,
+                parameters=parameters,
+                owner=owner,
+                name=name or None,
+                queue=queue or kind.queue or settings.DEFAULT_QUEUE,
+            )
+            transaction.on_commit(lambda: enqueue(task))
+    except IntegrityError:
+        if name:  # lost a race with a concurrent start under the same name
+            return LongTask.objects.get(name=name)
+        raise
+    logger.info("LongTask id=%s kind=%s status=%s", task.pk, task.kind, task.status)
+    return task
+
+
+def enqueue(task: LongTask) -> None:
+    """Hand a saved task to the django-q2 workers."""
+    from django_q.tasks import async_task
+
+    async_task("longtask.jobs.run_task", str(task.pk), task_name=f"longtask-{task.pk}")

@@ -1,0 +1,14 @@
+from __future__ import annotations
+
+from django.apps import AppConfig
+from django.utils.module_loading import autodiscover_modules
+
+
+class LongtaskConfig(AppConfig):
+    name = "longtask"
+    verbose_name = "Long tasks"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        # Like admin.py: every installed app's longtasks.py registers its kinds.
+        autodiscover_modules("longtasks")

@@ -1,0 +1,38 @@
+"""Exceptions raised by longtask."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from django.core.exceptions import ImproperlyConfigured
+
+if TYPE_CHECKING:
+    from django import forms
+
+
+class LongTaskError(Exception):
+    """Base class of longtask's errors; do not raise directly."""
+
+
+class UnknownKind(LongTaskError, LookupError):
+    """No kind is registered under this name."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"unknown task kind {name!r}")
+        self.name = name
+
+
+class InvalidParameters(LongTaskError, ValueError):
+    """The parameters do not pass the kind's form; ``form`` holds the errors."""
+
+    def __init__(self, form: forms.Form) -> None:
+        self.form = form
+        errors = "; ".join(
+            f"{field}: {' '.join(messages)}" if field != "__all__" else " ".join(messages)
+            for field, messages in form.errors.items()
+        )
+        super().__init__(f"invalid parameters: {errors}")
+
+
+class KindConfigurationError(LongTaskError, ImproperlyConfigured):
+    """A kind is declared wrongly (no name, a name used twice, ...)."""

@@ -1,0 +1,113 @@
+"""Kinds: the named pieces of work a LongTask can run, and their registry."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from django import forms
+from django.core.serializers.json import DjangoJSONEncoder
+from django.template.loader import render_to_string
+from django.utils.safestring import SafeString
+
+from longtask.exceptions import InvalidParameters, KindConfigurationError, UnknownKind
+
+if TYPE_CHECKING:
+    from longtask.models import LongTask
+
+
+@dataclass(frozen=True)
+class Download:
+    """A result offered as a file."""
+
+    filename: str
+    content_type: str
+    content: bytes | str
+
+
+class Kind:
+    """Base class of a kind of long task; subclass it and decorate with ``@register``."""
+
+    #: Registry name, used in URLs, the CLI and the ``kind`` column.
+    name: ClassVar[str] = ""
+    #: Human title on the start page.
+    title: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    #: Validates the parameters; bad parameters never reach a worker.
+    form_class: ClassVar[type[forms.Form]] = forms.Form
+    #: Position on the start page (lowest first).
+    order: ClassVar[int] = 100
+    #: Queue this kind runs on; ``None`` means the default queue.
+    queue: ClassVar[str | None] = None
+
+    def clean_parameters(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        """Validate ``data`` with the kind's form and return JSON-able parameters."""
+        form = self.form_class(data=data)
+        if not form.is_valid():
+            raise InvalidParameters(form)
+        return json.loads(json.dumps(form.cleaned_data, cls=DjangoJSONEncoder))
+
+    def run(self, task: LongTask, params: dict[str, Any]) -> Any:
+        """Do the work, calling ``task.progress(...)`` as it goes; return a JSON-able result."""
+        raise NotImplementedError
+
+    def display_result(self, task: LongTask) -> SafeString:
+        """Render the result as HTML for the status page."""
+        return render_to_string("longtask/result_default.html", {"task": task})
+
+    def download(self, task: LongTask) -> Download | None:
+        """Offer the result as a file, or return None for no download."""
+        return None
+
+    def offers_download(self, task: LongTask) -> bool:
+        """Say whether ``download`` is overridden, without building the file."""
+        return type(self).download is not Kind.download
+
+    def __repr__(self) -> str:
+        return f"<Kind {self.name}>"
+
+
+class KindRegistry:
+    """The kinds known to this process, by name."""
+
+    def __init__(self) -> None:
+        self._kinds: dict[str, Kind] = {}
+
+    def register(self, kind_class: type[Kind]) -> type[Kind]:
+        name = kind_class.name
+        if not name:
+            raise KindConfigurationError(f"{kind_class.__qualname__} has no name")
+        existing = self._kinds.get(name)
+        if existing is not None and type(existing).__qualname__ != kind_class.__qualname__:
+            raise KindConfigurationError(f"kind name {name!r} is used twice")
+        self._kinds[name] = kind_class()
+        return kind_class
+
+    def unregister(self, name: str) -> None:
+        self._kinds.pop(name, None)
+
+    def get(self, name: str) -> Kind:
+        try:
+            return self._kinds[name]
+        except KeyError:
+            raise UnknownKind(name) from None
+
+    def find(self, name: str) -> Kind | None:
+        """Return the kind registered as ``name``, or None (e.g. a kind since removed)."""
+        return self._kinds.get(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._kinds
+
+    def __iter__(self) -> Iterator[Kind]:
+        return iter(sorted(self._kinds.values(), key=lambda kind: (kind.order, kind.name)))
+
+
+registry = KindRegistry()
+
+
+def register(kind_class: type[Kind]) -> type[Kind]:
+    """Register a kind under its ``name`` (use as a class decorator)."""
+    return registry.register(kind_class)

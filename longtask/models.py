@@ -1,0 +1,209 @@
+"""The durable record of a long task."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from django.conf import settings
+from django.db import models
+from django.db.models import F, Q
+from django.db.models.functions import Coalesce
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+from longtask import progress as progress_store
+
+#: Longest stored one-line error; the full text is in ``traceback``.
+ERROR_MAX_LENGTH = 1000
+
+
+class Status(models.TextChoices):
+    QUEUED = "QUEUED", _("Queued")  # waiting for a worker
+    RUNNING = "RUNNING", _("Running")  # a worker is running it
+    RETRYING = "RETRYING", _("Retrying")  # an attempt failed; waiting to run again
+    SUCCEEDED = "SUCCEEDED", _("Succeeded")  # finished; the result is stored
+    FAILED = "FAILED", _("Failed")  # finished for good with an error
+    CANCELLED = "CANCELLED", _("Cancelled")  # stopped on request before finishing
+
+
+ACTIVE_STATUSES = frozenset({Status.QUEUED, Status.RUNNING, Status.RETRYING})
+FINISHED_STATUSES = frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELLED})
+#: A worker may claim a task in these states.
+CLAIMABLE_STATUSES = frozenset({Status.QUEUED, Status.RETRYING})
+
+
+class LongTaskQuerySet(models.QuerySet["LongTask"]):
+    def active(self) -> LongTaskQuerySet:
+        return self.filter(status__in=ACTIVE_STATUSES)
+
+    def finished(self) -> LongTaskQuerySet:
+        return self.filter(status__in=FINISHED_STATUSES)
+
+    def visible_to(self, user: Any) -> LongTaskQuerySet:
+        """Return the tasks ``user`` may list (anonymous tasks are reachable only by URL)."""
+        if user.is_authenticated and user.is_staff:
+            return self.all()
+        if user.is_authenticated:
+            return self.filter(owner=user)
+        return self.none()
+
+
+class LongTask(models.Model):
+    """One unit of long-running work: its parameters, state, result and error."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    kind = models.CharField(max_length=100)
+    #: Optional unique key: starting a task under a name that exists returns that task.
+    name = models.CharField(max_length=200, null=True, blank=True, unique=True)
+    queue = models.CharField(max_length=100)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        # Deleting the owner deletes their tasks: nulling it would make them public.
+        on_delete=models.CASCADE,
+        related_name="longtasks",
+    )
+    parameters = models.JSONField(default=dict)
+    result = models.JSONField(null=True, blank=True)
+    status = models.CharField(max_length=10, choices=Status, default=Status.QUEUED)
+    error = models.CharField(max_length=ERROR_MAX_LENGTH, blank=True)
+    traceback = models.TextField(blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    #: The last progress record, persisted when the task ends (live progress is in the cache).
+    last_progress = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    #: When the result was first shown on the status page.
+    result_viewed_at = models.DateTimeField(null=True, blank=True)
+
+    objects = LongTaskQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["status", "created_at"], name="longtask_status_created"),
+            models.Index(fields=["owner", "-created_at"], name="longtask_owner_created"),
+            models.Index(fields=["kind", "-created_at"], name="longtask_kind_created"),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(status__in=Status.values), name="longtask_status_valid"
+            ),
+            # finished_at is set exactly when the task has finished.
+            models.CheckConstraint(
+                condition=(
+                    Q(status__in=FINISHED_STATUSES, finished_at__isnull=False)
+                    | (~Q(status__in=FINISHED_STATUSES) & Q(finished_at__isnull=True))
+                ),
+                name="longtask_finished_at_iff_finished",
+            ),
+            # A running task has been started.
+            models.CheckConstraint(
+                condition=~Q(status=Status.RUNNING) | Q(started_at__isnull=False),
+                name="longtask_running_has_started_at",
+            ),
+            # Only a succeeded task has a result.
+            models.CheckConstraint(
+                condition=Q(status=Status.SUCCEEDED) | Q(result__isnull=True),
+                name="longtask_result_only_if_succeeded",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.id} ({self.status})"
+
+    def get_absolute_url(self) -> str:
+        return reverse("longtask:status", args=[self.pk])
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in FINISHED_STATUSES
+
+    def progress(self, current: float, total: float | None = None, message: str = "") -> None:
+        """Report progress (cheap: writes to the cache are throttled, the last one is kept)."""
+        self.progress_reporter.update(current, total, message)
+
+    @property
+    def progress_reporter(self) -> progress_store.ProgressReporter:
+        reporter = self.__dict__.get("_progress_reporter")
+        if reporter is None:
+            reporter = self.__dict__["_progress_reporter"] = progress_store.ProgressReporter(
+                self.pk
+            )
+        return reporter
+
+    def progress_record(self) -> dict[str, Any] | None:
+        """Return the progress record: the persisted one once finished, else the live one."""
+        if self.is_finished:
+            return self.last_progress
+        return progress_store.read_progress(self.pk)
+
+    # State changes. Each is one conditional UPDATE, so two workers racing on one
+    # task can never both claim it or both finish it; each returns whether it won.
+
+    def _transition(self, from_statuses: frozenset[str] | set[str], **changes: Any) -> bool:
+        updated = LongTask.objects.filter(pk=self.pk, status__in=from_statuses).update(**changes)
+        if updated:
+            self.refresh_from_db(fields=[*changes])
+        return bool(updated)
+
+    def claim(self) -> bool:
+        """Mark a queued task RUNNING and count the attempt; False if someone else has it."""
+        now = timezone.now()
+        return self._transition(
+            CLAIMABLE_STATUSES,
+            status=Status.RUNNING,
+            attempts=F("attempts") + 1,
+            started_at=Coalesce(F("started_at"), now),
+            heartbeat_at=now,
+        )
+
+    def succeed(self, result: Any, progress: dict[str, Any] | None = None) -> bool:
+        """Store the result of a running task and mark it SUCCEEDED."""
+        return self._transition(
+            {Status.RUNNING},
+            status=Status.SUCCEEDED,
+            result=result,
+            last_progress=progress,
+            error="",
+            finished_at=timezone.now(),
+        )
+
+    def fail(self, error: str, traceback: str = "", progress: dict[str, Any] | None = None) -> bool:
+        """Mark a running task FAILED with a one-line error and its traceback."""
+        return self._transition(
+            {Status.RUNNING},
+            status=Status.FAILED,
+            error=one_line(error),
+            traceback=traceback,
+            last_progress=progress,
+            finished_at=timezone.now(),
+        )
+
+    def cancel(self) -> bool:
+        """Cancel a task that has not started; it will never run."""
+        return self._transition(
+            CLAIMABLE_STATUSES, status=Status.CANCELLED, finished_at=timezone.now()
+        )
+
+    def mark_result_viewed(self) -> bool:
+        """Record the first time the result was shown; later views change nothing."""
+        updated = LongTask.objects.filter(
+            pk=self.pk, status=Status.SUCCEEDED, result_viewed_at__isnull=True
+        ).update(result_viewed_at=timezone.now())
+        if updated:
+            self.refresh_from_db(fields=["result_viewed_at"])
+        return bool(updated)
+
+
+def one_line(text: str) -> str:
+    """Squash ``text`` to one line that fits the ``error`` column."""
+    line = " ".join(str(text).split())
+    if len(line) > ERROR_MAX_LENGTH:
+        line = line[: ERROR_MAX_LENGTH - 1] + "…"
+    return line

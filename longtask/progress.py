@@ -1,0 +1,175 @@
+"""Live progress: workers write it to the shared cache, pages and endpoints read it.
+
+The stored record is ``{current, total, message, updated_at, rate}``; ``rate`` is a
+smoothed count per second from which the ETA is computed. Values are stored as
+JSON text, so nothing a task writes is ever unpickled from the cache.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+from uuid import UUID
+
+from django.core.cache import caches
+
+from longtask.conf import settings
+
+#: Longest progress message kept; longer ones are cut.
+MESSAGE_MAX_LENGTH = 500
+#: Two rate samples closer than this (seconds) are merged, so a burst of calls is not noise.
+MIN_SAMPLE_INTERVAL = 0.2
+
+
+def progress_key(task_id: UUID | str) -> str:
+    return f"{settings.KEY_PREFIX}:progress:{task_id}"
+
+
+def read_progress(task_id: UUID | str) -> dict[str, Any] | None:
+    """Return the live progress record of a task, or None."""
+    raw = caches[settings.CACHE_ALIAS].get(progress_key(task_id))
+    if raw is None:
+        return None
+    try:
+        record = json.loads(raw)
+    except (TypeError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def write_progress(task_id: UUID | str, record: dict[str, Any]) -> None:
+    caches[settings.CACHE_ALIAS].set(
+        progress_key(task_id), json.dumps(record), timeout=settings.PROGRESS_TTL
+    )
+
+
+def delete_progress(task_id: UUID | str) -> None:
+    caches[settings.CACHE_ALIAS].delete(progress_key(task_id))
+
+
+def payload(record: dict[str, Any] | None) -> dict[str, Any]:
+    """Return the public progress shape shared by the page, the JSON and the websocket."""
+    record = record or {}
+    current = record.get("current") or 0
+    total = record.get("total")
+    percent = None
+    if total:
+        percent = max(0, min(100, math.floor(100 * current / total)))
+    return {
+        "current": current,
+        "total": total,
+        "percent": percent,
+        "message": record.get("message") or "",
+    }
+
+
+def eta_seconds(record: dict[str, Any] | None, now: float | None = None) -> int | None:
+    """Return the seconds left by the smoothed rate, or None when unknown."""
+    if not record:
+        return None
+    current, total, rate = record.get("current") or 0, record.get("total"), record.get("rate")
+    if total is None:
+        return None
+    if current >= total:
+        return 0
+    if not rate or rate <= 0:
+        return None
+    now = time.time() if now is None else now
+    since_update = max(0.0, now - record.get("updated_at", now))
+    return max(0, round((total - current) / rate - since_update))
+
+
+class RateEstimator:
+    """Exponentially smoothed count-per-second, weighted by elapsed time."""
+
+    def __init__(self, tau: float, start: float, current: float = 0) -> None:
+        self.tau = tau
+        self.rate: float | None = None
+        self._t = start
+        self._current = current
+
+    def sample(self, t: float, current: float) -> None:
+        dt = t - self._t
+        if current < self._current:  # progress went back: start over
+            self.rate, self._t, self._current = None, t, current
+            return
+        if dt < MIN_SAMPLE_INTERVAL:
+            return
+        instant = (current - self._current) / dt
+        if self.rate is None:
+            self.rate = instant
+        else:
+            alpha = 1 - math.exp(-dt / self.tau)
+            self.rate += alpha * (instant - self.rate)
+        self._t, self._current = t, current
+
+
+class ProgressReporter:
+    """Throttles one task's progress writes without ever losing the last value.
+
+    A call within ``interval`` of the last write is held back and written by a
+    one-shot timer at the end of the interval (so a message set just before a long
+    step still shows), or by ``flush()``, which the runner calls when the task ends.
+    """
+
+    def __init__(
+        self,
+        task_id: UUID | str,
+        *,
+        interval: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wallclock: Callable[[], float] = time.time,
+    ) -> None:
+        self.task_id = task_id
+        self.interval = settings.PROGRESS_INTERVAL if interval is None else interval
+        self._clock = clock
+        self._wallclock = wallclock
+        self._estimator = RateEstimator(settings.ETA_SMOOTHING, start=clock())
+        self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
+        self._last_write: float | None = None
+        self._dirty = False
+        self.record: dict[str, Any] = {
+            "current": 0,
+            "total": None,
+            "message": "",
+            "updated_at": wallclock(),
+            "rate": None,
+        }
+
+    def update(self, current: float, total: float | None = None, message: str = "") -> None:
+        now = self._clock()
+        with self._lock:
+            self._estimator.sample(now, current)
+            self.record = {
+                "current": current,
+                "total": total,
+                "message": str(message)[:MESSAGE_MAX_LENGTH],
+                "updated_at": self._wallclock(),
+                "rate": self._estimator.rate,
+            }
+            self._dirty = True
+            wait = 0.0 if self._last_write is None else self.interval - (now - self._last_write)
+            if wait > 0:
+                if self._timer is None:
+                    self._timer = threading.Timer(wait, self.flush)
+                    self._timer.daemon = True
+                    self._timer.start()
+                return
+        self.flush()
+
+    def flush(self) -> dict[str, Any]:
+        """Write the last value if it has not been written; return it."""
+        with self._lock:
+            if self._timer is not None and self._timer is not threading.current_thread():
+                self._timer.cancel()
+            self._timer = None
+            if self._dirty or self._last_write is None:
+                write_progress(self.task_id, self.record)
+                self._last_write = self._clock()
+                self._dirty = False
+            return self.record

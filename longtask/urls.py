@@ -1,0 +1,13 @@
+from django.urls import path
+
+from longtask import views
+
+app_name = "longtask"
+
+urlpatterns = [
+    path("", views.index, name="index"),
+    path("tasks/new/<slug:kind>/", views.new_task, name="new"),
+    path("tasks/<uuid:task_id>/", views.status, name="status"),
+    path("tasks/<uuid:task_id>.json", views.status_json, name="status_json"),
+    path("tasks/<uuid:task_id>/download/", views.download, name="download"),
+]

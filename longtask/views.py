@@ -1,0 +1,101 @@
+"""Start forms, the bookmarkable status page, its JSON twin and the result download."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+from uuid import UUID
+
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.shortcuts import render
+from django.utils import timezone
+from django.utils.http import content_disposition_header
+from django.views.decorators.http import require_GET, require_http_methods
+
+from longtask import api, progress
+from longtask.access import get_visible_task
+from longtask.conf import settings
+from longtask.documents import status_document
+from longtask.exceptions import InvalidParameters, UnknownKind
+from longtask.kinds import Kind, registry
+from longtask.models import Status
+
+
+def _get_kind(name: str) -> Kind:
+    try:
+        return registry.get(name)
+    except UnknownKind:
+        raise Http404("No such kind of task.") from None
+
+
+@require_GET
+def index(request: HttpRequest) -> HttpResponse:
+    kinds = [(kind, kind.form_class()) for kind in registry]
+    return render(request, "longtask/index.html", {"kinds": kinds})
+
+
+@require_http_methods(["GET", "POST"])
+def new_task(request: HttpRequest, kind: str) -> HttpResponse:
+    kind_obj = _get_kind(kind)
+    if request.method == "POST":
+        try:
+            task = api.start(kind_obj, request.POST, owner=request.user)
+        except InvalidParameters as exc:
+            context = {"kind": kind_obj, "form": exc.form}
+            return render(request, "longtask/new.html", context, status=400)
+        return redirect_303(task.get_absolute_url())
+    return render(request, "longtask/new.html", {"kind": kind_obj, "form": kind_obj.form_class()})
+
+
+def redirect_303(url: str) -> HttpResponseRedirect:
+    """Answer a POST with "303 See Other", so reloading the status page never re-posts."""
+    response = HttpResponseRedirect(url)
+    response.status_code = 303
+    return response
+
+
+@require_GET
+def status(request: HttpRequest, task_id: UUID) -> HttpResponse:
+    task = get_visible_task(request.user, task_id)
+    record = task.progress_record()
+    kind = registry.find(task.kind)
+    now = timezone.now()
+    context: dict[str, Any] = {
+        "task": task,
+        "kind": kind,
+        "waiting_seconds": (now - task.created_at).total_seconds(),
+        "elapsed_seconds": (
+            ((task.finished_at or now) - task.started_at).total_seconds()
+            if task.started_at
+            else None
+        ),
+        "progress": progress.payload(record),
+        "eta_seconds": None if task.is_finished else progress.eta_seconds(record, time.time()),
+        "refresh_seconds": settings.REFRESH_SECONDS,
+        "show_traceback": request.user.is_staff,
+    }
+    if task.status == Status.SUCCEEDED and kind is not None:
+        if task.result_viewed_at is None:
+            task.mark_result_viewed()
+        context["result_html"] = kind.display_result(task)
+        context["has_download"] = kind.offers_download(task)
+    return render(request, "longtask/status.html", context)
+
+
+@require_GET
+def status_json(request: HttpRequest, task_id: UUID) -> JsonResponse:
+    task = get_visible_task(request.user, task_id)
+    url = request.build_absolute_uri(task.get_absolute_url())
+    return JsonResponse(status_document(task, task.progress_record(), status_url=url))
+
+
+@require_GET
+def download(request: HttpRequest, task_id: UUID) -> HttpResponse:
+    task = get_visible_task(request.user, task_id)
+    kind = registry.find(task.kind)
+    offered = kind.download(task) if kind and task.status == Status.SUCCEEDED else None
+    if offered is None:
+        raise Http404("This task has no result to download.")
+    response = HttpResponse(offered.content, content_type=offered.content_type)
+    response["Content-Disposition"] = content_disposition_header(True, offered.filename)
+    return response

@@ -1,0 +1,185 @@
+"""Settings for the quiltsite demo, read from environment variables.
+
+Unset variables give the embedded default: SQLite, django-q2's ORM broker and
+a file-based cache, so the site runs on a fresh machine with no services.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_bool(name: str, default: bool = False) -> bool:
+    return os.environ.get(name, str(default)).strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+def env_list(name: str, default: str) -> list[str]:
+    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+# Everything the site writes at run time (database, cache, secret key) lives here,
+# outside version control.
+DATA_DIR = Path(os.environ.get("LONGTASK_DATA_DIR", BASE_DIR / "var"))
+DATA_DIR.mkdir(parents=True, exist_ok=True)
+
+
+def _secret_key() -> str:
+    if key := os.environ.get("DJANGO_SECRET_KEY"):
+        return key
+    # A per-install key, generated once and kept beside the database.
+    path = DATA_DIR / "secret_key"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(50))
+    return path.read_text().strip()
+
+
+SECRET_KEY = _secret_key()
+DEBUG = env_bool("DJANGO_DEBUG")
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]")
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_q",
+    "longtask",
+    "quiltsite",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "quiltsite.urls"
+ASGI_APPLICATION = "quiltsite.asgi.application"
+WSGI_APPLICATION = "quiltsite.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# SQLite tuned for one web process and several worker processes writing at once:
+# WAL lets readers run beside the writer, IMMEDIATE takes the write lock at BEGIN
+# (so a transaction never fails mid-way upgrading a read lock), and the timeout
+# makes a writer wait for the lock instead of raising "database is locked".
+DATABASES = {
+    "default": {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": DATA_DIR / "db.sqlite3",
+        "OPTIONS": {
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 30,
+            "init_command": (
+                "PRAGMA journal_mode=WAL;PRAGMA synchronous=NORMAL;PRAGMA busy_timeout=30000;"
+            ),
+        },
+        "TEST": {"NAME": DATA_DIR / "test.sqlite3"},
+    }
+}
+
+# Workers write progress and the web process reads it, so the cache must be shared
+# across processes: local-memory is not. The file-based cache needs no server,
+# writes each entry atomically (temp file + rename) and keeps progress off the
+# SQLite write lock that the task rows need.
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+        "LOCATION": DATA_DIR / "cache",
+        "TIMEOUT": 7 * 24 * 3600,
+        "OPTIONS": {"MAX_ENTRIES": 20_000},
+    }
+}
+SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
+
+WORKERS = env_int("LONGTASK_WORKERS", 2)
+# The longest a single job may run before django-q2 kills it (seconds).
+JOB_TIMEOUT = env_int("LONGTASK_JOB_TIMEOUT", 600)
+
+# django-q2's defaults are unsafe for long jobs (see README, "Why these settings"):
+Q_CLUSTER = {
+    "name": "longtask",
+    "orm": "default",  # the ORM broker: the queue is a table in the same database
+    "workers": WORKERS,
+    # A job is killed after `timeout`; the broker re-delivers a job it has not
+    # acknowledged after `retry`. With retry <= timeout a slow job would run twice
+    # at once, so retry is kept above timeout.
+    "timeout": JOB_TIMEOUT,
+    "retry": JOB_TIMEOUT + 60,
+    # The default (0) re-runs a failing job forever. Longtask records failures on
+    # its own rows, so a job that still raised is not re-run by django-q2...
+    "max_attempts": 1,
+    # ...and is removed from the queue rather than re-delivered after `retry`.
+    "ack_failures": True,
+    # Success rows are pickled results that longtask never reads: keep none. Fan-in
+    # uses longtask's own counter, never django-q2 groups, so the default of 250
+    # (which deletes rows and leaves a group of >250 short forever) cannot bite.
+    "save_limit": -1,
+    "catch_up": False,
+    "poll": 0.1,
+    "bulk": 4,
+    "label": "Django Q",
+}
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = DATA_DIR / "static"
+# WhiteNoise serves static files from the app directories under daphne, no DEBUG needed.
+WHITENOISE_USE_FINDERS = True
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+LOGIN_URL = "admin:login"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "loggers": {
+        "longtask": {
+            "handlers": ["console"],
+            "level": os.environ.get("LONGTASK_LOG_LEVEL", "INFO"),
+        },
+    },
+}

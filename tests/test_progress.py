@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from longtask import progress
+from longtask.progress import ProgressReporter, RateEstimator
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_payload_shape_and_percent():
+    assert progress.payload({"current": 1, "total": 3, "message": "m"}) == {
+        "current": 1,
+        "total": 3,
+        "percent": 33,
+        "message": "m",
+    }
+    assert progress.payload(None) == {"current": 0, "total": None, "percent": None, "message": ""}
+    assert progress.payload({"current": 5, "total": 4})["percent"] == 100
+
+
+def test_eta_from_rate_and_staleness():
+    record = {"current": 10, "total": 110, "rate": 5.0, "updated_at": 100.0}
+    assert progress.eta_seconds(record, now=100.0) == 20
+    assert progress.eta_seconds(record, now=104.0) == 16
+    assert progress.eta_seconds(record, now=500.0) == 0
+    assert progress.eta_seconds({**record, "rate": None}, now=100.0) is None
+    assert progress.eta_seconds({**record, "total": None}, now=100.0) is None
+    assert progress.eta_seconds({**record, "current": 110}, now=100.0) == 0
+    assert progress.eta_seconds(None) is None
+
+
+def test_rate_estimator_smooths_and_resets():
+    est = RateEstimator(tau=10.0, start=0.0)
+    est.sample(0.1, 50)  # too close to the previous sample: merged
+    assert est.rate is None
+    est.sample(1.0, 10)
+    assert est.rate == pytest.approx(10.0)
+    est.sample(2.0, 40)  # an instant rate of 30 moves the estimate only part of the way
+    assert 10.0 < est.rate < 30.0
+    est.sample(3.0, 5)  # went backwards: unknown again
+    assert est.rate is None
+
+
+def test_reporter_throttles_but_never_loses_the_last_value(monkeypatch):
+    writes = []
+    monkeypatch.setattr(progress, "write_progress", lambda task_id, record: writes.append(record))
+    clock = FakeClock()
+    reporter = ProgressReporter("t", interval=10.0, clock=clock)
+    reporter.update(1, 100, "first")
+    assert [w["current"] for w in writes] == [1]
+    for i in range(2, 1000):
+        reporter.update(i, 100, "busy")
+    assert len(writes) == 1  # throttled
+    clock.now += 10.0
+    reporter.update(1000, 1000, "last but one")
+    assert writes[-1]["current"] == 1000
+    reporter.update(1001, 1001, "final")
+    assert writes[-1]["current"] == 1000
+    assert reporter.flush()["message"] == "final"
+    assert writes[-1]["message"] == "final"
+    count = len(writes)
+    reporter.flush()  # nothing new: no write
+    assert len(writes) == count
+
+
+def test_held_back_value_is_written_by_the_timer(settings):
+    reporter = ProgressReporter("timer-task", interval=0.05)
+    reporter.update(1, 10, "one")
+    reporter.update(2, 10, "two, then a long step")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        record = progress.read_progress("timer-task")
+        if record and record["message"] == "two, then a long step":
+            break
+        time.sleep(0.01)
+    else:
+        pytest.fail("the held-back progress was never written")
+
+
+def test_long_messages_are_cut(monkeypatch):
+    monkeypatch.setattr(progress, "write_progress", lambda task_id, record: None)
+    reporter = ProgressReporter("t")
+    reporter.update(1, 2, "x" * 10_000)
+    assert len(reporter.record["message"]) == progress.MESSAGE_MAX_LENGTH
+
+
+def test_records_are_json_in_the_cache():
+    from django.core.cache import cache
+
+    progress.write_progress("abc", {"current": 1, "total": None, "message": "<b>"})
+    assert isinstance(cache.get(progress.progress_key("abc")), str)
+    assert progress.read_progress("abc")["message"] == "<b>"
+    cache.set(progress.progress_key("abc"), "not json{")
+    assert progress.read_progress("abc") is None
