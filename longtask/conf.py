@@ -20,6 +20,18 @@ class Settings:
     ETA_SMOOTHING: float = 10.0
     #: Queue used when neither the kind nor the caller names one.
     DEFAULT_QUEUE: str = "default"
+    #: django-q2 cluster (ORM broker: queue key) that runs subtasks, apart from parents.
+    SUBTASK_CLUSTER: str = "longtask-subtasks"
+    #: Worker processes expected to run subtasks in parallel (caps the chunk size).
+    SUBTASK_PARALLELISM: int = 2
+    #: Subtask rows created and queued per transaction while splitting.
+    SPLIT_BATCH: int = 1000
+    #: Run time a chunk of subtasks aims at when its size is picked automatically.
+    CHUNK_TARGET_SECONDS: float = 1.0
+    #: Upper bound of an automatic chunk size.
+    MAX_CHUNK_SIZE: int = 500
+    #: A chunk records its finished subtasks at least this often (seconds).
+    RECORD_INTERVAL: float = 0.2
     #: Seconds between two refreshes of the status page without JavaScript.
     REFRESH_SECONDS: int = 2
 

@@ -5,8 +5,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from django.db.models import Count
+
 from longtask import progress
-from longtask.models import LongTask, Status
+from longtask.models import LongTask, Status, SubTask
+
+#: Most finished subtasks returned by one subtasks.json page.
+SUBTASK_PAGE_SIZE = 1000
 
 
 def _iso(value: Any) -> str | None:
@@ -31,6 +36,45 @@ def status_document(
         "error": task.error or None,
         "status_url": status_url,
     }
+    if task.is_fanout:
+        document["subtasks"] = subtask_counts(task)
     if task.status == Status.SUCCEEDED:
         document["result"] = task.result
     return document
+
+
+def subtask_counts(task: LongTask) -> dict[str, int]:
+    """Count a fan-out task's subtasks by state (one grouped query)."""
+    by_status = dict(
+        SubTask.objects.filter(parent=task)
+        .values_list("status")
+        .annotate(n=Count("pk"))
+        .values_list("status", "n")
+    )
+    return {
+        "total": task.subtasks_total,
+        "queued": by_status.get(Status.QUEUED, 0) + by_status.get(Status.RETRYING, 0),
+        "running": by_status.get(Status.RUNNING, 0),
+        "succeeded": by_status.get(Status.SUCCEEDED, 0),
+        "failed": by_status.get(Status.FAILED, 0),
+        "skipped": by_status.get(Status.CANCELLED, 0),
+    }
+
+
+def finished_subtasks(task: LongTask, since: int, limit: int = SUBTASK_PAGE_SIZE) -> dict[str, Any]:
+    """Return the subtasks that finished after cursor ``since``, in finishing order."""
+    rows = list(
+        SubTask.objects.filter(parent=task, finish_seq__gt=since)
+        .order_by("finish_seq")
+        .values_list("finish_seq", "index", "status", "result", "error")[: limit + 1]
+    )
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return {
+        "subtasks": [
+            {"index": index, "status": status, "result": result, "error": error or None}
+            for _, index, status, result, error in rows
+        ],
+        "cursor": rows[-1][0] if rows else since,
+        "more": more,
+    }

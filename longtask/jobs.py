@@ -6,9 +6,14 @@ this module thin: the logic lives in ``longtask.runner`` and is tested without a
 
 from __future__ import annotations
 
-from longtask import runner
+from longtask import fanout, runner
 
 
 def run_task(task_id: str) -> None:
     """Run one LongTask."""
     runner.run(task_id)
+
+
+def run_chunk(parent_id: str, first: int, last: int, indexes: list[int] | None = None) -> None:
+    """Run one chunk of a fan-out task's subtasks."""
+    fanout.run_chunk(parent_id, first, last, indexes)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -53,6 +53,10 @@ class Kind:
         """Do the work, calling ``task.progress(...)`` as it goes; return a JSON-able result."""
         raise NotImplementedError
 
+    def display_progress(self, task: LongTask) -> SafeString | str:
+        """Render extra HTML for the status page while the task runs (e.g. partial results)."""
+        return ""
+
     def display_result(self, task: LongTask) -> SafeString:
         """Render the result as HTML for the status page."""
         return render_to_string("longtask/result_default.html", {"task": task})
@@ -67,6 +71,40 @@ class Kind:
 
     def __repr__(self) -> str:
         return f"<Kind {self.name}>"
+
+
+class FanOutKind(Kind):
+    """A kind whose work is spread over many subtasks and gathered back once.
+
+    ``run_subtask`` may run more than once for one subtask (a worker can die after
+    the work and before the bookkeeping): it must be idempotent. Its result is
+    counted exactly once.
+    """
+
+    #: FAIL_FAST: the first subtask that fails for good fails the parent and skips the
+    #: rest. TOLERATE: the parent completes; failed subtasks have a null result.
+    FAIL_FAST: ClassVar[str] = "fail_fast"
+    TOLERATE: ClassVar[str] = "tolerate"
+    failure_policy: ClassVar[str] = FAIL_FAST
+    #: Subtasks per django-q2 job; None picks it from the observed subtask duration.
+    chunk_size: ClassVar[int | None] = None
+    #: Attempts of one subtask before it fails for good.
+    subtask_max_attempts: ClassVar[int] = 3
+
+    def split(self, params: dict[str, Any]) -> Iterable[dict[str, Any]]:
+        """Yield the parameters of each subtask, in index order (a generator is best)."""
+        raise NotImplementedError
+
+    def run_subtask(self, params: dict[str, Any]) -> Any:
+        """Do one subtask and return its JSON-able result."""
+        raise NotImplementedError
+
+    def gather(self, task: LongTask, results: Iterable[Any]) -> Any:
+        """Combine the subtasks' results (iterated in index order) into the parent's result."""
+        return list(results)
+
+    def run(self, task: LongTask, params: dict[str, Any]) -> Any:
+        raise TypeError("a fan-out kind runs through split/run_subtask/gather, not run")
 
 
 class KindRegistry:

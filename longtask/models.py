@@ -80,6 +80,18 @@ class LongTask(models.Model):
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     #: When the result was first shown on the status page.
     result_viewed_at = models.DateTimeField(null=True, blank=True)
+    # Fan-out bookkeeping (zero for plain tasks). subtasks_done counts finished
+    # subtasks, succeeded or failed for good; it is only ever moved by the
+    # conditional UPDATE that finishes a subtask, so nothing counts twice.
+    subtasks_total = models.PositiveIntegerField(default=0)
+    subtasks_done = models.PositiveIntegerField(default=0)
+    subtasks_failed = models.PositiveIntegerField(default=0)
+    #: Sum of the run times of finished subtasks (seconds), for chunk sizing and the ETA.
+    subtask_seconds = models.FloatField(default=0)
+    #: The split has queued every subtask (the seeds' "all loaded" flag).
+    split_done = models.BooleanField(default=False)
+    #: Set by the one worker that wins the right to run gather.
+    fan_in_at = models.DateTimeField(null=True, blank=True)
 
     objects = LongTaskQuerySet.as_manager()
 
@@ -106,6 +118,11 @@ class LongTask(models.Model):
             models.CheckConstraint(
                 condition=~Q(status=Status.RUNNING) | Q(started_at__isnull=False),
                 name="longtask_running_has_started_at",
+            ),
+            models.CheckConstraint(
+                condition=Q(subtasks_done__lte=F("subtasks_total"))
+                & Q(subtasks_failed__lte=F("subtasks_done")),
+                name="longtask_subtask_counts_consistent",
             ),
             # Only a succeeded task has a result.
             models.CheckConstraint(
@@ -137,10 +154,23 @@ class LongTask(models.Model):
             )
         return reporter
 
+    @property
+    def is_fanout(self) -> bool:
+        from longtask.kinds import FanOutKind, registry
+
+        return isinstance(registry.find(self.kind), FanOutKind)
+
     def progress_record(self) -> dict[str, Any] | None:
-        """Return the progress record: the persisted one once finished, else the live one."""
+        """Return the progress record: persisted once finished, else live.
+
+        Live progress of a fan-out task comes from its own counters (no cache read).
+        """
         if self.is_finished:
             return self.last_progress
+        if self.is_fanout and self.started_at:
+            from longtask.fanout import fanout_record
+
+            return fanout_record(self)
         return progress_store.read_progress(self.pk)
 
     # State changes. Each is one conditional UPDATE, so two workers racing on one
@@ -207,3 +237,51 @@ def one_line(text: str) -> str:
     if len(line) > ERROR_MAX_LENGTH:
         line = line[: ERROR_MAX_LENGTH - 1] + "…"
     return line
+
+
+class SubTask(models.Model):
+    """One unit of a fan-out task, with its own parameters, result and attempts."""
+
+    id = models.BigAutoField(primary_key=True)
+    parent = models.ForeignKey(LongTask, on_delete=models.CASCADE, related_name="subtasks")
+    index = models.PositiveIntegerField()
+    parameters = models.JSONField(default=dict)
+    status = models.CharField(max_length=10, choices=Status, default=Status.QUEUED)
+    result = models.JSONField(null=True, blank=True)
+    error = models.CharField(max_length=ERROR_MAX_LENGTH, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    #: Run time of the last attempt (seconds).
+    seconds = models.FloatField(null=True, blank=True)
+    #: Position in the parent's finishing order (1, 2, ...): the cursor of subtasks.json.
+    finish_seq = models.PositiveIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["parent", "index"], name="subtask_unique_index"),
+            models.UniqueConstraint(
+                fields=["parent", "finish_seq"],
+                condition=Q(finish_seq__isnull=False),
+                name="subtask_unique_finish_seq",
+            ),
+            models.CheckConstraint(
+                condition=Q(status__in=Status.values), name="subtask_status_valid"
+            ),
+            # A finished subtask has its place in the finishing order, and only it.
+            models.CheckConstraint(
+                condition=(
+                    Q(status__in=[Status.SUCCEEDED, Status.FAILED], finish_seq__isnull=False)
+                    | (
+                        ~Q(status__in=[Status.SUCCEEDED, Status.FAILED])
+                        & Q(finish_seq__isnull=True)
+                    )
+                ),
+                name="subtask_finish_seq_iff_finished",
+            ),
+        ]
+        indexes = [models.Index(fields=["parent", "status"], name="subtask_parent_status")]
+
+    def __str__(self) -> str:
+        return f"{self.parent_id}[{self.index}] ({self.status})"

@@ -9,8 +9,9 @@ from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
 
-from longtask.kinds import registry
-from longtask.models import LongTask
+from longtask import fanout
+from longtask.kinds import FanOutKind, registry
+from longtask.models import LongTask, Status, SubTask
 
 logger = logging.getLogger("longtask")
 
@@ -34,10 +35,17 @@ def run(task_id: str) -> None:
     )
     try:
         kind = registry.get(task.kind)
+        if isinstance(kind, FanOutKind):
+            # The parent's job only splits; the last subtask's recorder gathers.
+            fanout.split(task, kind)
+            return
         result = to_json(kind.run(task, task.parameters))
     except Exception as exc:
-        record = task.progress_reporter.flush()
-        task.fail(f"{type(exc).__name__}: {exc}", traceback.format_exc(), record)
+        record = fanout.fanout_record(task) if task.is_fanout else task.progress_reporter.flush()
+        if task.fail(f"{type(exc).__name__}: {exc}", traceback.format_exc(), record):
+            SubTask.objects.filter(parent=task, status__in=fanout.CLAIMABLE).update(
+                status=Status.CANCELLED
+            )
         logger.exception("LongTask id=%s kind=%s status=FAILED", task.pk, task.kind)
         return
     task.succeed(result, task.progress_reporter.flush())

@@ -9,5 +9,6 @@ urlpatterns = [
     path("tasks/new/<slug:kind>/", views.new_task, name="new"),
     path("tasks/<uuid:task_id>/", views.status, name="status"),
     path("tasks/<uuid:task_id>.json", views.status_json, name="status_json"),
+    path("tasks/<uuid:task_id>/subtasks.json", views.subtasks_json, name="subtasks_json"),
     path("tasks/<uuid:task_id>/download/", views.download, name="download"),
 ]

@@ -15,7 +15,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 from longtask import api, progress
 from longtask.access import get_visible_task
 from longtask.conf import settings
-from longtask.documents import status_document
+from longtask.documents import finished_subtasks, status_document
 from longtask.exceptions import InvalidParameters, UnknownKind
 from longtask.kinds import Kind, registry
 from longtask.models import Status
@@ -74,6 +74,8 @@ def status(request: HttpRequest, task_id: UUID) -> HttpResponse:
         "refresh_seconds": settings.REFRESH_SECONDS,
         "show_traceback": request.user.is_staff,
     }
+    if not task.is_finished and kind is not None:
+        context["progress_html"] = kind.display_progress(task)
     if task.status == Status.SUCCEEDED and kind is not None:
         if task.result_viewed_at is None:
             task.mark_result_viewed()
@@ -87,6 +89,15 @@ def status_json(request: HttpRequest, task_id: UUID) -> JsonResponse:
     task = get_visible_task(request.user, task_id)
     url = request.build_absolute_uri(task.get_absolute_url())
     return JsonResponse(status_document(task, task.progress_record(), status_url=url))
+
+
+@require_GET
+def subtasks_json(request: HttpRequest, task_id: UUID) -> JsonResponse:
+    task = get_visible_task(request.user, task_id)
+    raw = request.GET.get("since", "0")
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 10:
+        return JsonResponse({"error": "since must be a non-negative integer cursor"}, status=400)
+    return JsonResponse(finished_subtasks(task, int(raw)))
 
 
 @require_GET

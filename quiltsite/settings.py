@@ -165,7 +165,8 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = DATA_DIR / "static"
+STATIC_ROOT = DATA_DIR / "static"  # for `collectstatic` in deployments
+STATIC_ROOT.mkdir(exist_ok=True)
 # WhiteNoise serves static files from the app directories under daphne, no DEBUG needed.
 WHITENOISE_USE_FINDERS = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

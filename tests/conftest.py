@@ -8,7 +8,14 @@ from django.core.cache import cache
 from longtask.kinds import registry
 from tests import kinds as test_kinds
 
-TEST_KINDS = [test_kinds.Count, test_kinds.Boom, test_kinds.NotJson]
+TEST_KINDS = [
+    test_kinds.Count,
+    test_kinds.Boom,
+    test_kinds.NotJson,
+    test_kinds.Squares,
+    test_kinds.TolerantSquares,
+    test_kinds.OneShotSquares,
+]
 
 
 @pytest.fixture(autouse=True)

@@ -6,7 +6,8 @@ from typing import Any
 
 from django import forms
 
-from longtask.kinds import Kind
+from longtask.fanout import current_subtask
+from longtask.kinds import FanOutKind, Kind
 
 
 class CountForm(forms.Form):
@@ -38,3 +39,43 @@ class NotJson(Kind):
 
     def run(self, task: Any, params: dict[str, Any]) -> Any:
         return {"value": object()}
+
+
+class SquaresForm(forms.Form):
+    n = forms.IntegerField(min_value=0, max_value=100_000)
+    fail_index = forms.IntegerField(required=False)  # this subtask always fails
+    flaky = forms.IntegerField(required=False)  # every subtask fails this many attempts first
+
+
+GATHERED: list[str] = []
+
+
+class Squares(FanOutKind):
+    name = "test-squares"
+    form_class = SquaresForm
+    subtask_max_attempts = 3
+
+    def split(self, params: dict[str, Any]):
+        for i in range(params["n"]):
+            yield {"i": i, "fail": params["fail_index"] == i, "flaky": params["flaky"] or 0}
+
+    def run_subtask(self, params: dict[str, Any]) -> Any:
+        if params["fail"]:
+            raise ValueError(f"no square for {params['i']}")
+        if current_subtask().attempt <= params["flaky"]:
+            raise ConnectionError("flaky")
+        return params["i"] ** 2
+
+    def gather(self, task: Any, results: Any) -> Any:
+        GATHERED.append(str(task.pk))
+        return list(results)
+
+
+class TolerantSquares(Squares):
+    name = "test-squares-tolerant"
+    failure_policy = FanOutKind.TOLERATE
+
+
+class OneShotSquares(Squares):
+    name = "test-squares-oneshot"
+    subtask_max_attempts = 1

@@ -9,7 +9,7 @@ import tempfile
 
 os.environ.setdefault("LONGTASK_DATA_DIR", tempfile.mkdtemp(prefix="longtask-tests-"))
 
-from quiltsite.settings import *  # noqa: E402
+from quiltsite.settings import *
 
 # Worker processes use this settings module too, so the database they open is the test one.
 DATABASES["default"]["NAME"] = DATABASES["default"]["TEST"]["NAME"]

@@ -43,7 +43,11 @@ def test_succeed_only_from_running():
     task.claim()
     assert task.succeed({"x": 1}, {"current": 3, "total": 3})
     task.refresh_from_db()
-    assert (task.status, task.result, task.last_progress["current"]) == (Status.SUCCEEDED, {"x": 1}, 3)
+    assert (task.status, task.result, task.last_progress["current"]) == (
+        Status.SUCCEEDED,
+        {"x": 1},
+        3,
+    )
     assert task.finished_at is not None
     # Two workers cannot both finish it.
     assert not task.succeed({"x": 2})

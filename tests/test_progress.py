@@ -1,11 +1,10 @@
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from longtask import progress
 from longtask.progress import ProgressReporter, RateEstimator
+from tests.helpers import wait_for
 
 
 class FakeClock:
@@ -72,18 +71,17 @@ def test_reporter_throttles_but_never_loses_the_last_value(monkeypatch):
     assert len(writes) == count
 
 
-def test_held_back_value_is_written_by_the_timer(settings):
+def test_held_back_value_is_written_by_the_timer():
     reporter = ProgressReporter("timer-task", interval=0.05)
     reporter.update(1, 10, "one")
     reporter.update(2, 10, "two, then a long step")
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        record = progress.read_progress("timer-task")
-        if record and record["message"] == "two, then a long step":
-            break
-        time.sleep(0.01)
-    else:
-        pytest.fail("the held-back progress was never written")
+    wait_for(
+        lambda: (
+            (progress.read_progress("timer-task") or {}).get("message") == "two, then a long step"
+        ),
+        timeout=5,
+        what="the timer to write the held-back progress",
+    )
 
 
 def test_long_messages_are_cut(monkeypatch):

@@ -4,27 +4,34 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='Invoice',
+            name="Invoice",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('date', models.DateField()),
-                ('number', models.PositiveIntegerField()),
-                ('customer', models.CharField(max_length=100)),
-                ('amount_cents', models.PositiveIntegerField()),
-                ('vat_cents', models.PositiveIntegerField()),
-                ('total_cents', models.PositiveIntegerField(default=0)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("date", models.DateField()),
+                ("number", models.PositiveIntegerField()),
+                ("customer", models.CharField(max_length=100)),
+                ("amount_cents", models.PositiveIntegerField()),
+                ("vat_cents", models.PositiveIntegerField()),
+                ("total_cents", models.PositiveIntegerField(default=0)),
             ],
             options={
-                'indexes': [models.Index(fields=['date'], name='invoice_date')],
-                'constraints': [models.UniqueConstraint(fields=('date', 'number'), name='invoice_unique_per_day')],
+                "indexes": [models.Index(fields=["date"], name="invoice_date")],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("date", "number"), name="invoice_unique_per_day"
+                    )
+                ],
             },
         ),
     ]

@@ -1,0 +1,389 @@
+"""Fan-out and fan-in: spread a task over subtasks, gather their results exactly once.
+
+The parent's job splits: it saves subtask rows in batches and, once a batch has
+committed, queues chunk jobs for it on the subtask cluster. A chunk job claims its
+subtasks, runs them, and records the outcomes in one transaction per flush: a
+subtask counts only if a conditional UPDATE moves it from RUNNING to finished,
+and the parent's counter moves by exactly the number of rows that moved. Whoever
+sees ``done == total`` with the split finished tries a compare-and-set on
+``fan_in_at``; the one winner runs ``gather``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import math
+import time
+import traceback
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from longtask import q2
+from longtask.conf import settings
+from longtask.kinds import FanOutKind, registry
+from longtask.models import LongTask, Status, SubTask, one_line
+
+logger = logging.getLogger("longtask")
+
+CLAIMABLE = [Status.QUEUED, Status.RETRYING]
+#: Chunk size used before any subtask duration has been observed.
+INITIAL_CHUNK_SIZE = 8
+CHUNK_JOB = "longtask.jobs.run_chunk"
+
+
+@dataclass(frozen=True)
+class SubtaskContext:
+    parent_id: str
+    index: int
+    attempt: int
+    max_attempts: int
+
+
+_current: contextvars.ContextVar[SubtaskContext | None] = contextvars.ContextVar(
+    "longtask_subtask", default=None
+)
+
+
+def current_subtask() -> SubtaskContext | None:
+    """Return the subtask being run in this context (index, attempt), or None."""
+    return _current.get()
+
+
+# Splitting -------------------------------------------------------------------
+
+
+def split(task: LongTask, kind: FanOutKind) -> None:
+    """Create and queue the subtasks of ``task``; resumable after a crash mid-way."""
+    already = task.subtasks_total  # rows saved by an earlier, interrupted split
+    batch: list[dict[str, Any]] = []
+    from longtask.runner import to_json
+
+    for position, params in enumerate(kind.split(task.parameters)):
+        if position < already:
+            continue
+        batch.append(to_json(params))
+        if len(batch) >= settings.SPLIT_BATCH:
+            if not _save_batch(task, kind, batch):
+                return
+            batch = []
+    if batch and not _save_batch(task, kind, batch):
+        return
+    LongTask.objects.filter(pk=task.pk, status=Status.RUNNING).update(split_done=True)
+    logger.info("LongTask id=%s split into %s subtasks", task.pk, task.subtasks_total)
+    # Subtasks may all have finished while the split was still queueing.
+    try_fan_in(task.pk)
+
+
+def _save_batch(task: LongTask, kind: FanOutKind, batch: list[dict[str, Any]]) -> bool:
+    """Save one batch of subtasks and queue it after commit; False if the parent stopped."""
+    first = task.subtasks_total
+    with transaction.atomic():
+        moved = LongTask.objects.filter(pk=task.pk, status=Status.RUNNING).update(
+            subtasks_total=F("subtasks_total") + len(batch)
+        )
+        if not moved:  # cancelled, or failed fast, while splitting
+            return False
+        SubTask.objects.bulk_create(
+            [
+                SubTask(parent_id=task.pk, index=first + offset, parameters=params)
+                for offset, params in enumerate(batch)
+            ]
+        )
+        size = chunk_size(kind, task, len(batch))
+        ranges = [
+            (str(task.pk), start, min(start + size, first + len(batch)) - 1)
+            for start in range(first, first + len(batch), size)
+        ]
+        transaction.on_commit(
+            lambda: q2.enqueue_many(CHUNK_JOB, ranges, cluster=settings.SUBTASK_CLUSTER)
+        )
+    task.subtasks_total = first + len(batch)
+    return True
+
+
+def chunk_size(kind: FanOutKind, task: LongTask, batch_len: int) -> int:
+    """Subtasks per job: the kind's choice, else aim at CHUNK_TARGET_SECONDS per job."""
+    if kind.chunk_size:
+        return kind.chunk_size
+    observed = (
+        LongTask.objects.filter(pk=task.pk).values_list("subtask_seconds", "subtasks_done").first()
+    )
+    if observed and observed[1]:
+        mean = max(observed[0] / observed[1], 1e-6)
+        size = int(settings.CHUNK_TARGET_SECONDS / mean)
+    else:
+        size = INITIAL_CHUNK_SIZE
+    # Leave work for every worker, whatever the estimate says.
+    spread = math.ceil(batch_len / (2 * max(1, settings.SUBTASK_PARALLELISM)))
+    return max(1, min(size, settings.MAX_CHUNK_SIZE, spread))
+
+
+# Running chunks -------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    pk: int
+    index: int
+    attempts: int
+    seconds: float
+    result: Any = None
+    error: str = ""
+    traceback: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.error
+
+
+def run_chunk(parent_id: str, first: int, last: int, indexes: Sequence[int] | None = None) -> None:
+    """Run the claimable subtasks of one chunk and record their outcomes."""
+    parent = LongTask.objects.filter(pk=parent_id).only("pk", "kind", "status").first()
+    if parent is None or parent.status != Status.RUNNING:
+        return
+    kind = registry.get(parent.kind)
+    assert isinstance(kind, FanOutKind)
+    claimed = claim(parent_id, first, last, indexes)
+    recorder = Recorder(parent_id, kind)
+    from longtask.runner import to_json
+
+    for position, (pk, index, params, attempts) in enumerate(claimed):
+        if recorder.stopped:
+            # The parent failed fast or was cancelled: the rest of the chunk is skipped.
+            SubTask.objects.filter(
+                pk__in=[row[0] for row in claimed[position:]], status=Status.RUNNING
+            ).update(status=Status.CANCELLED)
+            break
+        context = SubtaskContext(parent_id, index, attempts, kind.subtask_max_attempts)
+        token = _current.set(context)
+        began = time.perf_counter()
+        try:
+            outcome = Outcome(pk, index, attempts, 0, result=to_json(kind.run_subtask(params)))
+        except Exception as exc:
+            outcome = Outcome(
+                pk,
+                index,
+                attempts,
+                0,
+                error=one_line(f"{type(exc).__name__}: {exc}"),
+                traceback=traceback.format_exc(),
+            )
+        finally:
+            _current.reset(token)
+        outcome.seconds = time.perf_counter() - began
+        recorder.add(outcome)
+    recorder.flush()
+
+
+def claim(
+    parent_id: str, first: int, last: int, indexes: Sequence[int] | None
+) -> list[tuple[int, int, Any, int]]:
+    """Mark the chunk's claimable subtasks RUNNING; return (pk, index, params, attempt)."""
+    with transaction.atomic():
+        rows = SubTask.objects.filter(parent_id=parent_id, status__in=CLAIMABLE)
+        if indexes is not None:
+            rows = rows.filter(index__in=list(indexes))
+        else:
+            rows = rows.filter(index__gte=first, index__lte=last)
+        picked = list(
+            rows.select_for_update(skip_locked=True)
+            .order_by("index")
+            .values_list("pk", "index", "parameters", "attempts")
+        )
+        if picked:
+            SubTask.objects.filter(pk__in=[row[0] for row in picked]).update(
+                status=Status.RUNNING, attempts=F("attempts") + 1, started_at=timezone.now()
+            )
+    return [(pk, index, params, attempts + 1) for pk, index, params, attempts in picked]
+
+
+class Recorder:
+    """Collects outcomes and records them apart from the work, in few transactions."""
+
+    def __init__(self, parent_id: str, kind: FanOutKind) -> None:
+        self.parent_id = parent_id
+        self.kind = kind
+        self.pending: list[Outcome] = []
+        self.stopped = False
+        self._last_flush = time.monotonic()
+
+    def add(self, outcome: Outcome) -> None:
+        self.pending.append(outcome)
+        if time.monotonic() - self._last_flush >= settings.RECORD_INTERVAL:
+            self.flush()
+
+    def flush(self) -> None:
+        self._last_flush = time.monotonic()
+        if not self.pending:
+            return
+        pending, self.pending = self.pending, []
+        retry = record(self.parent_id, self.kind, pending)
+        if retry:
+            q2.enqueue(CHUNK_JOB, (self.parent_id, 0, 0, retry), cluster=settings.SUBTASK_CLUSTER)
+        parent = LongTask.objects.filter(pk=self.parent_id).values("status").first()
+        self.stopped = parent is None or parent["status"] != Status.RUNNING
+        try_fan_in(self.parent_id)
+
+
+def record(parent_id: str, kind: FanOutKind, outcomes: list[Outcome]) -> list[int]:
+    """Record outcomes exactly once; return the indexes to run again."""
+    now = timezone.now()
+    retry: list[int] = []
+    with transaction.atomic():
+        parent = (
+            LongTask.objects.select_for_update()
+            .only("pk", "status", "subtasks_done")
+            .filter(pk=parent_id)
+            .first()
+        )
+        if parent is None:
+            return []
+        # Only subtasks still RUNNING count: a duplicate delivery, a retried job or a
+        # subtask skipped by fail_fast finds its row already moved and changes nothing.
+        live = set(
+            SubTask.objects.filter(
+                pk__in=[o.pk for o in outcomes], status=Status.RUNNING
+            ).values_list("pk", flat=True)
+        )
+        finished: list[SubTask] = []
+        retrying: list[SubTask] = []
+        seq = parent.subtasks_done
+        failed = 0
+        seconds = 0.0
+        first_failure: Outcome | None = None
+        for o in outcomes:
+            if o.pk not in live:
+                continue
+            live.discard(o.pk)  # the same subtask twice in one flush counts once too
+            if not o.ok and o.attempts < kind.subtask_max_attempts:
+                retrying.append(SubTask(pk=o.pk, status=Status.RETRYING, error=o.error))
+                retry.append(o.index)
+                continue
+            seq += 1
+            seconds += o.seconds
+            if not o.ok:
+                failed += 1
+                first_failure = first_failure or o
+            finished.append(
+                SubTask(
+                    pk=o.pk,
+                    status=Status.SUCCEEDED if o.ok else Status.FAILED,
+                    result=o.result if o.ok else None,
+                    error=o.error,
+                    seconds=o.seconds,
+                    finish_seq=seq,
+                    finished_at=now,
+                )
+            )
+        if finished:
+            SubTask.objects.bulk_update(
+                finished, ["status", "result", "error", "seconds", "finish_seq", "finished_at"]
+            )
+        if retrying:
+            SubTask.objects.bulk_update(retrying, ["status", "error"])
+        if finished:
+            LongTask.objects.filter(pk=parent_id).update(
+                subtasks_done=F("subtasks_done") + len(finished),
+                subtasks_failed=F("subtasks_failed") + failed,
+                subtask_seconds=F("subtask_seconds") + seconds,
+                heartbeat_at=now,
+            )
+        if first_failure and kind.failure_policy == FanOutKind.FAIL_FAST:
+            _fail_fast(parent, first_failure)
+    return retry
+
+
+def _fail_fast(parent: LongTask, failure: Outcome) -> None:
+    """Fail the parent for one subtask's failure and skip the subtasks not yet run."""
+    if parent.status != Status.RUNNING:
+        return
+    error = f"subtask {failure.index} failed: {failure.error}"
+    if parent.fail(error, failure.traceback, progress=fanout_record(parent)):
+        SubTask.objects.filter(parent_id=parent.pk, status__in=CLAIMABLE).update(
+            status=Status.CANCELLED
+        )
+        logger.info(
+            "LongTask id=%s status=FAILED (fail_fast at subtask %s)", parent.pk, failure.index
+        )
+
+
+# Fan-in --------------------------------------------------------------------------
+
+
+class Results:
+    """The subtasks' results in index order, read in pages rather than all at once."""
+
+    def __init__(self, parent_id: str, total: int) -> None:
+        self.parent_id = parent_id
+        self.total = total
+
+    def __len__(self) -> int:
+        return self.total
+
+    def __iter__(self) -> Iterator[Any]:
+        rows = (
+            SubTask.objects.filter(parent_id=self.parent_id)
+            .order_by("index")
+            .values_list("result", flat=True)
+        )
+        return rows.iterator(chunk_size=2000)
+
+
+def try_fan_in(parent_id: str) -> bool:
+    """Run gather if every subtask has finished and nobody else has; return True if we did."""
+    won = LongTask.objects.filter(
+        pk=parent_id,
+        status=Status.RUNNING,
+        split_done=True,
+        fan_in_at__isnull=True,
+        subtasks_done=F("subtasks_total"),
+    ).update(fan_in_at=timezone.now())
+    if not won:
+        return False
+    parent = LongTask.objects.get(pk=parent_id)
+    kind = registry.get(parent.kind)
+    from longtask.runner import to_json
+
+    try:
+        result = to_json(kind.gather(parent, Results(parent_id, parent.subtasks_total)))
+    except Exception as exc:
+        parent.fail(
+            f"gather: {type(exc).__name__}: {exc}", traceback.format_exc(), fanout_record(parent)
+        )
+        logger.exception("LongTask id=%s gather failed", parent_id)
+        return True
+    parent.succeed(result, fanout_record(parent))
+    logger.info("LongTask id=%s kind=%s status=SUCCEEDED after fan-in", parent_id, parent.kind)
+    return True
+
+
+# Progress ---------------------------------------------------------------------------
+
+
+def fanout_record(task: LongTask, now: float | None = None) -> dict[str, Any]:
+    """Progress of a fan-out task from its own counters: finished / total, rate since start."""
+    now = time.time() if now is None else now
+    done, total = task.subtasks_done, task.subtasks_total
+    rate = None
+    if task.started_at and done:
+        elapsed = now - task.started_at.timestamp()
+        rate = done / elapsed if elapsed > 0 else None
+    if task.split_done:
+        message = f"{done} of {total} subtasks done"
+        if task.subtasks_failed:
+            message += f", {task.subtasks_failed} failed"
+    else:
+        message = f"Splitting: {total} subtasks queued so far"
+    return {
+        "current": done,
+        "total": total if task.split_done else None,
+        "message": message,
+        "updated_at": now,
+        "rate": rate,
+    }

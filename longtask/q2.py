@@ -1,0 +1,63 @@
+"""The edge to django-q2: putting jobs on its queues.
+
+Only ids and index ranges cross the broker; everything else is read from the database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from django.utils import timezone
+
+
+def _package(func: str, args: Sequence[Any], name: str) -> dict[str, Any]:
+    # The same package async_task() builds, so the cluster runs it like any other.
+    from django_q.conf import Conf
+    from django_q.humanhash import uuid
+
+    tag = uuid()
+    package: dict[str, Any] = {
+        "id": tag[1],
+        "name": name or tag[0],
+        "func": func,
+        "args": tuple(args),
+        "kwargs": {},
+        "started": timezone.now(),
+    }
+    if Conf.ACK_FAILURES:
+        package["ack_failure"] = True
+    return package
+
+
+def enqueue(func: str, args: Sequence[Any], *, name: str = "", cluster: str | None = None) -> None:
+    """Queue one job."""
+    from django_q.tasks import async_task
+
+    async_task(func, *args, task_name=name or None, cluster=cluster)
+
+
+def enqueue_many(
+    func: str, args_list: Iterable[Sequence[Any]], *, name: str = "", cluster: str | None = None
+) -> int:
+    """Queue many jobs at once: one INSERT on the ORM broker, one RPUSH on Redis."""
+    from django_q.brokers import get_broker
+    from django_q.brokers.orm import ORM
+    from django_q.models import OrmQ
+    from django_q.signing import SignedPackage
+
+    broker = get_broker(cluster)
+    packs = [SignedPackage.dumps(_package(func, args, name)) for args in args_list]
+    if not packs:
+        return 0
+    if isinstance(broker, ORM):
+        now = timezone.now()
+        OrmQ.objects.using(broker.connection.db).bulk_create(
+            [OrmQ(key=broker.list_key, payload=pack, lock=now) for pack in packs]
+        )
+    elif hasattr(broker.connection, "rpush"):
+        broker.connection.rpush(broker.list_key, *packs)
+    else:
+        for pack in packs:
+            broker.enqueue(pack)
+    return len(packs)

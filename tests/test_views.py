@@ -1,0 +1,211 @@
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from django.urls import reverse
+from django.utils import timezone
+
+import longtask
+from longtask import progress, runner
+from longtask.models import LongTask
+
+pytestmark = pytest.mark.django_db
+
+
+def status_url(task: LongTask) -> str:
+    return reverse("longtask:status", args=[task.pk])
+
+
+def json_url(task: LongTask) -> str:
+    return reverse("longtask:status_json", args=[task.pk])
+
+
+def test_index_lists_kinds_with_forms(client):
+    response = client.get("/")
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "Monthly report" in html
+    assert 'action="/tasks/new/report/"' in html
+    assert "csrfmiddlewaretoken" in html
+
+
+def test_valid_post_answers_303_to_the_status_page(client):
+    response = client.post("/tasks/new/report/", {"month": "2026-10", "work_ms": "0"})
+    assert response.status_code == 303
+    task = LongTask.objects.get()
+    assert response["Location"] == status_url(task)
+    assert task.parameters == {"month": "2026-10", "work_ms": 0}
+    assert task.owner is None
+
+
+def test_logged_in_start_is_owned(client, user):
+    client.force_login(user)
+    client.post("/tasks/new/report/", {"month": "2026-10"})
+    assert LongTask.objects.get().owner == user
+
+
+@pytest.mark.parametrize(
+    "data",
+    [{}, {"month": "2026-13"}, {"month": "2026-10", "work_ms": "-5"}, {"month": "x" * 10_000}],
+)
+def test_invalid_post_rerenders_with_errors(client, data):
+    response = client.post("/tasks/new/report/", data)
+    assert response.status_code == 400
+    assert b"errorlist" in response.content
+    assert not LongTask.objects.exists()
+
+
+def test_unknown_kind_is_404(client):
+    assert client.get("/tasks/new/nope/").status_code == 404
+    assert client.post("/tasks/new/nope/", {}).status_code == 404
+
+
+def test_csrf_is_enforced():
+    from django.test import Client
+
+    response = Client(enforce_csrf_checks=True).post("/tasks/new/report/", {"month": "2026-10"})
+    assert response.status_code == 403
+    assert not LongTask.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        f"/tasks/{uuid.uuid4()}/",
+        f"/tasks/{uuid.uuid4()}.json",
+        f"/tasks/{uuid.uuid4()}/download/",
+        "/tasks/not-a-uuid/",
+        "/tasks/123.json",
+    ],
+)
+def test_unknown_or_malformed_ids_are_404(client, path):
+    assert client.get(path).status_code == 404
+
+
+def test_queued_page_refreshes_without_javascript(client):
+    task = longtask.start("report", {"month": "2026-10"})
+    html = client.get(status_url(task)).content.decode()
+    assert '<noscript><meta http-equiv="refresh" content="2"></noscript>' in html
+    assert "Waiting to start" in html
+    assert "<progress></progress>" in html  # no total yet: indeterminate
+
+
+def test_running_page_shows_bar_message_elapsed_and_eta(client):
+    task = longtask.start("report", {"month": "2026-10"})
+    task.claim()
+    progress.write_progress(
+        task.pk,
+        {
+            "current": 5,
+            "total": 20,
+            "message": "Handling <2026-10-05>",
+            "updated_at": timezone.now().timestamp(),
+            "rate": 1.0,
+        },
+    )
+    html = client.get(status_url(task)).content.decode()
+    assert '<progress value="5" max="20">25%</progress>' in html
+    assert "Handling &lt;2026-10-05&gt;" in html
+    assert "Running for" in html
+    assert "About 15 s left." in html
+    assert 'http-equiv="refresh"' in html
+
+
+def test_status_page_and_json_cost_one_query(client, django_assert_num_queries):
+    task = longtask.start("report", {"month": "2026-10"})
+    with django_assert_num_queries(1):
+        assert client.get(status_url(task)).status_code == 200
+    with django_assert_num_queries(1):
+        assert client.get(json_url(task)).status_code == 200
+
+
+def test_succeeded_page_shows_result_download_and_marks_viewed(client):
+    task = longtask.start("report", {"month": "2026-02", "work_ms": 0})
+    runner.run(str(task.pk))
+    response = client.get(status_url(task))
+    html = response.content.decode()
+    assert 'http-equiv="refresh"' not in html
+    assert '<table class="report">' in html and "2026-02-28" in html
+    assert f'href="/tasks/{task.pk}/download/"' in html
+    task.refresh_from_db()
+    assert task.result_viewed_at is not None
+    download = client.get(f"/tasks/{task.pk}/download/")
+    assert download.status_code == 200
+    assert download["Content-Type"] == "text/csv"
+    assert download["Content-Disposition"] == 'attachment; filename="report-2026-02.csv"'
+    lines = download.content.decode().splitlines()
+    assert lines[0] == "date,invoices,net,vat,gross"
+    assert lines[1].startswith("2026-02-01,") and lines[-1].startswith("total,")
+
+
+def test_failed_page_shows_error_and_traceback_to_staff_only(client, staff, test_kinds_registered):
+    task = longtask.start("test-boom", {})
+    runner.run(str(task.pk))
+    html = client.get(status_url(task)).content.decode()
+    assert "RuntimeError: it broke on two lines" in html
+    assert "Traceback" not in html
+    client.force_login(staff)
+    assert "Traceback" in client.get(status_url(task)).content.decode()
+    assert client.get(f"/tasks/{task.pk}/download/").status_code == 404
+
+
+def test_cancelled_page(client):
+    task = longtask.start("report", {"month": "2026-10"})
+    task.cancel()
+    assert "cancelled" in client.get(status_url(task)).content.decode()
+
+
+def test_json_document_shape(client, test_kinds_registered):
+    task = longtask.start("test-count", {"n": 4})
+    doc = client.get(json_url(task)).json()
+    assert doc == {
+        "id": str(task.pk),
+        "kind": "test-count",
+        "name": None,
+        "status": "QUEUED",
+        "progress": {"current": 0, "total": None, "percent": None, "message": ""},
+        "eta_seconds": None,
+        "attempts": 0,
+        "created_at": task.created_at.isoformat(),
+        "started_at": None,
+        "finished_at": None,
+        "error": None,
+        "status_url": f"http://testserver/tasks/{task.pk}/",
+    }
+    runner.run(str(task.pk))
+    doc = client.get(json_url(task)).json()
+    assert doc["status"] == "SUCCEEDED"
+    assert doc["result"] == {"counted": 4, "message": ""}
+    assert doc["progress"] == {"current": 4, "total": 4, "percent": 100, "message": "step 4"}
+    assert doc["eta_seconds"] is None and doc["finished_at"]
+
+
+@pytest.mark.parametrize("suffix", ["", ".json", "/download/"])
+def test_owned_tasks_are_hidden_from_others(client, user, other_user, staff, suffix):
+    task = longtask.start("report", {"month": "2026-02", "work_ms": 0}, owner=user)
+    runner.run(str(task.pk))
+    url = f"/tasks/{task.pk}{suffix}" if suffix == ".json" else f"/tasks/{task.pk}{suffix or '/'}"
+    assert client.get(url).status_code == 404  # anonymous
+    client.force_login(other_user)
+    assert client.get(url).status_code == 404
+    client.force_login(user)
+    assert client.get(url).status_code == 200
+    client.force_login(staff)
+    assert client.get(url).status_code == 200
+
+
+def test_anonymous_task_is_visible_to_whoever_has_the_url(client, user):
+    task = longtask.start("report", {"month": "2026-10"})
+    client.force_login(user)
+    assert client.get(status_url(task)).status_code == 200
+
+
+def test_status_survives_a_lost_cache(client):
+    from django.core.cache import cache
+
+    task = longtask.start("report", {"month": "2026-10"})
+    task.claim()
+    cache.clear()
+    assert client.get(status_url(task)).status_code == 200
+    assert client.get(json_url(task)).json()["progress"]["percent"] is None
