@@ -25,7 +25,7 @@ $(VENV)/.dev: requirements-dev.txt $(VENV)/.runtime
 run: $(VENV)/.runtime
 	$(PY) manage.py migrate --noinput
 	@echo "longtask demo: http://127.0.0.1:$(PORT)/  (Ctrl-C stops the web server and the workers)"
-	exec $(VENV)/bin/honcho --no-prefix start --no-colour -f Procfile 2>&1 || exec $(VENV)/bin/honcho start -f Procfile
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" exec $(VENV)/bin/honcho start -f Procfile -p $(PORT)
 
 test: $(VENV)/.dev
 	$(VENV)/bin/ruff check .

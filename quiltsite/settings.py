@@ -123,7 +123,12 @@ CACHES = {
 }
 SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
 
+# Worker processes of each cluster: one cluster runs tasks and splits fan-out tasks,
+# the other runs subtasks, so a flood of subtasks never starves new tasks.
 WORKERS = env_int("LONGTASK_WORKERS", 2)
+SUBTASK_WORKERS = env_int("LONGTASK_SUBTASK_WORKERS", 2)
+LONGTASK_SUBTASK_CLUSTER = "longtask-subtasks"
+LONGTASK_SUBTASK_PARALLELISM = SUBTASK_WORKERS
 # The longest a single job may run before django-q2 kills it (seconds).
 JOB_TIMEOUT = env_int("LONGTASK_JOB_TIMEOUT", 600)
 
@@ -150,6 +155,9 @@ Q_CLUSTER = {
     "poll": 0.1,
     "bulk": 4,
     "label": "Django Q",
+    # `Q_CLUSTER_NAME=longtask-subtasks manage.py qcluster` (what `manage.py
+    # longtask_worker --queue subtasks` runs) serves the subtask queue with these overrides.
+    "ALT_CLUSTERS": {LONGTASK_SUBTASK_CLUSTER: {"workers": SUBTASK_WORKERS}},
 }
 
 AUTH_PASSWORD_VALIDATORS = [

@@ -55,3 +55,31 @@ def test_two_workers_share_many_tasks_without_locking_errors(tmp_path):
     assert "database is locked" not in log
     assert {t.status for t in tasks} == {Status.SUCCEEDED}, log[-3000:]
     assert all(t.attempts == 1 for t in tasks)
+
+
+def test_quilt_fans_out_over_real_parent_and_subtask_clusters(tmp_path, client):
+    from django.conf import settings
+
+    from longtask.models import SubTask
+
+    task = longtask.start("quilt", {"rows": 20, "cols": 20, "work_ms": 2})
+    subtask_env = {"Q_CLUSTER_NAME": settings.LONGTASK_SUBTASK_CLUSTER}
+    with (
+        qcluster(tmp_path / "parents.log"),
+        qcluster(tmp_path / "subtasks.log", **subtask_env),
+    ):
+        wait_for(lambda: finished(task), 120, "the 20x20 quilt to finish")
+    logs = (tmp_path / "parents.log").read_text() + (tmp_path / "subtasks.log").read_text()
+    assert task.status == Status.SUCCEEDED, (task.error, logs[-3000:])
+    assert (task.subtasks_total, task.subtasks_done, task.subtasks_failed) == (400, 400, 0)
+    subtasks = list(SubTask.objects.filter(parent=task).order_by("index"))
+    # Every square ran once and was counted once.
+    assert [s.index for s in subtasks] == list(range(400))
+    assert {s.attempts for s in subtasks} == {1}
+    assert sorted(s.finish_seq for s in subtasks) == list(range(1, 401))
+    colors = task.result["colors"]
+    for s in subtasks:
+        assert colors[s.result["row"]][s.result["col"]] == s.result["color"]
+    assert "database is locked" not in logs
+    html = client.get(f"/tasks/{task.pk}/").content.decode()
+    assert html.count('<i style="background:#') == 400
