@@ -52,6 +52,27 @@ def start(
     return task
 
 
+def retry(task: LongTask) -> bool:
+    """Run a failed (or cancelled) task again; False if it is not in such a state.
+
+    A fan-out task whose split had finished keeps its succeeded subtasks: only the
+    failed and skipped ones are queued again, and gather runs once they finish.
+    """
+    from longtask import fanout
+
+    with transaction.atomic():
+        task = LongTask.objects.select_for_update().get(pk=task.pk)
+        if not task.requeue():
+            return False
+        if task.is_fanout and task.split_done:
+            indexes = fanout.reset_unfinished_subtasks(task)
+            transaction.on_commit(lambda: fanout.enqueue_indexes(task, indexes))
+        else:
+            transaction.on_commit(lambda: enqueue(task))
+    logger.info("LongTask id=%s kind=%s status=%s (retry)", task.pk, task.kind, task.status)
+    return True
+
+
 def enqueue(task: LongTask) -> None:
     """Hand a saved task to the django-q2 workers."""
     from django_q.tasks import async_task

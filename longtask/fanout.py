@@ -124,6 +124,35 @@ def chunk_size(kind: FanOutKind, task: LongTask, batch_len: int) -> int:
     return max(1, min(size, settings.MAX_CHUNK_SIZE, spread))
 
 
+def reset_unfinished_subtasks(task: LongTask) -> list[int]:
+    """Queue a fan-out task's failed and skipped subtasks again; return their indexes.
+
+    Succeeded subtasks keep their results. Call inside the transaction that requeued
+    the parent; the parent goes straight back to RUNNING (its split is done).
+    """
+    rows = SubTask.objects.filter(parent=task, status__in=[Status.FAILED, Status.CANCELLED])
+    indexes = list(rows.order_by("index").values_list("index", flat=True))
+    failed = rows.filter(status=Status.FAILED).count()
+    rows.update(status=Status.QUEUED, finish_seq=None, finished_at=None, attempts=0)
+    LongTask.objects.filter(pk=task.pk).update(
+        status=Status.RUNNING,
+        subtasks_done=F("subtasks_done") - failed,
+        subtasks_failed=0,
+    )
+    task.refresh_from_db()
+    return indexes
+
+
+def enqueue_indexes(task: LongTask, indexes: list[int]) -> None:
+    """Queue chunk jobs for the given subtask indexes (after they committed)."""
+    size = max(1, settings.MAX_CHUNK_SIZE // 10)
+    jobs = [(str(task.pk), 0, 0, indexes[i : i + size]) for i in range(0, len(indexes), size)]
+    q2.enqueue_many(CHUNK_JOB, jobs, cluster=settings.SUBTASK_CLUSTER)
+    # Nothing to re-run (e.g. only the gather had failed): fan in now.
+    if not indexes:
+        try_fan_in(task.pk)
+
+
 # Running chunks -------------------------------------------------------------------
 
 
@@ -238,7 +267,7 @@ def record(parent_id: str, kind: FanOutKind, outcomes: list[Outcome]) -> list[in
     with transaction.atomic():
         parent = (
             LongTask.objects.select_for_update()
-            .only("pk", "status", "subtasks_done")
+            .only("pk", "status", "subtask_cursor")
             .filter(pk=parent_id)
             .first()
         )
@@ -253,7 +282,7 @@ def record(parent_id: str, kind: FanOutKind, outcomes: list[Outcome]) -> list[in
         )
         finished: list[SubTask] = []
         retrying: list[SubTask] = []
-        seq = parent.subtasks_done
+        seq = parent.subtask_cursor
         failed = 0
         seconds = 0.0
         first_failure: Outcome | None = None
@@ -290,6 +319,7 @@ def record(parent_id: str, kind: FanOutKind, outcomes: list[Outcome]) -> list[in
         if finished:
             LongTask.objects.filter(pk=parent_id).update(
                 subtasks_done=F("subtasks_done") + len(finished),
+                subtask_cursor=F("subtask_cursor") + len(finished),
                 subtasks_failed=F("subtasks_failed") + failed,
                 subtask_seconds=F("subtask_seconds") + seconds,
                 heartbeat_at=now,

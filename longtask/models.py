@@ -72,6 +72,8 @@ class LongTask(models.Model):
     error = models.CharField(max_length=ERROR_MAX_LENGTH, blank=True)
     traceback = models.TextField(blank=True)
     attempts = models.PositiveIntegerField(default=0)
+    #: Past failures and retries, oldest first: [{"event", "attempt", "error", "at"}].
+    history = models.JSONField(default=list, blank=True)
     #: The last progress record, persisted when the task ends (live progress is in the cache).
     last_progress = models.JSONField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
@@ -86,6 +88,8 @@ class LongTask(models.Model):
     subtasks_total = models.PositiveIntegerField(default=0)
     subtasks_done = models.PositiveIntegerField(default=0)
     subtasks_failed = models.PositiveIntegerField(default=0)
+    #: Last finish_seq handed out; unlike subtasks_done it never goes back (retries).
+    subtask_cursor = models.PositiveIntegerField(default=0)
     #: Sum of the run times of finished subtasks (seconds), for chunk sizing and the ETA.
     subtask_seconds = models.FloatField(default=0)
     #: The split has queued every subtask (the seeds' "all loaded" flag).
@@ -206,10 +210,12 @@ class LongTask(models.Model):
 
     def fail(self, error: str, traceback: str = "", progress: dict[str, Any] | None = None) -> bool:
         """Mark a running task FAILED with a one-line error and its traceback."""
+        error = one_line(error)
         return self._transition(
             {Status.RUNNING},
             status=Status.FAILED,
-            error=one_line(error),
+            history=[*self.history, self._event("failed", error)],
+            error=error,
             traceback=traceback,
             last_progress=progress,
             finished_at=timezone.now(),
@@ -220,6 +226,26 @@ class LongTask(models.Model):
         return self._transition(
             CLAIMABLE_STATUSES, status=Status.CANCELLED, finished_at=timezone.now()
         )
+
+    def requeue(self) -> bool:
+        """Put a failed or cancelled task back in the queue; its last error goes to history."""
+        return self._transition(
+            {Status.FAILED, Status.CANCELLED},
+            status=Status.QUEUED,
+            history=[*self.history, self._event("retried", self.error)],
+            error="",
+            traceback="",
+            finished_at=None,
+            fan_in_at=None,
+        )
+
+    def _event(self, event: str, error: str) -> dict[str, Any]:
+        return {
+            "event": event,
+            "attempt": self.attempts,
+            "error": error,
+            "at": timezone.now().isoformat(),
+        }
 
     def mark_result_viewed(self) -> bool:
         """Record the first time the result was shown; later views change nothing."""

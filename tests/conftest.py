@@ -15,6 +15,7 @@ TEST_KINDS = [
     test_kinds.Squares,
     test_kinds.TolerantSquares,
     test_kinds.OneShotSquares,
+    test_kinds.SwitchableSquares,
 ]
 
 

@@ -79,3 +79,17 @@ class TolerantSquares(Squares):
 class OneShotSquares(Squares):
     name = "test-squares-oneshot"
     subtask_max_attempts = 1
+
+
+#: Indexes that SwitchableSquares fails, changed by tests between runs (in-process only).
+FAILING: set[int] = set()
+
+
+class SwitchableSquares(Squares):
+    name = "test-squares-switchable"
+    subtask_max_attempts = 1
+
+    def run_subtask(self, params: dict[str, Any]) -> Any:
+        if params["i"] in FAILING:
+            raise ValueError(f"square {params['i']} is switched off")
+        return params["i"] ** 2
