@@ -11,10 +11,29 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["Download", "InvalidParameters", "Kind", "UnknownKind", "register", "start"]
+__all__ = [
+    "Cancelled",
+    "Download",
+    "FanOutKind",
+    "FatalError",
+    "InvalidParameters",
+    "Kind",
+    "RetryLater",
+    "RetryPolicy",
+    "UnknownKind",
+    "register",
+    "retry",
+    "start",
+]
 
 _LAZY = {
     "start": "longtask.api",
+    "retry": "longtask.api",
+    "FanOutKind": "longtask.kinds",
+    "RetryPolicy": "longtask.retry",
+    "FatalError": "longtask.exceptions",
+    "RetryLater": "longtask.exceptions",
+    "Cancelled": "longtask.exceptions",
     "Kind": "longtask.kinds",
     "Download": "longtask.kinds",
     "register": "longtask.kinds",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -13,6 +14,8 @@ from longtask.kinds import Kind, registry
 from longtask.models import LongTask
 
 logger = logging.getLogger("longtask")
+
+RUN_JOB = "longtask.jobs.run_task"
 
 
 def start(
@@ -73,8 +76,8 @@ def retry(task: LongTask) -> bool:
     return True
 
 
-def enqueue(task: LongTask) -> None:
-    """Hand a saved task to the django-q2 workers."""
-    from django_q.tasks import async_task
+def enqueue(task: LongTask, eta: datetime.datetime | None = None) -> None:
+    """Hand a saved task to the django-q2 workers, to run no earlier than ``eta``."""
+    from longtask import q2
 
-    async_task("longtask.jobs.run_task", str(task.pk), task_name=f"longtask-{task.pk}")
+    q2.enqueue_many(RUN_JOB, [(str(task.pk),)], name=f"longtask-{task.pk}", eta=eta)

@@ -32,6 +32,14 @@ class Settings:
     MAX_CHUNK_SIZE: int = 500
     #: A chunk records its finished subtasks at least this often (seconds).
     RECORD_INTERVAL: float = 0.2
+    #: Default retry policy of a kind (fields of longtask.retry.RetryPolicy).
+    RETRY: dict = {"max_attempts": 5, "min_backoff": 1.0, "max_backoff": 300.0, "max_doublings": 5}
+    #: Seconds between two heartbeats of a running task or chunk.
+    HEARTBEAT_INTERVAL: float = 5.0
+    #: A running task or subtask without a heartbeat for this long is re-queued (seconds).
+    STALE_AFTER: float = 60.0
+    #: Seconds between two sweeps for stale work by ``manage.py longtask_worker``.
+    SWEEP_INTERVAL: float = 10.0
     #: Seconds between two refreshes of the status page without JavaScript.
     REFRESH_SECONDS: int = 2
 

@@ -36,3 +36,19 @@ class InvalidParameters(LongTaskError, ValueError):
 
 class KindConfigurationError(LongTaskError, ImproperlyConfigured):
     """A kind is declared wrongly (no name, a name used twice, ...)."""
+
+
+class FatalError(LongTaskError):
+    """Raise from a task to fail it for good at once, without retries."""
+
+
+class RetryLater(LongTaskError):
+    """Raise from a task to ask for another attempt after ``delay`` seconds."""
+
+    def __init__(self, delay: float = 0, message: str = "") -> None:
+        super().__init__(message or f"retry requested in {delay:g}s")
+        self.delay = delay
+
+
+class Cancelled(LongTaskError):
+    """Raised inside a running task by ``progress()`` once the task has been cancelled."""

@@ -12,6 +12,7 @@ sees ``done == total`` with the split finished tries a compare-and-set on
 from __future__ import annotations
 
 import contextvars
+import datetime
 import logging
 import math
 import time
@@ -26,6 +27,8 @@ from django.utils import timezone
 
 from longtask import q2
 from longtask.conf import settings
+from longtask.exceptions import FatalError, RetryLater
+from longtask.heartbeat import Heartbeat
 from longtask.kinds import FanOutKind, registry
 from longtask.models import LongTask, Status, SubTask, one_line
 
@@ -42,7 +45,7 @@ class SubtaskContext:
     parent_id: str
     index: int
     attempt: int
-    max_attempts: int
+    max_attempts: int | None
 
 
 _current: contextvars.ContextVar[SubtaskContext | None] = contextvars.ContextVar(
@@ -165,6 +168,10 @@ class Outcome:
     result: Any = None
     error: str = ""
     traceback: str = ""
+    #: The failure may not be retried (FatalError or one of the kind's fatal exceptions).
+    fatal: bool = False
+    #: A delay asked for with RetryLater, instead of the policy's backoff.
+    retry_in: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -179,35 +186,46 @@ def run_chunk(parent_id: str, first: int, last: int, indexes: Sequence[int] | No
     kind = registry.get(parent.kind)
     assert isinstance(kind, FanOutKind)
     claimed = claim(parent_id, first, last, indexes)
+    if not claimed:
+        return
     recorder = Recorder(parent_id, kind)
+    pks = [row[0] for row in claimed]
     from longtask.runner import to_json
 
-    for position, (pk, index, params, attempts) in enumerate(claimed):
-        if recorder.stopped:
-            # The parent failed fast or was cancelled: the rest of the chunk is skipped.
-            SubTask.objects.filter(
-                pk__in=[row[0] for row in claimed[position:]], status=Status.RUNNING
-            ).update(status=Status.CANCELLED)
-            break
-        context = SubtaskContext(parent_id, index, attempts, kind.subtask_max_attempts)
-        token = _current.set(context)
-        began = time.perf_counter()
-        try:
-            outcome = Outcome(pk, index, attempts, 0, result=to_json(kind.run_subtask(params)))
-        except Exception as exc:
-            outcome = Outcome(
-                pk,
-                index,
-                attempts,
-                0,
-                error=one_line(f"{type(exc).__name__}: {exc}"),
-                traceback=traceback.format_exc(),
-            )
-        finally:
-            _current.reset(token)
-        outcome.seconds = time.perf_counter() - began
-        recorder.add(outcome)
-    recorder.flush()
+    def beat() -> bool:
+        now = timezone.now()
+        SubTask.objects.filter(pk__in=pks, status=Status.RUNNING).update(heartbeat_at=now)
+        return LongTask.objects.filter(pk=parent_id, status=Status.RUNNING).exists()
+
+    max_attempts = kind.subtask_retry.max_attempts
+    with Heartbeat(beat) as heartbeat:
+        for position, (pk, index, params, attempts) in enumerate(claimed):
+            if recorder.stopped or heartbeat.stopped.is_set():
+                # The parent failed fast or was cancelled: the rest of the chunk is skipped.
+                SubTask.objects.filter(pk__in=pks[position:], status=Status.RUNNING).update(
+                    status=Status.CANCELLED
+                )
+                break
+            token = _current.set(SubtaskContext(parent_id, index, attempts, max_attempts))
+            began = time.perf_counter()
+            try:
+                outcome = Outcome(pk, index, attempts, 0, result=to_json(kind.run_subtask(params)))
+            except Exception as exc:
+                outcome = Outcome(
+                    pk,
+                    index,
+                    attempts,
+                    0,
+                    error=one_line(f"{type(exc).__name__}: {exc}"),
+                    traceback=traceback.format_exc(),
+                    fatal=isinstance(exc, (FatalError, *kind.fatal_exceptions)),
+                    retry_in=exc.delay if isinstance(exc, RetryLater) else None,
+                )
+            finally:
+                _current.reset(token)
+            outcome.seconds = time.perf_counter() - began
+            recorder.add(outcome)
+        recorder.flush()
 
 
 def claim(
@@ -226,8 +244,9 @@ def claim(
             .values_list("pk", "index", "parameters", "attempts")
         )
         if picked:
+            now = timezone.now()
             SubTask.objects.filter(pk__in=[row[0] for row in picked]).update(
-                status=Status.RUNNING, attempts=F("attempts") + 1, started_at=timezone.now()
+                status=Status.RUNNING, attempts=F("attempts") + 1, started_at=now, heartbeat_at=now
             )
     return [(pk, index, params, attempts + 1) for pk, index, params, attempts in picked]
 
@@ -252,18 +271,29 @@ class Recorder:
         if not self.pending:
             return
         pending, self.pending = self.pending, []
-        retry = record(self.parent_id, self.kind, pending)
-        if retry:
-            q2.enqueue(CHUNK_JOB, (self.parent_id, 0, 0, retry), cluster=settings.SUBTASK_CLUSTER)
+        enqueue_retries(self.parent_id, record(self.parent_id, self.kind, pending))
         parent = LongTask.objects.filter(pk=self.parent_id).values("status").first()
         self.stopped = parent is None or parent["status"] != Status.RUNNING
         try_fan_in(self.parent_id)
 
 
-def record(parent_id: str, kind: FanOutKind, outcomes: list[Outcome]) -> list[int]:
-    """Record outcomes exactly once; return the indexes to run again."""
+def enqueue_retries(parent_id: str, retries: dict[float, list[int]]) -> None:
+    """Queue the subtasks to run again, one job per delay (after the record committed)."""
     now = timezone.now()
-    retry: list[int] = []
+    for delay, indexes in retries.items():
+        q2.enqueue_many(
+            CHUNK_JOB,
+            [(parent_id, 0, 0, indexes)],
+            cluster=settings.SUBTASK_CLUSTER,
+            eta=now + datetime.timedelta(seconds=delay),
+        )
+
+
+def record(parent_id: str, kind: FanOutKind, outcomes: list[Outcome]) -> dict[float, list[int]]:
+    """Record outcomes exactly once; return the indexes to run again, by delay."""
+    now = timezone.now()
+    policy = kind.subtask_retry
+    retry: dict[float, list[int]] = {}
     with transaction.atomic():
         parent = (
             LongTask.objects.select_for_update()
@@ -272,13 +302,13 @@ def record(parent_id: str, kind: FanOutKind, outcomes: list[Outcome]) -> list[in
             .first()
         )
         if parent is None:
-            return []
+            return {}
         # Only subtasks still RUNNING count: a duplicate delivery, a retried job or a
         # subtask skipped by fail_fast finds its row already moved and changes nothing.
-        live = set(
+        live = dict(
             SubTask.objects.filter(
                 pk__in=[o.pk for o in outcomes], status=Status.RUNNING
-            ).values_list("pk", flat=True)
+            ).values_list("pk", "created_at")
         )
         finished: list[SubTask] = []
         retrying: list[SubTask] = []
@@ -289,10 +319,13 @@ def record(parent_id: str, kind: FanOutKind, outcomes: list[Outcome]) -> list[in
         for o in outcomes:
             if o.pk not in live:
                 continue
-            live.discard(o.pk)  # the same subtask twice in one flush counts once too
-            if not o.ok and o.attempts < kind.subtask_max_attempts:
+            created_at = live.pop(o.pk)  # the same subtask twice in one flush counts once too
+            age = (now - created_at).total_seconds()
+            if not o.ok and not o.fatal and not policy.gives_up(o.attempts, age):
                 retrying.append(SubTask(pk=o.pk, status=Status.RETRYING, error=o.error))
-                retry.append(o.index)
+                # Subtasks on the same attempt share one delay (and one job).
+                delay = o.retry_in if o.retry_in is not None else policy.backoff(o.attempts)
+                retry.setdefault(round(delay, 1), []).append(o.index)
                 continue
             seq += 1
             seconds += o.seconds

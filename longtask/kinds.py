@@ -13,6 +13,7 @@ from django.template.loader import render_to_string
 from django.utils.safestring import SafeString
 
 from longtask.exceptions import InvalidParameters, KindConfigurationError, UnknownKind
+from longtask.retry import RetryPolicy
 
 if TYPE_CHECKING:
     from longtask.models import LongTask
@@ -41,6 +42,16 @@ class Kind:
     order: ClassVar[int] = 100
     #: Queue this kind runs on; ``None`` means the default queue.
     queue: ClassVar[str | None] = None
+    #: Retries of a failed run; None means the LONGTASK_RETRY setting.
+    retry: ClassVar[RetryPolicy | None] = None
+    #: Exceptions that fail the task at once, like ``longtask.FatalError``.
+    fatal_exceptions: ClassVar[tuple[type[BaseException], ...]] = ()
+    #: Seconds a run may take before it is stopped and counted as a failed attempt;
+    #: None means django-q2's cluster timeout (LONGTASK_JOB_TIMEOUT in the demo).
+    time_limit: ClassVar[int | None] = None
+
+    def retry_policy(self) -> RetryPolicy:
+        return self.retry or RetryPolicy.default()
 
     def clean_parameters(self, data: Mapping[str, Any]) -> dict[str, Any]:
         """Validate ``data`` with the kind's form and return JSON-able parameters."""
@@ -88,8 +99,10 @@ class FanOutKind(Kind):
     failure_policy: ClassVar[str] = FAIL_FAST
     #: Subtasks per django-q2 job; None picks it from the observed subtask duration.
     chunk_size: ClassVar[int | None] = None
-    #: Attempts of one subtask before it fails for good.
-    subtask_max_attempts: ClassVar[int] = 3
+    #: Retries of one subtask (backoff from the last failure of that subtask).
+    subtask_retry: ClassVar[RetryPolicy] = RetryPolicy(
+        max_attempts=3, min_backoff=0.2, max_backoff=10.0, max_doublings=4
+    )
 
     def split(self, params: dict[str, Any]) -> Iterable[dict[str, Any]]:
         """Yield the parameters of each subtask, in index order (a generator is best)."""

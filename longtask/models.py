@@ -80,6 +80,10 @@ class LongTask(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    #: When a RETRYING task runs again.
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    #: Set by cancel() on a running task; the worker stops at its next progress() call.
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
     #: When the result was first shown on the status page.
     result_viewed_at = models.DateTimeField(null=True, blank=True)
     # Fan-out bookkeeping (zero for plain tasks). subtasks_done counts finished
@@ -146,8 +150,16 @@ class LongTask(models.Model):
         return self.status in FINISHED_STATUSES
 
     def progress(self, current: float, total: float | None = None, message: str = "") -> None:
-        """Report progress (cheap: writes to the cache are throttled, the last one is kept)."""
+        """Report progress (cheap: writes to the cache are throttled, the last one is kept).
+
+        Raises ``longtask.Cancelled`` once the task has been cancelled.
+        """
         self.progress_reporter.update(current, total, message)
+        event = self.__dict__.get("_cancel_event")
+        if event is not None and event.is_set():
+            from longtask.exceptions import Cancelled
+
+            raise Cancelled(f"task {self.pk} was cancelled")
 
     @property
     def progress_reporter(self) -> progress_store.ProgressReporter:
@@ -180,8 +192,13 @@ class LongTask(models.Model):
     # State changes. Each is one conditional UPDATE, so two workers racing on one
     # task can never both claim it or both finish it; each returns whether it won.
 
-    def _transition(self, from_statuses: frozenset[str] | set[str], **changes: Any) -> bool:
-        updated = LongTask.objects.filter(pk=self.pk, status__in=from_statuses).update(**changes)
+    def _transition(
+        self, from_statuses: frozenset[str] | set[str], _heartbeat: Any = None, **changes: Any
+    ) -> bool:
+        rows = LongTask.objects.filter(pk=self.pk, status__in=from_statuses)
+        if _heartbeat is not None:  # only if no worker has beaten since it was seen stale
+            rows = rows.filter(heartbeat_at=_heartbeat)
+        updated = rows.update(**changes)
         if updated:
             self.refresh_from_db(fields=[*changes])
         return bool(updated)
@@ -195,7 +212,29 @@ class LongTask(models.Model):
             attempts=F("attempts") + 1,
             started_at=Coalesce(F("started_at"), now),
             heartbeat_at=now,
+            next_attempt_at=None,
         )
+
+    def schedule_retry(
+        self,
+        error: str,
+        traceback: str,
+        next_attempt_at: Any,
+        progress: dict[str, Any] | None = None,
+        *,
+        expected_heartbeat: Any = None,
+    ) -> bool:
+        """Put a running task whose attempt failed into RETRYING until ``next_attempt_at``."""
+        error = one_line(error)
+        changes: dict[str, Any] = {
+            "status": Status.RETRYING,
+            "history": [*self.history, self._event("attempt failed", error)],
+            "error": error,
+            "traceback": traceback,
+            "last_progress": progress,
+            "next_attempt_at": next_attempt_at,
+        }
+        return self._transition({Status.RUNNING}, _heartbeat=expected_heartbeat, **changes)
 
     def succeed(self, result: Any, progress: dict[str, Any] | None = None) -> bool:
         """Store the result of a running task and mark it SUCCEEDED."""
@@ -208,11 +247,19 @@ class LongTask(models.Model):
             finished_at=timezone.now(),
         )
 
-    def fail(self, error: str, traceback: str = "", progress: dict[str, Any] | None = None) -> bool:
+    def fail(
+        self,
+        error: str,
+        traceback: str = "",
+        progress: dict[str, Any] | None = None,
+        *,
+        expected_heartbeat: Any = None,
+    ) -> bool:
         """Mark a running task FAILED with a one-line error and its traceback."""
         error = one_line(error)
         return self._transition(
             {Status.RUNNING},
+            _heartbeat=expected_heartbeat,
             status=Status.FAILED,
             history=[*self.history, self._event("failed", error)],
             error=error,
@@ -222,9 +269,54 @@ class LongTask(models.Model):
         )
 
     def cancel(self) -> bool:
-        """Cancel a task that has not started; it will never run."""
+        """Cancel the task; False if it has already finished.
+
+        A queued or retrying task becomes CANCELLED at once and never runs. A running
+        fan-out task too: its queued subtasks are skipped and gather never runs. A
+        running plain task is asked to stop: it raises ``Cancelled`` at its next
+        ``progress()`` call (cooperative) and then becomes CANCELLED.
+        """
+        now = timezone.now()
+        if self._transition(CLAIMABLE_STATUSES, status=Status.CANCELLED, finished_at=now):
+            return True
+        if self.is_fanout and self._transition(
+            {Status.RUNNING}, status=Status.CANCELLED, finished_at=now, cancel_requested_at=now
+        ):
+            SubTask.objects.filter(parent=self, status__in=CLAIMABLE_STATUSES).update(
+                status=Status.CANCELLED
+            )
+            return True
+        updated = LongTask.objects.filter(
+            pk=self.pk, status=Status.RUNNING, cancel_requested_at__isnull=True
+        ).update(cancel_requested_at=now)
+        if updated:
+            self.cancel_requested_at = now
+        return bool(updated) or (
+            self.status == Status.RUNNING and self.cancel_requested_at is not None
+        )
+
+    def finish_cancelled(
+        self, progress: dict[str, Any] | None = None, *, expected_heartbeat: Any = None
+    ) -> bool:
+        """Record that a running task stopped because it was cancelled."""
         return self._transition(
-            CLAIMABLE_STATUSES, status=Status.CANCELLED, finished_at=timezone.now()
+            {Status.RUNNING},
+            _heartbeat=expected_heartbeat,
+            status=Status.CANCELLED,
+            last_progress=progress,
+            finished_at=timezone.now(),
+        )
+
+    @property
+    def cancelled(self) -> bool:
+        """Say whether the task has been asked to stop (one cheap query)."""
+        event = self.__dict__.get("_cancel_event")
+        if event is not None and event.is_set():
+            return True
+        return (
+            LongTask.objects.filter(pk=self.pk)
+            .filter(Q(cancel_requested_at__isnull=False) | Q(status=Status.CANCELLED))
+            .exists()
         )
 
     def requeue(self) -> bool:
@@ -282,6 +374,7 @@ class SubTask(models.Model):
     finish_seq = models.PositiveIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

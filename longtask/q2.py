@@ -5,6 +5,7 @@ Only ids and index ranges cross the broker; everything else is read from the dat
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -30,17 +31,20 @@ def _package(func: str, args: Sequence[Any], name: str) -> dict[str, Any]:
     return package
 
 
-def enqueue(func: str, args: Sequence[Any], *, name: str = "", cluster: str | None = None) -> None:
-    """Queue one job."""
-    from django_q.tasks import async_task
-
-    async_task(func, *args, task_name=name or None, cluster=cluster)
-
-
 def enqueue_many(
-    func: str, args_list: Iterable[Sequence[Any]], *, name: str = "", cluster: str | None = None
+    func: str,
+    args_list: Iterable[Sequence[Any]],
+    *,
+    name: str = "",
+    cluster: str | None = None,
+    eta: datetime.datetime | None = None,
 ) -> int:
-    """Queue many jobs at once: one INSERT on the ORM broker, one RPUSH on Redis."""
+    """Queue many jobs at once: one INSERT on the ORM broker, one RPUSH on Redis.
+
+    With ``eta``, the ORM broker delivers the jobs no earlier than then: a queue row
+    is invisible to workers until its ``lock`` time, which is polled every ``poll``
+    seconds, so a retry delay is kept to well within a second.
+    """
     from django_q.brokers import get_broker
     from django_q.brokers.orm import ORM
     from django_q.models import OrmQ
@@ -51,7 +55,7 @@ def enqueue_many(
     if not packs:
         return 0
     if isinstance(broker, ORM):
-        now = timezone.now()
+        now = max(eta, timezone.now()) if eta else timezone.now()
         OrmQ.objects.using(broker.connection.db).bulk_create(
             [OrmQ(key=broker.list_key, payload=pack, lock=now) for pack in packs]
         )

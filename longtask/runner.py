@@ -1,16 +1,20 @@
-"""Running a task in a worker: claim, run the kind, record the outcome."""
+"""Running a task in a worker: claim, run the kind, record the outcome or schedule a retry."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import traceback
 from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
+from django.utils import timezone
 
 from longtask import fanout
-from longtask.kinds import FanOutKind, registry
+from longtask.exceptions import Cancelled, FatalError, RetryLater
+from longtask.heartbeat import Heartbeat
+from longtask.kinds import FanOutKind, Kind, registry
 from longtask.models import LongTask, Status, SubTask
 
 logger = logging.getLogger("longtask")
@@ -33,20 +37,79 @@ def run(task_id: str) -> None:
     logger.info(
         "LongTask id=%s kind=%s status=RUNNING attempt=%s", task.pk, task.kind, task.attempts
     )
-    try:
-        kind = registry.get(task.kind)
-        if isinstance(kind, FanOutKind):
-            # The parent's job only splits; the last subtask's recorder gathers.
-            fanout.split(task, kind)
-            return
-        result = to_json(kind.run(task, task.parameters))
-    except Exception as exc:
-        record = fanout.fanout_record(task) if task.is_fanout else task.progress_reporter.flush()
-        if task.fail(f"{type(exc).__name__}: {exc}", traceback.format_exc(), record):
-            SubTask.objects.filter(parent=task, status__in=fanout.CLAIMABLE).update(
-                status=Status.CANCELLED
-            )
-        logger.exception("LongTask id=%s kind=%s status=FAILED", task.pk, task.kind)
+    kind = registry.find(task.kind)
+    if kind is None:
+        task.fail(f"unknown task kind {task.kind!r}", progress=task.progress_reporter.flush())
         return
-    task.succeed(result, task.progress_reporter.flush())
-    logger.info("LongTask id=%s kind=%s status=SUCCEEDED", task.pk, task.kind)
+
+    def beat() -> bool:
+        # False once the task is no longer ours to run (cancel requested, or taken away).
+        return bool(
+            LongTask.objects.filter(
+                pk=task.pk, status=Status.RUNNING, cancel_requested_at__isnull=True
+            ).update(heartbeat_at=timezone.now())
+        )
+
+    with Heartbeat(beat) as heartbeat:
+        task.__dict__["_cancel_event"] = heartbeat.stopped
+        try:
+            if isinstance(kind, FanOutKind):
+                # The parent's job only splits; the last subtask's recorder gathers.
+                fanout.split(task, kind)
+                return
+            result = to_json(kind.run(task, task.parameters))
+        except Cancelled:
+            task.finish_cancelled(task.progress_reporter.flush())
+            logger.info("LongTask id=%s kind=%s status=CANCELLED", task.pk, task.kind)
+            return
+        except Exception as exc:
+            handle_failure(task, kind, exc, traceback.format_exc())
+            return
+    if task.succeed(result, task.progress_reporter.flush()):
+        logger.info("LongTask id=%s kind=%s status=SUCCEEDED", task.pk, task.kind)
+
+
+def _progress_of(task: LongTask) -> dict[str, Any] | None:
+    if task.is_fanout:
+        return fanout.fanout_record(task)
+    if "_progress_reporter" in task.__dict__:  # this process ran it: flush the last value
+        return task.progress_reporter.flush()
+    return task.progress_record()  # recovering another worker's task: what it last wrote
+
+
+def handle_failure(
+    task: LongTask,
+    kind: Kind,
+    exc: BaseException,
+    tb: str,
+    *,
+    expected_heartbeat: Any = None,
+) -> None:
+    """Fail the task for good or schedule its next attempt under the kind's retry policy."""
+    error = f"{type(exc).__name__}: {exc}"
+    policy = kind.retry_policy()
+    age = (timezone.now() - task.created_at).total_seconds()
+    fatal = isinstance(exc, (FatalError, *kind.fatal_exceptions))
+    if not fatal and not policy.gives_up(task.attempts, age):
+        delay = exc.delay if isinstance(exc, RetryLater) else policy.delay(task.attempts)
+        next_at = timezone.now() + datetime.timedelta(seconds=delay)
+        if task.schedule_retry(
+            error, tb, next_at, _progress_of(task), expected_heartbeat=expected_heartbeat
+        ):
+            from longtask.api import enqueue
+
+            enqueue(task, eta=next_at)
+            logger.warning(
+                "LongTask id=%s kind=%s status=RETRYING attempt=%s delay=%.1fs error=%s",
+                task.pk,
+                task.kind,
+                task.attempts,
+                delay,
+                error,
+            )
+        return
+    if task.fail(error, tb, _progress_of(task), expected_heartbeat=expected_heartbeat):
+        SubTask.objects.filter(parent=task, status__in=fanout.CLAIMABLE).update(
+            status=Status.CANCELLED
+        )
+        logger.error("LongTask id=%s kind=%s status=FAILED error=%s", task.pk, task.kind, error)

@@ -11,4 +11,5 @@ urlpatterns = [
     path("tasks/<uuid:task_id>.json", views.status_json, name="status_json"),
     path("tasks/<uuid:task_id>/subtasks.json", views.subtasks_json, name="subtasks_json"),
     path("tasks/<uuid:task_id>/download/", views.download, name="download"),
+    path("tasks/<uuid:task_id>/cancel/", views.cancel, name="cancel"),
 ]

@@ -10,7 +10,7 @@ from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
 from django.utils import timezone
 from django.utils.http import content_disposition_header
-from django.views.decorators.http import require_GET, require_http_methods
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from longtask import api, progress
 from longtask.access import get_visible_task
@@ -73,7 +73,12 @@ def status(request: HttpRequest, task_id: UUID) -> HttpResponse:
         "eta_seconds": None if task.is_finished else progress.eta_seconds(record, time.time()),
         "refresh_seconds": settings.REFRESH_SECONDS,
         "show_traceback": request.user.is_staff,
+        "can_cancel": not task.is_finished and not task.cancel_requested_at,
     }
+    if task.status == Status.RETRYING and kind is not None:
+        context["max_attempts"] = kind.retry_policy().max_attempts
+        if task.next_attempt_at:
+            context["retry_in_seconds"] = max(0, (task.next_attempt_at - now).total_seconds())
     if not task.is_finished and kind is not None:
         context["progress_html"] = kind.display_progress(task)
     if task.status == Status.SUCCEEDED and kind is not None:
@@ -89,6 +94,14 @@ def status_json(request: HttpRequest, task_id: UUID) -> JsonResponse:
     task = get_visible_task(request.user, task_id)
     url = request.build_absolute_uri(task.get_absolute_url())
     return JsonResponse(status_document(task, task.progress_record(), status_url=url))
+
+
+@require_POST
+def cancel(request: HttpRequest, task_id: UUID) -> HttpResponse:
+    """Cancel a task (its owner, staff, or anyone holding an anonymous task's URL)."""
+    task = get_visible_task(request.user, task_id)
+    task.cancel()
+    return redirect_303(task.get_absolute_url())
 
 
 @require_GET

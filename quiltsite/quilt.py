@@ -89,7 +89,9 @@ class Quilt(FanOutKind):
         if params["work_ms"]:
             time.sleep(params["work_ms"] / 1000)
         context = current_subtask()
-        last_attempt = context is None or context.attempt >= context.max_attempts
+        last_attempt = context is None or (
+            context.max_attempts is not None and context.attempt >= context.max_attempts
+        )
         if not last_attempt and random.random() < params["fail_rate"]:
             raise TransientSquareError(f"square {params['row']},{params['col']} slipped")
         color = f"#{random.randrange(0x1000000):06x}"

@@ -129,6 +129,11 @@ WORKERS = env_int("LONGTASK_WORKERS", 2)
 SUBTASK_WORKERS = env_int("LONGTASK_SUBTASK_WORKERS", 2)
 LONGTASK_SUBTASK_CLUSTER = "longtask-subtasks"
 LONGTASK_SUBTASK_PARALLELISM = SUBTASK_WORKERS
+# Crash recovery: a running task or subtask that has not beaten for STALE_AFTER
+# seconds is re-queued (counted as a failed attempt) by `manage.py longtask_worker`.
+LONGTASK_HEARTBEAT_INTERVAL = float(os.environ.get("LONGTASK_HEARTBEAT_INTERVAL", 5))
+LONGTASK_STALE_AFTER = float(os.environ.get("LONGTASK_STALE_AFTER", 60))
+LONGTASK_SWEEP_INTERVAL = float(os.environ.get("LONGTASK_SWEEP_INTERVAL", 10))
 # The longest a single job may run before django-q2 kills it (seconds).
 JOB_TIMEOUT = env_int("LONGTASK_JOB_TIMEOUT", 600)
 
@@ -138,10 +143,14 @@ Q_CLUSTER = {
     "orm": "default",  # the ORM broker: the queue is a table in the same database
     "workers": WORKERS,
     # A job is killed after `timeout`; the broker re-delivers a job it has not
-    # acknowledged after `retry`. With retry <= timeout a slow job would run twice
-    # at once, so retry is kept above timeout.
+    # acknowledged `retry` seconds after it was *dequeued* (not started): a job may
+    # first wait in the cluster's local queue (`queue_limit`) behind another one.
+    # So retry > 2 x timeout, or a slow job would be delivered twice while it runs.
+    # (A duplicate delivery is harmless anyway: a task is claimed by a conditional
+    # UPDATE, and a subtask counts only once.)
     "timeout": JOB_TIMEOUT,
-    "retry": JOB_TIMEOUT + 60,
+    "retry": 2 * JOB_TIMEOUT + 60,
+    "queue_limit": WORKERS,
     # The default (0) re-runs a failing job forever. Longtask records failures on
     # its own rows, so a job that still raised is not re-run by django-q2...
     "max_attempts": 1,

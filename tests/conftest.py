@@ -16,6 +16,8 @@ TEST_KINDS = [
     test_kinds.TolerantSquares,
     test_kinds.OneShotSquares,
     test_kinds.SwitchableSquares,
+    test_kinds.Flaky,
+    test_kinds.Loop,
 ]
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from django import forms
 
+from longtask.exceptions import FatalError, RetryLater
 from longtask.fanout import current_subtask
 from longtask.kinds import FanOutKind, Kind
+from longtask.retry import RetryPolicy
 
 
 class CountForm(forms.Form):
@@ -28,6 +31,7 @@ class Count(Kind):
 
 class Boom(Kind):
     name = "test-boom"
+    retry = RetryPolicy(max_attempts=1)
 
     def run(self, task: Any, params: dict[str, Any]) -> Any:
         task.progress(1, 3, "about to fail")
@@ -36,6 +40,7 @@ class Boom(Kind):
 
 class NotJson(Kind):
     name = "test-not-json"
+    retry = RetryPolicy(max_attempts=1)
 
     def run(self, task: Any, params: dict[str, Any]) -> Any:
         return {"value": object()}
@@ -53,7 +58,7 @@ GATHERED: list[str] = []
 class Squares(FanOutKind):
     name = "test-squares"
     form_class = SquaresForm
-    subtask_max_attempts = 3
+    subtask_retry = RetryPolicy(max_attempts=3, min_backoff=0.01)
 
     def split(self, params: dict[str, Any]):
         for i in range(params["n"]):
@@ -78,7 +83,7 @@ class TolerantSquares(Squares):
 
 class OneShotSquares(Squares):
     name = "test-squares-oneshot"
-    subtask_max_attempts = 1
+    subtask_retry = RetryPolicy(max_attempts=1)
 
 
 #: Indexes that SwitchableSquares fails, changed by tests between runs (in-process only).
@@ -87,9 +92,46 @@ FAILING: set[int] = set()
 
 class SwitchableSquares(Squares):
     name = "test-squares-switchable"
-    subtask_max_attempts = 1
+    subtask_retry = RetryPolicy(max_attempts=1)
 
     def run_subtask(self, params: dict[str, Any]) -> Any:
         if params["i"] in FAILING:
             raise ValueError(f"square {params['i']} is switched off")
         return params["i"] ** 2
+
+
+class FlakyForm(forms.Form):
+    fail_times = forms.IntegerField(min_value=0, required=False)
+    mode = forms.CharField(required=False)  # "", "fatal", "declared-fatal", "later"
+
+
+class Flaky(Kind):
+    """Fails its first ``fail_times`` attempts in the way ``mode`` says."""
+
+    name = "test-flaky"
+    form_class = FlakyForm
+    retry = RetryPolicy(max_attempts=5, min_backoff=0.01, max_backoff=0.05)
+    fatal_exceptions = (KeyError,)
+
+    def run(self, task: Any, params: dict[str, Any]) -> Any:
+        if task.attempts <= (params["fail_times"] or 0):
+            if params["mode"] == "fatal":
+                raise FatalError("bad input, do not retry")
+            if params["mode"] == "declared-fatal":
+                raise KeyError("missing")
+            if params["mode"] == "later":
+                raise RetryLater(30)
+            raise ConnectionError(f"attempt {task.attempts} failed")
+        return {"attempts": task.attempts}
+
+
+class Loop(Kind):
+    """Reports progress until cancelled (or 10,000 steps)."""
+
+    name = "test-loop"
+
+    def run(self, task: Any, params: dict[str, Any]) -> Any:
+        for i in range(10_000):
+            task.progress(i, 10_000, "looping")
+            time.sleep(0.01)
+        return "never cancelled"

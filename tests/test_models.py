@@ -66,13 +66,20 @@ def test_fail_stores_one_line_and_traceback():
     assert task.traceback == "Traceback ..."
 
 
-def test_cancel_only_before_running():
+def test_cancel_queued_at_once_running_cooperatively_finished_never():
     queued = make_task()
     assert queued.cancel()
     assert queued.status == Status.CANCELLED and queued.finished_at is not None
     assert not queued.claim()
     running = make_task()
     running.claim()
+    assert not running.cancelled
+    assert running.cancel()  # asked to stop; the worker acknowledges
+    running.refresh_from_db()
+    assert running.status == Status.RUNNING and running.cancel_requested_at is not None
+    assert running.cancelled
+    assert running.finish_cancelled()
+    assert running.status == Status.CANCELLED
     assert not running.cancel()
 
 

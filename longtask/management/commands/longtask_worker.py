@@ -1,5 +1,8 @@
 """Run a django-q2 cluster for one longtask queue so that stopping it cannot hang.
 
+Beside the cluster it sweeps every LONGTASK_SWEEP_INTERVAL seconds for work whose
+worker died (``longtask.recovery``).
+
 A signal sent to qcluster's whole process group (what a terminal's Ctrl-C and
 honcho's stop both do) has been seen to hang it, while SIGTERM to its main PID
 alone stops it in about a second. This command starts ``qcluster`` in a process
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import os
 import signal
 import subprocess
@@ -49,6 +53,19 @@ class Command(BaseCommand):
             help="Seconds to wait for a clean stop before killing the cluster.",
         )
 
+    def _sweep(self) -> None:
+        # Housekeeping beside the cluster: re-queue work whose worker died.
+        from django.db import close_old_connections
+
+        from longtask.recovery import sweep
+
+        try:
+            sweep()
+        except Exception:  # a failed sweep is retried at the next interval
+            logging.getLogger("longtask").exception("longtask sweep failed")
+        finally:
+            close_old_connections()
+
     def handle(self, *args: Any, queue: str, grace: float, **options: Any) -> None:
         env = dict(os.environ)
         if queue == "subtasks":
@@ -71,11 +88,15 @@ class Command(BaseCommand):
 
         signal.signal(signal.SIGTERM, forward)
         signal.signal(signal.SIGINT, forward)
+        next_sweep = time.monotonic() + longtask_settings.SWEEP_INTERVAL
         while True:
             try:
                 code = child.wait(timeout=0.5)
                 break
             except subprocess.TimeoutExpired:
+                if not stop_requested and time.monotonic() >= next_sweep:
+                    self._sweep()
+                    next_sweep = time.monotonic() + longtask_settings.SWEEP_INTERVAL
                 if stop_requested and time.monotonic() - stop_requested[0] > grace:
                     self.stderr.write(f"qcluster did not stop within {grace:g}s; killing it")
                     os.killpg(child.pid, signal.SIGKILL)

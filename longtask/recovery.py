@@ -1,0 +1,102 @@
+"""Crash recovery: find work whose worker vanished and put it back in the queue.
+
+django-q2 does not notice a killed worker in time (the ORM broker re-delivers only
+after ``retry`` and does not count the attempt; the Redis broker loses the job), so
+every running task and chunk keeps a heartbeat, and ``sweep()`` (run every few
+seconds by ``manage.py longtask_worker``) re-queues what has gone quiet, counting
+the lost run as a failed attempt. Every step is a conditional UPDATE, so several
+sweepers on several machines may run at once.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from collections import defaultdict
+from typing import Any
+
+from django.db.models import F
+from django.utils import timezone
+
+from longtask import fanout
+from longtask.conf import settings
+from longtask.kinds import FanOutKind, registry
+from longtask.models import LongTask, Status, SubTask
+
+logger = logging.getLogger("longtask")
+
+WORKER_LOST = "WorkerLost: no heartbeat for {seconds:.0f}s (the worker died or was killed)"
+
+
+def sweep(now: datetime.datetime | None = None) -> dict[str, int]:
+    """Re-queue stale tasks and subtasks and finish missed fan-ins; return what was done."""
+    now = now or timezone.now()
+    stale_before = now - datetime.timedelta(seconds=settings.STALE_AFTER)
+    counts = {
+        "tasks": _recover_tasks(now, stale_before),
+        "subtasks": _recover_subtasks(now, stale_before),
+        "fan_ins": _recover_fan_ins(stale_before),
+    }
+    if any(counts.values()):
+        logger.warning("longtask sweep recovered %s", counts)
+    return counts
+
+
+def _recover_tasks(now: datetime.datetime, stale_before: datetime.datetime) -> int:
+    """Tasks (and splits) that stopped beating: retry, fail or finish their cancel."""
+    from longtask.runner import handle_failure
+
+    recovered = 0
+    # A fan-out parent whose split is done waits on its subtasks, not on a worker.
+    stale = LongTask.objects.filter(
+        status=Status.RUNNING, split_done=False, heartbeat_at__lt=stale_before
+    )
+    for task in stale:
+        kind = registry.find(task.kind)
+        if task.cancel_requested_at or kind is None:
+            done = task.finish_cancelled(expected_heartbeat=task.heartbeat_at)
+        else:
+            seconds = (now - task.heartbeat_at).total_seconds()
+            error = RuntimeError(WORKER_LOST.format(seconds=seconds))
+            handle_failure(task, kind, error, "", expected_heartbeat=task.heartbeat_at)
+            done = True
+        recovered += int(done)
+    return recovered
+
+
+def _recover_subtasks(now: datetime.datetime, stale_before: datetime.datetime) -> int:
+    """Subtasks claimed by a chunk that stopped beating: record a failed attempt each."""
+    stale = SubTask.objects.filter(
+        status=Status.RUNNING, heartbeat_at__lt=stale_before
+    ).values_list("pk", "parent_id", "index", "attempts", "heartbeat_at")
+    by_parent: dict[Any, list[fanout.Outcome]] = defaultdict(list)
+    for pk, parent_id, index, attempts, heartbeat_at in stale[:10_000]:
+        seconds = (now - heartbeat_at).total_seconds()
+        error = WORKER_LOST.format(seconds=seconds)
+        by_parent[parent_id].append(fanout.Outcome(pk, index, attempts, 0, error=error))
+    recovered = 0
+    for parent_id, outcomes in by_parent.items():
+        parent = LongTask.objects.filter(pk=parent_id).only("kind").first()
+        kind = registry.find(parent.kind) if parent else None
+        if not isinstance(kind, FanOutKind):
+            continue
+        # record() counts only rows still RUNNING: a chunk that finished meanwhile wins.
+        fanout.enqueue_retries(str(parent_id), fanout.record(str(parent_id), kind, outcomes))
+        fanout.try_fan_in(str(parent_id))
+        recovered += len(outcomes)
+    return recovered
+
+
+def _recover_fan_ins(stale_before: datetime.datetime) -> int:
+    """Fan-ins that nobody ran (a worker died between recording and gathering)."""
+    # A gather that started long ago and never finished: let it be tried again.
+    LongTask.objects.filter(status=Status.RUNNING, fan_in_at__lt=stale_before).update(
+        fan_in_at=None
+    )
+    ready = LongTask.objects.filter(
+        status=Status.RUNNING,
+        split_done=True,
+        fan_in_at__isnull=True,
+        subtasks_done=F("subtasks_total"),
+    ).values_list("pk", flat=True)
+    return sum(fanout.try_fan_in(str(pk)) for pk in ready)
