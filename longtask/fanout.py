@@ -148,7 +148,7 @@ def reset_unfinished_subtasks(task: LongTask) -> list[int]:
 
 def enqueue_indexes(task: LongTask, indexes: list[int]) -> None:
     """Queue chunk jobs for the given subtask indexes (after they committed)."""
-    size = max(1, settings.MAX_CHUNK_SIZE // 10)
+    size = max(1, settings.MAX_CHUNK_SIZE // 5)
     jobs = [(str(task.pk), 0, 0, indexes[i : i + size]) for i in range(0, len(indexes), size)]
     q2.enqueue_many(CHUNK_JOB, jobs, cluster=settings.SUBTASK_CLUSTER)
     # Nothing to re-run (e.g. only the gather had failed): fan in now.
@@ -193,9 +193,12 @@ def run_chunk(parent_id: str, first: int, last: int, indexes: Sequence[int] | No
     from longtask.runner import to_json
 
     def beat() -> bool:
+        # The parent's heartbeat means "its subtasks are moving" (see recovery.py).
         now = timezone.now()
         SubTask.objects.filter(pk__in=pks, status=Status.RUNNING).update(heartbeat_at=now)
-        return LongTask.objects.filter(pk=parent_id, status=Status.RUNNING).exists()
+        return bool(
+            LongTask.objects.filter(pk=parent_id, status=Status.RUNNING).update(heartbeat_at=now)
+        )
 
     max_attempts = kind.subtask_retry.max_attempts
     with Heartbeat(beat) as heartbeat:

@@ -35,6 +35,7 @@ def sweep(now: datetime.datetime | None = None) -> dict[str, int]:
     counts = {
         "tasks": _recover_tasks(now, stale_before),
         "subtasks": _recover_subtasks(now, stale_before),
+        "stalled": _recover_stalled_fan_outs(now, stale_before),
         "fan_ins": _recover_fan_ins(stale_before),
     }
     if any(counts.values()):
@@ -85,6 +86,37 @@ def _recover_subtasks(now: datetime.datetime, stale_before: datetime.datetime) -
         fanout.try_fan_in(str(parent_id))
         recovered += len(outcomes)
     return recovered
+
+
+def _recover_stalled_fan_outs(now: datetime.datetime, stale_before: datetime.datetime) -> int:
+    """Fan-outs whose queued subtasks stopped moving: queue their chunks again.
+
+    A dead cluster takes the jobs it had prefetched with it (the ORM broker hands
+    them out again only after ``retry``; Redis never does), leaving their subtasks
+    QUEUED with no heartbeat. The parent's heartbeat moves whenever a chunk of it
+    runs or records, so a parent quiet for STALE_AFTER with subtasks left to run has
+    lost jobs, or is waiting behind other work: queueing its chunks again is safe
+    either way, because a subtask is claimed by a conditional UPDATE.
+    """
+    stalled = LongTask.objects.filter(
+        status=Status.RUNNING, split_done=True, heartbeat_at__lt=stale_before
+    )
+    requeued = 0
+    for parent in stalled.only("pk", "heartbeat_at"):
+        # Claim the right to requeue (another sweeper may be on it too).
+        if not LongTask.objects.filter(pk=parent.pk, heartbeat_at=parent.heartbeat_at).update(
+            heartbeat_at=now
+        ):
+            continue
+        indexes = list(
+            SubTask.objects.filter(parent=parent, status__in=fanout.CLAIMABLE)
+            .order_by("index")
+            .values_list("index", flat=True)
+        )
+        if indexes:
+            fanout.enqueue_indexes(parent, indexes)
+            requeued += len(indexes)
+    return requeued
 
 
 def _recover_fan_ins(stale_before: datetime.datetime) -> int:

@@ -65,11 +65,13 @@ def stop(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 
 
 
 @contextmanager
-def qcluster(log_path: Path, **env: str) -> Iterator[subprocess.Popen]:
+def qcluster(
+    log_path: Path, *, command: tuple[str, ...] = ("qcluster",), **env: str
+) -> Iterator[subprocess.Popen]:
     """Run ``manage.py qcluster`` in its own process group for the duration of the block."""
-    with open(log_path, "wb") as log:
+    with open(log_path, "ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "manage.py", "qcluster"],
+            [sys.executable, "manage.py", *command],
             cwd=ROOT,
             env=process_env(**env),
             stdout=log,

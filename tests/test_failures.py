@@ -240,7 +240,7 @@ def test_sweep_requeues_a_task_whose_worker_died_counting_the_attempt():
 def test_sweep_leaves_beating_tasks_alone():
     task = longtask.start("test-count", {"n": 1})
     task.claim()
-    assert recovery.sweep() == {"tasks": 0, "subtasks": 0, "fan_ins": 0}
+    assert recovery.sweep() == {"tasks": 0, "subtasks": 0, "stalled": 0, "fan_ins": 0}
     task.refresh_from_db()
     assert task.status == Status.RUNNING
 
@@ -264,6 +264,19 @@ def test_sweep_requeues_lost_subtasks_and_the_quilt_completes_once():
     assert task.result == [i * i for i in range(12)]
     assert set(SubTask.objects.filter(parent=task).values_list("attempts", flat=True)) == {2}
     assert [str(task.pk)] == test_kinds.GATHERED
+
+
+def test_sweep_requeues_queued_subtasks_whose_jobs_were_lost():
+    task = longtask.start("test-squares", {"n": 9})
+    runner.run(str(task.pk))
+    OrmQ.objects.all().delete()  # a dead cluster had taken every chunk job with it
+    assert recovery.sweep()["stalled"] == 0  # not quiet long enough yet
+    LongTask.objects.filter(pk=task.pk).update(heartbeat_at=stale())
+    assert recovery.sweep()["stalled"] == 9
+    assert recovery.sweep()["stalled"] == 0  # once per quiet period
+    drain_queue()
+    task.refresh_from_db()
+    assert task.status == Status.SUCCEEDED and task.subtasks_done == 9
 
 
 def test_sweep_finishes_a_fan_in_nobody_ran():
