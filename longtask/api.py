@@ -80,4 +80,8 @@ def enqueue(task: LongTask, eta: datetime.datetime | None = None) -> None:
     """Hand a saved task to the django-q2 workers, to run no earlier than ``eta``."""
     from longtask import q2
 
-    q2.enqueue_many(RUN_JOB, [(str(task.pk),)], name=f"longtask-{task.pk}", eta=eta)
+    kind = registry.find(task.kind)
+    timeout = kind.time_limit if kind else None
+    q2.enqueue_many(
+        RUN_JOB, [(str(task.pk),)], name=f"longtask-{task.pk}", eta=eta, timeout=timeout
+    )

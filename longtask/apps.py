@@ -12,3 +12,4 @@ class LongtaskConfig(AppConfig):
     def ready(self) -> None:
         # Like admin.py: every installed app's longtasks.py registers its kinds.
         autodiscover_modules("longtasks")
+        from longtask import checks  # noqa: F401  (registers the system checks)

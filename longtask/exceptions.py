@@ -52,3 +52,7 @@ class RetryLater(LongTaskError):
 
 class Cancelled(LongTaskError):
     """Raised inside a running task by ``progress()`` once the task has been cancelled."""
+
+
+class TimeLimitExceeded(LongTaskError):
+    """A run took longer than its kind's ``time_limit`` (counted as a failed attempt)."""

@@ -190,7 +190,6 @@ def run_chunk(parent_id: str, first: int, last: int, indexes: Sequence[int] | No
         return
     recorder = Recorder(parent_id, kind)
     pks = [row[0] for row in claimed]
-    from longtask.runner import to_json
 
     def beat() -> bool:
         # The parent's heartbeat means "its subtasks are moving" (see recovery.py).
@@ -200,35 +199,52 @@ def run_chunk(parent_id: str, first: int, last: int, indexes: Sequence[int] | No
             LongTask.objects.filter(pk=parent_id, status=Status.RUNNING).update(heartbeat_at=now)
         )
 
-    max_attempts = kind.subtask_retry.max_attempts
     with Heartbeat(beat) as heartbeat:
-        for position, (pk, index, params, attempts) in enumerate(claimed):
-            if recorder.stopped or heartbeat.stopped.is_set():
-                # The parent failed fast or was cancelled: the rest of the chunk is skipped.
-                SubTask.objects.filter(pk__in=pks[position:], status=Status.RUNNING).update(
-                    status=Status.CANCELLED
-                )
-                break
-            token = _current.set(SubtaskContext(parent_id, index, attempts, max_attempts))
-            began = time.perf_counter()
-            try:
-                outcome = Outcome(pk, index, attempts, 0, result=to_json(kind.run_subtask(params)))
-            except Exception as exc:
-                outcome = Outcome(
-                    pk,
-                    index,
-                    attempts,
-                    0,
-                    error=one_line(f"{type(exc).__name__}: {exc}"),
-                    traceback=traceback.format_exc(),
-                    fatal=isinstance(exc, (FatalError, *kind.fatal_exceptions)),
-                    retry_in=exc.delay if isinstance(exc, RetryLater) else None,
-                )
-            finally:
-                _current.reset(token)
-            outcome.seconds = time.perf_counter() - began
-            recorder.add(outcome)
-        recorder.flush()
+        try:
+            _run_claimed(kind, parent_id, claimed, recorder, heartbeat)
+        finally:
+            # Even when the run is cut short (a time limit), what finished is recorded;
+            # the interrupted subtask stays RUNNING and is recovered by the sweeper.
+            recorder.flush()
+
+
+def _run_claimed(
+    kind: FanOutKind,
+    parent_id: str,
+    claimed: list[tuple[int, int, Any, int]],
+    recorder: Recorder,
+    heartbeat: Heartbeat,
+) -> None:
+    from longtask.runner import to_json
+
+    pks = [row[0] for row in claimed]
+    max_attempts = kind.subtask_retry.max_attempts
+    for position, (pk, index, params, attempts) in enumerate(claimed):
+        if recorder.stopped or heartbeat.stopped.is_set():
+            # The parent failed fast or was cancelled: the rest of the chunk is skipped.
+            SubTask.objects.filter(pk__in=pks[position:], status=Status.RUNNING).update(
+                status=Status.CANCELLED
+            )
+            break
+        token = _current.set(SubtaskContext(parent_id, index, attempts, max_attempts))
+        began = time.perf_counter()
+        try:
+            outcome = Outcome(pk, index, attempts, 0, result=to_json(kind.run_subtask(params)))
+        except Exception as exc:
+            outcome = Outcome(
+                pk,
+                index,
+                attempts,
+                0,
+                error=one_line(f"{type(exc).__name__}: {exc}"),
+                traceback=traceback.format_exc(),
+                fatal=isinstance(exc, (FatalError, *kind.fatal_exceptions)),
+                retry_in=exc.delay if isinstance(exc, RetryLater) else None,
+            )
+        finally:
+            _current.reset(token)
+        outcome.seconds = time.perf_counter() - began
+        recorder.add(outcome)
 
 
 def claim(

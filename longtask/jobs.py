@@ -11,7 +11,15 @@ from longtask import fanout, runner
 
 def run_task(task_id: str) -> None:
     """Run one LongTask."""
-    runner.run(task_id)
+    from django_q.exceptions import TimeoutException
+
+    try:
+        runner.run(task_id)
+    except TimeoutException:
+        # django-q2 stopped the run at the kind's time limit: a failed attempt. Re-raise
+        # so that django-q2 replaces the worker process, as it does after a timeout.
+        runner.time_limit_exceeded(task_id)
+        raise
 
 
 def run_chunk(parent_id: str, first: int, last: int, indexes: list[int] | None = None) -> None:

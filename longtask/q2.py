@@ -12,7 +12,9 @@ from typing import Any
 from django.utils import timezone
 
 
-def _package(func: str, args: Sequence[Any], name: str) -> dict[str, Any]:
+def _package(
+    func: str, args: Sequence[Any], name: str, timeout: int | None = None
+) -> dict[str, Any]:
     # The same package async_task() builds, so the cluster runs it like any other.
     from django_q.conf import Conf
     from django_q.humanhash import uuid
@@ -28,6 +30,8 @@ def _package(func: str, args: Sequence[Any], name: str) -> dict[str, Any]:
     }
     if Conf.ACK_FAILURES:
         package["ack_failure"] = True
+    if timeout:
+        package["timeout"] = timeout  # the worker raises TimeoutException after this long
     return package
 
 
@@ -38,6 +42,7 @@ def enqueue_many(
     name: str = "",
     cluster: str | None = None,
     eta: datetime.datetime | None = None,
+    timeout: int | None = None,
 ) -> int:
     """Queue many jobs at once: one INSERT on the ORM broker, one RPUSH on Redis.
 
@@ -51,7 +56,7 @@ def enqueue_many(
     from django_q.signing import SignedPackage
 
     broker = get_broker(cluster)
-    packs = [SignedPackage.dumps(_package(func, args, name)) for args in args_list]
+    packs = [SignedPackage.dumps(_package(func, args, name, timeout)) for args in args_list]
     if not packs:
         return 0
     if isinstance(broker, ORM):

@@ -12,7 +12,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.utils import timezone
 
 from longtask import fanout
-from longtask.exceptions import Cancelled, FatalError, RetryLater
+from longtask.exceptions import Cancelled, FatalError, RetryLater, TimeLimitExceeded
 from longtask.heartbeat import Heartbeat
 from longtask.kinds import FanOutKind, Kind, registry
 from longtask.models import LongTask, Status, SubTask
@@ -67,6 +67,16 @@ def run(task_id: str) -> None:
             return
     if task.succeed(result, task.progress_reporter.flush()):
         logger.info("LongTask id=%s kind=%s status=SUCCEEDED", task.pk, task.kind)
+
+
+def time_limit_exceeded(task_id: str) -> None:
+    """Count a run stopped at its kind's time limit as a failed attempt."""
+    task = LongTask.objects.filter(pk=task_id, status=Status.RUNNING).first()
+    kind = registry.find(task.kind) if task else None
+    if task is None or kind is None:
+        return
+    error = TimeLimitExceeded(f"the run took longer than its time limit of {kind.time_limit}s")
+    handle_failure(task, kind, error, "")
 
 
 def _progress_of(task: LongTask) -> dict[str, Any] | None:

@@ -18,6 +18,7 @@ TEST_KINDS = [
     test_kinds.SwitchableSquares,
     test_kinds.Flaky,
     test_kinds.Loop,
+    test_kinds.Sleepy,
 ]
 
 

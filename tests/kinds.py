@@ -135,3 +135,16 @@ class Loop(Kind):
             task.progress(i, 10_000, "looping")
             time.sleep(0.01)
         return "never cancelled"
+
+
+class Sleepy(Kind):
+    """Outlives its time limit on the first attempt."""
+
+    name = "test-sleepy"
+    time_limit = 1
+    retry = RetryPolicy(max_attempts=2, min_backoff=0.01)
+
+    def run(self, task: Any, params: dict[str, Any]) -> Any:
+        if task.attempts == 1:
+            time.sleep(30)
+        return "woke up in time"

@@ -292,3 +292,35 @@ def test_sweep_finishes_a_fan_in_nobody_ran():
     assert recovery.sweep()["fan_ins"] == 1
     task.refresh_from_db()
     assert task.status == Status.SUCCEEDED and task.result == [0, 1, 4]
+
+
+def test_a_run_past_its_time_limit_is_a_failed_attempt():
+    from django_q.exceptions import TimeoutException
+    from django_q.signing import SignedPackage
+    from django_q.timeout import TimeoutHandler
+
+    from longtask import jobs
+
+    task = longtask.start("test-sleepy", {})
+    package = SignedPackage.loads(OrmQ.objects.get().payload)
+    assert package["timeout"] == 1  # the kind's limit travels with the job
+    OrmQ.objects.all().delete()
+    # What a django-q2 worker does with the job's timeout:
+    with pytest.raises(TimeoutException), TimeoutHandler(package["timeout"]):
+        jobs.run_task(*package["args"])
+    task.refresh_from_db()
+    assert task.status == Status.RETRYING and task.attempts == 1
+    assert task.error.startswith("TimeLimitExceeded: the run took longer than its time limit of 1s")
+    drain_queue()
+    task.refresh_from_db()
+    assert task.status == Status.SUCCEEDED and task.result == "woke up in time"
+
+
+def test_time_limit_above_the_cluster_timeout_is_flagged(settings):
+    from longtask.checks import check_time_limits
+
+    assert check_time_limits(None) == []
+    settings.Q_CLUSTER = {**settings.Q_CLUSTER, "timeout": 0}
+    messages = check_time_limits(None)
+    assert [m.id for m in messages] == ["longtask.W001"]
+    assert "test-sleepy" in messages[0].msg
