@@ -100,6 +100,10 @@ class LongTask(models.Model):
     split_done = models.BooleanField(default=False)
     #: Set by the one worker that wins the right to run gather.
     fan_in_at = models.DateTimeField(null=True, blank=True)
+    # Iterative bookkeeping: the keyset cursor after the last committed batch.
+    cursor = models.JSONField(null=True, blank=True)
+    rows_done = models.PositiveIntegerField(default=0)
+    rows_total = models.PositiveIntegerField(null=True, blank=True)
 
     objects = LongTaskQuerySet.as_manager()
 
@@ -318,6 +322,10 @@ class LongTask(models.Model):
             .filter(Q(cancel_requested_at__isnull=False) | Q(status=Status.CANCELLED))
             .exists()
         )
+
+    def continue_later(self) -> bool:
+        """Hand a running iterative task back to the queue for its next batch."""
+        return self._transition({Status.RUNNING}, status=Status.QUEUED, attempts=0)
 
     def requeue(self) -> bool:
         """Put a failed or cancelled task back in the queue; its last error goes to history."""

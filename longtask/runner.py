@@ -11,9 +11,10 @@ from typing import Any
 from django.core.serializers.json import DjangoJSONEncoder
 from django.utils import timezone
 
-from longtask import fanout
+from longtask import fanout, iterative
 from longtask.exceptions import Cancelled, FatalError, RetryLater, TimeLimitExceeded
 from longtask.heartbeat import Heartbeat
+from longtask.iterative import IterativeKind
 from longtask.kinds import FanOutKind, Kind, registry
 from longtask.models import LongTask, Status, SubTask
 
@@ -57,7 +58,20 @@ def run(task_id: str) -> None:
                 # The parent's job only splits; the last subtask's recorder gathers.
                 fanout.split(task, kind)
                 return
-            result = to_json(kind.run(task, task.parameters))
+            if isinstance(kind, IterativeKind):
+                finished, result = iterative.run_batch(task, kind)
+                if not finished:
+                    if task.continue_later():
+                        from longtask.api import enqueue
+
+                        enqueue(task)
+                    return
+                result = to_json(result)
+            else:
+                result = to_json(kind.run(task, task.parameters))
+        except iterative.BatchTaken:
+            logger.info("LongTask id=%s batch already done by another run; skipping", task.pk)
+            return
         except Cancelled:
             task.finish_cancelled(task.progress_reporter.flush())
             logger.info("LongTask id=%s kind=%s status=CANCELLED", task.pk, task.kind)
