@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
 from longtask.conf import settings
 from longtask.kinds import Kind, registry
@@ -25,15 +26,20 @@ def start(
     owner: Any = None,
     name: str | None = None,
     queue: str | None = None,
+    dedup_window: datetime.timedelta | None = None,
 ) -> LongTask:
     """Validate ``params``, save a LongTask and queue it once the transaction commits.
 
     Raises ``UnknownKind`` or ``InvalidParameters``; nothing is saved then. With a
-    ``name`` that a task already has, that task is returned and nothing is started.
+    ``name`` that a task already has, that task is returned and nothing is started
+    (``task.deduplicated`` is True), unless that task finished longer than
+    ``dedup_window`` ago: then it gives up the name and a new task starts.
     """
     kind = registry.get(kind) if isinstance(kind, str) else kind
     parameters = kind.clean_parameters(params or {})
-    if name and (existing := LongTask.objects.filter(name=name).first()) is not None:
+    existing = LongTask.objects.filter(name=name).first() if name else None
+    if existing is not None and not _release_name(existing, dedup_window):
+        existing.deduplicated = True
         return existing
     if owner is not None and not owner.is_authenticated:
         owner = None
@@ -49,10 +55,27 @@ def start(
             transaction.on_commit(lambda: enqueue(task))
     except IntegrityError:
         if name:  # lost a race with a concurrent start under the same name
-            return LongTask.objects.get(name=name)
+            existing = LongTask.objects.get(name=name)
+            existing.deduplicated = True
+            return existing
         raise
+    task.deduplicated = False
     logger.info("LongTask id=%s kind=%s status=%s", task.pk, task.kind, task.status)
     return task
+
+
+def _release_name(task: LongTask, window: datetime.timedelta | None) -> bool:
+    """Free a finished task's name once ``window`` has passed since it finished."""
+    if window is None or task.finished_at is None:
+        return False
+    if task.finished_at > timezone.now() - window:
+        return False
+    event = {"event": "name released", "error": task.name, "at": timezone.now().isoformat()}
+    return bool(
+        LongTask.objects.filter(pk=task.pk, name=task.name).update(
+            name=None, history=[*task.history, event]
+        )
+    )
 
 
 def retry(task: LongTask) -> bool:

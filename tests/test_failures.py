@@ -324,3 +324,19 @@ def test_time_limit_above_the_cluster_timeout_is_flagged(settings):
     messages = check_time_limits(None)
     assert [m.id for m in messages] == ["longtask.W001"]
     assert "test-sleepy" in messages[0].msg
+
+
+def test_dedup_returns_the_existing_task_until_the_window_passes():
+    first = longtask.start("test-count", {"n": 1}, name="daily")
+    assert first.deduplicated is False
+    again = longtask.start("test-count", {"n": 1}, name="daily")
+    assert again.pk == first.pk and again.deduplicated is True
+    drain_queue()
+    window = datetime.timedelta(hours=1)
+    # Finished, but within the window: still the same task.
+    assert longtask.start("test-count", {"n": 1}, name="daily", dedup_window=window).pk == first.pk
+    LongTask.objects.filter(pk=first.pk).update(finished_at=stale(minutes=120))
+    fresh = longtask.start("test-count", {"n": 1}, name="daily", dedup_window=window)
+    assert fresh.pk != first.pk and not fresh.deduplicated
+    first.refresh_from_db()
+    assert first.name is None and first.history[-1]["event"] == "name released"
