@@ -1,4 +1,4 @@
-"""Fan-out and fan-in: spread a task over subtasks, gather their results exactly once.
+"""Fan-out: spread a task over subtasks run in chunks (fan-in is in fanin.py).
 
 The parent's job splits: it saves subtask rows in batches and, once a batch has
 committed, queues chunk jobs for it on the subtask cluster. A chunk job claims its
@@ -12,12 +12,11 @@ sees ``done == total`` with the split finished tries a compare-and-set on
 from __future__ import annotations
 
 import contextvars
-import datetime
 import logging
 import math
 import time
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,16 +27,37 @@ from django.utils import timezone
 from longtask import q2
 from longtask.conf import settings
 from longtask.exceptions import FatalError, RetryLater
+from longtask.fanin import (
+    CHUNK_JOB,
+    CLAIMABLE,
+    Outcome,
+    Recorder,
+    Results,
+    enqueue_retries,
+    fanout_record,
+    record,
+    try_fan_in,
+)
 from longtask.heartbeat import Heartbeat
 from longtask.kinds import FanOutKind, registry
 from longtask.models import LongTask, Status, SubTask, one_line
 
+__all__ = [
+    "CHUNK_JOB",
+    "CLAIMABLE",
+    "Outcome",
+    "Recorder",
+    "Results",
+    "enqueue_retries",
+    "fanout_record",
+    "record",
+    "try_fan_in",
+]
+
 logger = logging.getLogger("longtask")
 
-CLAIMABLE = [Status.QUEUED, Status.RETRYING]
 #: Chunk size used before any subtask duration has been observed.
 INITIAL_CHUNK_SIZE = 8
-CHUNK_JOB = "longtask.jobs.run_chunk"
 
 
 @dataclass(frozen=True)
@@ -159,25 +179,6 @@ def enqueue_indexes(task: LongTask, indexes: list[int]) -> None:
 # Running chunks -------------------------------------------------------------------
 
 
-@dataclass
-class Outcome:
-    pk: int
-    index: int
-    attempts: int
-    seconds: float
-    result: Any = None
-    error: str = ""
-    traceback: str = ""
-    #: The failure may not be retried (FatalError or one of the kind's fatal exceptions).
-    fatal: bool = False
-    #: A delay asked for with RetryLater, instead of the policy's backoff.
-    retry_in: float | None = None
-
-    @property
-    def ok(self) -> bool:
-        return not self.error
-
-
 def run_chunk(parent_id: str, first: int, last: int, indexes: Sequence[int] | None = None) -> None:
     """Run the claimable subtasks of one chunk and record their outcomes."""
     parent = LongTask.objects.filter(pk=parent_id).only("pk", "kind", "status").first()
@@ -268,204 +269,3 @@ def claim(
                 status=Status.RUNNING, attempts=F("attempts") + 1, started_at=now, heartbeat_at=now
             )
     return [(pk, index, params, attempts + 1) for pk, index, params, attempts in picked]
-
-
-class Recorder:
-    """Collects outcomes and records them apart from the work, in few transactions."""
-
-    def __init__(self, parent_id: str, kind: FanOutKind) -> None:
-        self.parent_id = parent_id
-        self.kind = kind
-        self.pending: list[Outcome] = []
-        self.stopped = False
-        self._last_flush = time.monotonic()
-
-    def add(self, outcome: Outcome) -> None:
-        self.pending.append(outcome)
-        if time.monotonic() - self._last_flush >= settings.RECORD_INTERVAL:
-            self.flush()
-
-    def flush(self) -> None:
-        self._last_flush = time.monotonic()
-        if not self.pending:
-            return
-        pending, self.pending = self.pending, []
-        enqueue_retries(self.parent_id, record(self.parent_id, self.kind, pending))
-        parent = LongTask.objects.filter(pk=self.parent_id).values("status").first()
-        self.stopped = parent is None or parent["status"] != Status.RUNNING
-        try_fan_in(self.parent_id)
-
-
-def enqueue_retries(parent_id: str, retries: dict[float, list[int]]) -> None:
-    """Queue the subtasks to run again, one job per delay (after the record committed)."""
-    now = timezone.now()
-    for delay, indexes in retries.items():
-        q2.enqueue_many(
-            CHUNK_JOB,
-            [(parent_id, 0, 0, indexes)],
-            cluster=settings.SUBTASK_CLUSTER,
-            eta=now + datetime.timedelta(seconds=delay),
-        )
-
-
-def record(parent_id: str, kind: FanOutKind, outcomes: list[Outcome]) -> dict[float, list[int]]:
-    """Record outcomes exactly once; return the indexes to run again, by delay."""
-    now = timezone.now()
-    policy = kind.subtask_retry
-    retry: dict[float, list[int]] = {}
-    with transaction.atomic():
-        parent = (
-            LongTask.objects.select_for_update()
-            .only("pk", "status", "subtask_cursor")
-            .filter(pk=parent_id)
-            .first()
-        )
-        if parent is None:
-            return {}
-        # Only subtasks still RUNNING count: a duplicate delivery, a retried job or a
-        # subtask skipped by fail_fast finds its row already moved and changes nothing.
-        live = dict(
-            SubTask.objects.filter(
-                pk__in=[o.pk for o in outcomes], status=Status.RUNNING
-            ).values_list("pk", "created_at")
-        )
-        finished: list[SubTask] = []
-        retrying: list[SubTask] = []
-        seq = parent.subtask_cursor
-        failed = 0
-        seconds = 0.0
-        first_failure: Outcome | None = None
-        for o in outcomes:
-            if o.pk not in live:
-                continue
-            created_at = live.pop(o.pk)  # the same subtask twice in one flush counts once too
-            age = (now - created_at).total_seconds()
-            if not o.ok and not o.fatal and not policy.gives_up(o.attempts, age):
-                retrying.append(SubTask(pk=o.pk, status=Status.RETRYING, error=o.error))
-                # Subtasks on the same attempt share one delay (and one job).
-                delay = o.retry_in if o.retry_in is not None else policy.backoff(o.attempts)
-                retry.setdefault(round(delay, 1), []).append(o.index)
-                continue
-            seq += 1
-            seconds += o.seconds
-            if not o.ok:
-                failed += 1
-                first_failure = first_failure or o
-            finished.append(
-                SubTask(
-                    pk=o.pk,
-                    status=Status.SUCCEEDED if o.ok else Status.FAILED,
-                    result=o.result if o.ok else None,
-                    error=o.error,
-                    seconds=o.seconds,
-                    finish_seq=seq,
-                    finished_at=now,
-                )
-            )
-        if finished:
-            SubTask.objects.bulk_update(
-                finished, ["status", "result", "error", "seconds", "finish_seq", "finished_at"]
-            )
-        if retrying:
-            SubTask.objects.bulk_update(retrying, ["status", "error"])
-        if finished:
-            LongTask.objects.filter(pk=parent_id).update(
-                subtasks_done=F("subtasks_done") + len(finished),
-                subtask_cursor=F("subtask_cursor") + len(finished),
-                subtasks_failed=F("subtasks_failed") + failed,
-                subtask_seconds=F("subtask_seconds") + seconds,
-                heartbeat_at=now,
-            )
-        if first_failure and kind.failure_policy == FanOutKind.FAIL_FAST:
-            _fail_fast(parent, first_failure)
-    return retry
-
-
-def _fail_fast(parent: LongTask, failure: Outcome) -> None:
-    """Fail the parent for one subtask's failure and skip the subtasks not yet run."""
-    if parent.status != Status.RUNNING:
-        return
-    error = f"subtask {failure.index} failed: {failure.error}"
-    if parent.fail(error, failure.traceback, progress=fanout_record(parent)):
-        SubTask.objects.filter(parent_id=parent.pk, status__in=CLAIMABLE).update(
-            status=Status.CANCELLED
-        )
-        logger.info(
-            "LongTask id=%s status=FAILED (fail_fast at subtask %s)", parent.pk, failure.index
-        )
-
-
-# Fan-in --------------------------------------------------------------------------
-
-
-class Results:
-    """The subtasks' results in index order, read in pages rather than all at once."""
-
-    def __init__(self, parent_id: str, total: int) -> None:
-        self.parent_id = parent_id
-        self.total = total
-
-    def __len__(self) -> int:
-        return self.total
-
-    def __iter__(self) -> Iterator[Any]:
-        rows = (
-            SubTask.objects.filter(parent_id=self.parent_id)
-            .order_by("index")
-            .values_list("result", flat=True)
-        )
-        return rows.iterator(chunk_size=2000)
-
-
-def try_fan_in(parent_id: str) -> bool:
-    """Run gather if every subtask has finished and nobody else has; return True if we did."""
-    won = LongTask.objects.filter(
-        pk=parent_id,
-        status=Status.RUNNING,
-        split_done=True,
-        fan_in_at__isnull=True,
-        subtasks_done=F("subtasks_total"),
-    ).update(fan_in_at=timezone.now())
-    if not won:
-        return False
-    parent = LongTask.objects.get(pk=parent_id)
-    kind = registry.get(parent.kind)
-    from longtask.runner import to_json
-
-    try:
-        result = to_json(kind.gather(parent, Results(parent_id, parent.subtasks_total)))
-    except Exception as exc:
-        parent.fail(
-            f"gather: {type(exc).__name__}: {exc}", traceback.format_exc(), fanout_record(parent)
-        )
-        logger.exception("LongTask id=%s gather failed", parent_id)
-        return True
-    parent.succeed(result, fanout_record(parent))
-    logger.info("LongTask id=%s kind=%s status=SUCCEEDED after fan-in", parent_id, parent.kind)
-    return True
-
-
-# Progress ---------------------------------------------------------------------------
-
-
-def fanout_record(task: LongTask, now: float | None = None) -> dict[str, Any]:
-    """Progress of a fan-out task from its own counters: finished / total, rate since start."""
-    now = time.time() if now is None else now
-    done, total = task.subtasks_done, task.subtasks_total
-    rate = None
-    if task.started_at and done:
-        elapsed = now - task.started_at.timestamp()
-        rate = done / elapsed if elapsed > 0 else None
-    if task.split_done:
-        message = f"{done} of {total} subtasks done"
-        if task.subtasks_failed:
-            message += f", {task.subtasks_failed} failed"
-    else:
-        message = f"Splitting: {total} subtasks queued so far"
-    return {
-        "current": done,
-        "total": total if task.split_done else None,
-        "message": message,
-        "updated_at": now,
-        "rate": rate,
-    }
