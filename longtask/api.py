@@ -8,11 +8,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from django.db import IntegrityError, transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
+from longtask import progress
 from longtask.conf import settings
 from longtask.kinds import Kind, registry
-from longtask.models import LongTask
+from longtask.models import FINISHED_STATUSES, LongTask, SubTask
 
 logger = logging.getLogger("longtask")
 
@@ -97,6 +99,33 @@ def retry(task: LongTask) -> bool:
             transaction.on_commit(lambda: enqueue(task))
     logger.info("LongTask id=%s kind=%s status=%s (retry)", task.pk, task.kind, task.status)
     return True
+
+
+#: Tasks deleted per transaction by ``delete_finished``.
+DELETE_BATCH = 500
+
+
+def delete_finished(queryset: QuerySet[LongTask]) -> tuple[int, int]:
+    """Delete the finished tasks of ``queryset`` and their subtasks; return both counts.
+
+    Active tasks are never deleted: each batch re-checks the status under lock, so a
+    task retried since it was selected is kept.
+    """
+    tasks = subtasks = 0
+    finished = queryset.filter(status__in=FINISHED_STATUSES)
+    while candidates := list(finished.values_list("pk", flat=True)[:DELETE_BATCH]):
+        with transaction.atomic():
+            batch = list(
+                LongTask.objects.select_for_update()
+                .filter(pk__in=candidates, status__in=FINISHED_STATUSES)
+                .values_list("pk", flat=True)
+            )
+            subtasks += SubTask.objects.filter(parent_id__in=batch).delete()[0]
+            tasks += LongTask.objects.filter(pk__in=batch).delete()[1].get(LongTask._meta.label, 0)
+        for pk in batch:
+            progress.delete_progress(pk)
+    logger.info("LongTask deleted tasks=%s subtasks=%s (finished only)", tasks, subtasks)
+    return tasks, subtasks
 
 
 def enqueue(task: LongTask, eta: datetime.datetime | None = None) -> None:

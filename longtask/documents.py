@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -78,3 +79,21 @@ def finished_subtasks(task: LongTask, since: int, limit: int = SUBTASK_PAGE_SIZE
         "cursor": rows[-1][0] if rows else since,
         "more": more,
     }
+
+
+def row_percent(task: LongTask) -> int | None:
+    """Percent done from the row alone (no cache read): last progress, or fan-out counters."""
+    if task.is_finished:
+        percent = progress.payload(task.last_progress)["percent"]
+        if percent is None and task.status == Status.SUCCEEDED:
+            return 100
+        return percent
+    if task.started_at and (task.subtasks_total or task.is_fanout):
+        from longtask.fanin import fanout_record
+
+        return progress.payload(fanout_record(task))["percent"]
+    if task.status == Status.RETRYING and task.last_progress:  # kept from the failed attempt
+        return progress.payload(task.last_progress)["percent"]
+    if task.rows_total:  # an iterative task counts its rows on the row
+        return min(100, math.floor(100 * task.rows_done / task.rows_total))
+    return None

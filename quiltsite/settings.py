@@ -125,6 +125,10 @@ SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
 
 # Worker processes of each cluster: one cluster runs tasks and splits fan-out tasks,
 # the other runs subtasks, so a flood of subtasks never starves new tasks.
+# Absolute status URLs printed by `manage.py longtask` start with this.
+LONGTASK_BASE_URL = os.environ.get(
+    "LONGTASK_BASE_URL", f"http://127.0.0.1:{os.environ.get('PORT', '8000')}"
+)
 WORKERS = env_int("LONGTASK_WORKERS", 2)
 SUBTASK_WORKERS = env_int("LONGTASK_SUBTASK_WORKERS", 2)
 LONGTASK_SUBTASK_CLUSTER = "longtask-subtasks"
