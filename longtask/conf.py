@@ -40,6 +40,8 @@ class Settings:
     STALE_AFTER: float = 60.0
     #: Seconds between two sweeps for stale work by ``manage.py longtask_worker``.
     SWEEP_INTERVAL: float = 10.0
+    #: Seconds between two reads of a watched task by the websocket's poller (embedded default).
+    LIVE_INTERVAL: float = 0.3
     #: Seconds between two refreshes of the status page without JavaScript.
     REFRESH_SECONDS: int = 2
 

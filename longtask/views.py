@@ -19,6 +19,7 @@ from longtask.documents import finished_subtasks, status_document
 from longtask.exceptions import InvalidParameters, UnknownKind
 from longtask.kinds import Kind, registry
 from longtask.models import Status
+from longtask.routing import websocket_path
 
 
 def _get_kind(name: str) -> Kind:
@@ -74,6 +75,8 @@ def status(request: HttpRequest, task_id: UUID) -> HttpResponse:
         "refresh_seconds": settings.REFRESH_SECONDS,
         "show_traceback": request.user.is_staff,
         "can_cancel": not task.is_finished and not task.cancel_requested_at,
+        # Where status.js follows the task live (a websocket path, no URL name to reverse).
+        "live_url": websocket_path(task.pk),
     }
     if task.status == Status.RETRYING and kind is not None:
         context["max_attempts"] = kind.retry_policy().max_attempts

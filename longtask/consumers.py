@@ -1,0 +1,174 @@
+"""The websocket twin of the status page: a snapshot, then every change, then the end.
+
+``ws://HOST/ws/tasks/<uuid>/?since=N`` follows one task under the status page's
+access rule. Frames sent by the server (JSON text):
+
+- ``{"type": "snapshot", "cursor": N, "document": {...}}``: first, the JSON status
+  document (as ``/tasks/<uuid>.json``); ``cursor`` is where subtask events resume.
+- ``{"type": "subtasks", "cursor": C, "events": [{"type": "subtask", "index": i,
+  "status": "SUCCEEDED"|"FAILED", "result": ..., "error": ...}, ...]}``: subtasks
+  finished after the previous cursor, in finishing order (the finished ones before
+  the connection come first, in pages). Reconnecting with ``?since=C`` misses none.
+- ``{"type": "progress", "progress": {current, total, percent, message},
+  "eta_seconds": x}``: the shared progress payload, when it changes.
+- ``{"type": "status", "status": S, "final": bool, "document": {...}}``: the status
+  changed. The final one (SUCCEEDED, FAILED, CANCELLED) always comes last, after every
+  subtask event; the server then closes with 1000.
+- ``{"type": "pong"}`` answers ``{"type": "ping"}``; ``{"type": "error", "error": ...}``
+  answers a message of an unknown type.
+
+Close codes: 4404 for an unknown or malformed id and for a task the user may not see
+(the same code, so ids cannot be probed; the task being deleted too), 4400 for a
+malformed ``since`` or a client message that is not a JSON object with a ``type``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+
+from longtask import live
+
+logger = logging.getLogger("longtask")
+
+NOT_FOUND = 4404
+BAD_REQUEST = 4400
+
+
+def parse_since(query_string: bytes) -> int | None:
+    """Return the ``since`` cursor of a query string (0 if absent), or None if malformed."""
+    from urllib.parse import parse_qs
+
+    try:
+        values = parse_qs(query_string.decode("ascii"), strict_parsing=False).get("since", ["0"])
+    except UnicodeDecodeError:
+        return None
+    raw = values[-1]
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 10:
+        return None
+    return int(raw)
+
+
+class TaskConsumer(AsyncWebsocketConsumer):
+    """Sends one task's snapshot and changes to one websocket client."""
+
+    pump: asyncio.Task[None] | None = None
+    subscriber: live.Subscriber | None = None
+
+    async def connect(self) -> None:
+        # Accept first: a refusal before accepting reaches the client as a bare 403,
+        # without the close code that tells it not to retry.
+        await self.accept()
+        try:
+            task_id = uuid.UUID(self.scope["url_route"]["kwargs"]["task_id"])
+        except ValueError:
+            await self.close(NOT_FOUND)
+            return
+        since = parse_since(self.scope.get("query_string", b""))
+        if since is None:
+            await self.close(BAD_REQUEST)
+            return
+        user = self.scope.get("user")
+        if user is None:
+            from django.contrib.auth.models import AnonymousUser
+
+            user = AnonymousUser()
+        snapshot = await database_sync_to_async(live.read_snapshot)(user, task_id)
+        if snapshot is None:
+            await self.close(NOT_FOUND)
+            return
+        self.task_id = task_id
+        await self.send_frame(
+            {"type": "snapshot", "cursor": since, "document": self.absolute(snapshot.document)}
+        )
+        self.pump = asyncio.get_running_loop().create_task(self.follow(since, snapshot))
+
+    async def follow(self, cursor: int, snapshot: live.State) -> None:
+        """Send the subtasks finished so far, then what the task's watcher finds."""
+        try:
+            while cursor < snapshot.subtask_cursor:
+                page = await database_sync_to_async(live.read_subtasks)(
+                    self.task_id, cursor, snapshot.subtask_cursor
+                )
+                if not page:
+                    break
+                cursor = page[-1][0]
+                await self.send_frame(live.subtasks_frame([event for _, event in page], cursor))
+            if snapshot.finished:
+                await self.send_frame(live.status_frame(snapshot.status, snapshot.document))
+                await self.close(1000)
+                return
+            shown = (snapshot.progress, snapshot.eta_seconds)
+            self.subscriber = live.subscribe(
+                self.task_id, cursor=cursor, status=snapshot.status, shown=shown
+            )
+            queue = self.subscriber.queue
+            while True:
+                frames = [await queue.get()]
+                while not queue.empty():
+                    frames.append(queue.get_nowait())
+                for frame in live.coalesce(frames):
+                    if frame is live.GONE:
+                        await self.close(NOT_FOUND)
+                        return
+                    await self.send_frame(frame)
+                    if frame["type"] == "status" and frame["final"]:
+                        await self.close(1000)
+                        return
+        except Exception:
+            # Nobody awaits this task: say why the client stopped hearing, then close.
+            logger.exception("live updates of LongTask id=%s stopped", self.task_id)
+            with contextlib.suppress(Exception):  # the socket may be what failed
+                await self.close(1011)
+        finally:
+            if self.subscriber is not None:
+                live.unsubscribe(self.subscriber)
+                self.subscriber = None
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        try:
+            message = json.loads(text_data) if text_data is not None else None
+        except ValueError:
+            message = None
+        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+            await self.close(BAD_REQUEST)
+            return
+        if message["type"] == "ping":
+            await self.send_frame({"type": "pong"})
+        else:
+            await self.send_frame({"type": "error", "error": "unknown message type"})
+
+    async def disconnect(self, code: int) -> None:
+        if self.pump is not None:
+            self.pump.cancel()
+        if self.subscriber is not None:
+            live.unsubscribe(self.subscriber)
+            self.subscriber = None
+
+    async def close(self, code: int | bool | None = None, reason: str | None = None) -> None:
+        """Close the socket and stop following the task."""
+        if self.pump is not None and self.pump is not asyncio.current_task():
+            self.pump.cancel()
+        await super().close(code, reason)
+
+    async def send_frame(self, frame: dict[str, Any]) -> None:
+        if frame.get("type") == "status" and frame.get("document"):
+            frame = {**frame, "document": self.absolute(frame["document"])}
+        await self.send(text_data=json.dumps(frame, separators=(",", ":")))
+
+    def absolute(self, document: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Make the document's ``status_url`` absolute, as the JSON endpoint does."""
+        if not document or not str(document.get("status_url", "")).startswith("/"):
+            return document
+        host = dict(self.scope.get("headers", [])).get(b"host", b"").decode("latin1")
+        if not host:
+            return document
+        scheme = "https" if self.scope.get("scheme") == "wss" else "http"
+        return {**document, "status_url": f"{scheme}://{host}{document['status_url']}"}

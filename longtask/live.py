@@ -1,0 +1,280 @@
+"""Live updates for websocket clients without a channel layer that crosses processes.
+
+Workers and the web server are separate processes, and the in-memory channel layer
+stays inside one, so the web process follows the shared state itself: one
+``Watcher`` per watched task reads the task's row, its progress record and the
+subtasks finished since the lowest cursor of its subscribers (one or two queries
+per tick, whatever the number of subscribers), and pushes frames onto each
+subscriber's queue. Each subscriber has its own cursor, so a slow client gets
+bigger frames later, never fewer events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+from channels.db import database_sync_to_async
+
+from longtask import progress
+from longtask.access import can_view
+from longtask.conf import settings
+from longtask.documents import status_document
+from longtask.models import FINISHED_STATUSES, LongTask, SubTask
+
+logger = logging.getLogger("longtask")
+
+#: Most finished subtasks read by one tick or sent in one frame.
+MAX_SUBTASKS_PER_TICK = 2000
+
+Frame = dict[str, Any]
+
+
+def live_interval() -> float:
+    """Return the seconds between two reads of a watched task."""
+    return float(settings.LIVE_INTERVAL)
+
+
+@dataclass
+class State:
+    """What one read of a task found (the snapshot, or one tick of a watcher)."""
+
+    status: str
+    finished: bool
+    subtask_cursor: int
+    progress: dict[str, Any]
+    eta_seconds: int | None
+    #: (finish_seq, subtask event), in finishing order.
+    events: list[tuple[int, Frame]] = field(default_factory=list)
+    document: dict[str, Any] | None = None
+
+
+def _event(index: int, status: str, result: Any, error: str) -> Frame:
+    return {
+        "type": "subtask",
+        "index": index,
+        "status": status,
+        "result": result,
+        "error": error or None,
+    }
+
+
+def _read_events(task_id: Any, after: int, upto: int, limit: int) -> list[tuple[int, Frame]]:
+    rows = (
+        SubTask.objects.filter(parent_id=task_id, finish_seq__gt=after, finish_seq__lte=upto)
+        .order_by("finish_seq")
+        .values_list("finish_seq", "index", "status", "result", "error")[:limit]
+    )
+    return [
+        (seq, _event(index, status, result, error)) for seq, index, status, result, error in rows
+    ]
+
+
+def _state(task: LongTask, *, with_document: bool) -> State:
+    record = task.progress_record()
+    eta = None if task.is_finished else progress.eta_seconds(record, time.time())
+    document = None
+    if with_document:
+        document = status_document(task, record, status_url=task.get_absolute_url())
+    return State(
+        status=task.status,
+        finished=task.is_finished,
+        subtask_cursor=task.subtask_cursor,
+        progress=progress.payload(record),
+        eta_seconds=eta,
+        document=document,
+    )
+
+
+def read_snapshot(user: Any, task_id: UUID) -> State | None:
+    """Return the task's state with its status document, or None if ``user`` may not see it."""
+    task = LongTask.objects.filter(pk=task_id).first()
+    if task is None or not can_view(user, task):
+        return None
+    return _state(task, with_document=True)
+
+
+def read_subtasks(task_id: UUID, after: int, upto: int) -> list[tuple[int, Frame]]:
+    """Return one page of the subtasks finished in the cursor range (after, upto]."""
+    return _read_events(task_id, after, upto, MAX_SUBTASKS_PER_TICK)
+
+
+def read_tick(task_id: UUID, low: int, known: set[str]) -> State | None:
+    """Read the row, its progress and the subtasks finished after ``low``; None if gone.
+
+    The status document (one more query for a fan-out) is built only when some
+    subscriber has not seen the current status (``known`` holds what they have seen).
+    """
+    task = LongTask.objects.filter(pk=task_id).first()
+    if task is None:
+        return None
+    state = _state(task, with_document=task.is_finished or known != {task.status})
+    if task.subtask_cursor > low:
+        state.events = _read_events(task_id, low, task.subtask_cursor, MAX_SUBTASKS_PER_TICK)
+    return state
+
+
+def subtasks_frame(events: list[Frame], cursor: int) -> Frame:
+    return {"type": "subtasks", "cursor": cursor, "events": events}
+
+
+def progress_frame(state: State) -> Frame:
+    return {"type": "progress", "progress": state.progress, "eta_seconds": state.eta_seconds}
+
+
+def status_frame(status: str, document: dict[str, Any] | None) -> Frame:
+    return {
+        "type": "status",
+        "status": status,
+        "final": status in FINISHED_STATUSES,
+        "document": document,
+    }
+
+
+#: Put on a subscriber's queue when its task no longer exists.
+GONE: Frame = {"type": "gone"}
+
+
+@dataclass(eq=False)
+class Subscriber:
+    """One consumer's view of a watched task: what it has been sent so far."""
+
+    task_id: UUID
+    cursor: int
+    status: str
+    progress: tuple[Any, Any] | None = None
+    queue: asyncio.Queue[Frame] = field(default_factory=asyncio.Queue)
+    #: The final status (or GONE) has been queued; nothing follows it.
+    closed: bool = False
+
+
+class Watcher:
+    """Follows one task for all its subscribers, one read per tick."""
+
+    def __init__(self, task_id: UUID) -> None:
+        self.task_id = task_id
+        self.subscribers: list[Subscriber] = []
+        self.loop = asyncio.get_running_loop()
+        self.reads = 0
+        self.runner = self.loop.create_task(self.run(), name=f"longtask-live-{task_id}")
+
+    async def run(self) -> None:
+        try:
+            while self.subscribers:
+                began = time.monotonic()
+                try:
+                    await self.tick()
+                except Exception:
+                    # A database hiccup must not end the watch: the next tick reads again.
+                    logger.exception("live watcher of LongTask id=%s failed a tick", self.task_id)
+                if not self.subscribers:
+                    break
+                await asyncio.sleep(max(0.0, live_interval() - (time.monotonic() - began)))
+        finally:
+            if _watchers.get(self.task_id) is self:
+                del _watchers[self.task_id]
+
+    async def tick(self) -> None:
+        # Subscribers joining during the read are served from the next tick, whose
+        # low cursor takes theirs into account.
+        subscribers = list(self.subscribers)
+        low = min(s.cursor for s in subscribers)
+        known = {s.status for s in subscribers}
+        state = await database_sync_to_async(read_tick)(self.task_id, low, known)
+        self.reads += 1
+        for subscriber in subscribers:
+            if subscriber in self.subscribers:
+                self.deliver(subscriber, state)
+        self.subscribers = [s for s in self.subscribers if not s.closed]
+
+    def deliver(self, subscriber: Subscriber, state: State | None) -> None:
+        """Queue for ``subscriber`` what ``state`` adds to what it has been sent."""
+        if state is None:
+            subscriber.queue.put_nowait(GONE)
+            subscriber.closed = True
+            return
+        events = [event for seq, event in state.events if seq > subscriber.cursor]
+        if events:
+            subscriber.cursor = max(seq for seq, _ in state.events)
+            subscriber.queue.put_nowait(subtasks_frame(events, subscriber.cursor))
+        shown = (state.progress, state.eta_seconds)
+        if shown != subscriber.progress:
+            subscriber.progress = shown
+            subscriber.queue.put_nowait(progress_frame(state))
+        caught_up = subscriber.cursor >= state.subtask_cursor
+        if state.finished and caught_up:
+            subscriber.queue.put_nowait(status_frame(state.status, state.document))
+            subscriber.closed = True
+        elif state.status != subscriber.status and not state.finished:
+            subscriber.status = state.status
+            subscriber.queue.put_nowait(status_frame(state.status, state.document))
+
+
+_watchers: dict[UUID, Watcher] = {}
+
+
+def watcher_of(task_id: UUID) -> Watcher | None:
+    """Return the running watcher of a task, if any."""
+    return _watchers.get(task_id)
+
+
+def subscribe(
+    task_id: UUID, *, cursor: int, status: str, shown: tuple[Any, Any] | None = None
+) -> Subscriber:
+    """Follow ``task_id`` from ``cursor``; frames arrive on the returned subscriber's queue."""
+    subscriber = Subscriber(task_id=task_id, cursor=cursor, status=status, progress=shown)
+    watcher = _watchers.get(task_id)
+    loop = asyncio.get_running_loop()
+    if watcher is None or watcher.loop is not loop or watcher.runner.done():
+        watcher = _watchers[task_id] = Watcher(task_id)
+    watcher.subscribers.append(subscriber)
+    return subscriber
+
+
+def unsubscribe(subscriber: Subscriber) -> None:
+    """Stop following; the watcher stops with its last subscriber."""
+    watcher = _watchers.get(subscriber.task_id)
+    if watcher is None or subscriber not in watcher.subscribers:
+        return
+    watcher.subscribers.remove(subscriber)
+    if not watcher.subscribers:
+        del _watchers[subscriber.task_id]
+        watcher.runner.cancel()
+
+
+def coalesce(frames: list[Frame], limit: int = MAX_SUBTASKS_PER_TICK) -> list[Frame]:
+    """Merge queued frames: subtask events batched, only the last progress, order kept.
+
+    Status frames are barriers: what was queued before one is sent before it.
+    """
+    out: list[Frame] = []
+    batches: list[Frame] = []
+    latest_progress: Frame | None = None
+
+    def flush() -> None:
+        nonlocal batches, latest_progress
+        out.extend(batches)
+        if latest_progress is not None:
+            out.append(latest_progress)
+        batches, latest_progress = [], None
+
+    for frame in frames:
+        kind = frame["type"]
+        if kind == "subtasks":
+            last = batches[-1] if batches else None
+            if last is not None and len(last["events"]) + len(frame["events"]) <= limit:
+                last["events"].extend(frame["events"])
+                last["cursor"] = frame["cursor"]
+            else:  # a copy, so merging never changes a frame another queue holds
+                batches.append(subtasks_frame(list(frame["events"]), frame["cursor"]))
+        elif kind == "progress":
+            latest_progress = frame
+        else:
+            flush()
+            out.append(frame)
+    flush()
+    return out

@@ -1,0 +1,336 @@
+// Live status page: follows the task over its websocket (or polls the JSON endpoints)
+// and updates the bar, percent, message, ETA and quilt squares in place. When the
+// status changes it swaps in the <main> of a fresh, server-rendered copy of the page,
+// so the result appears without a reload. Text goes in with textContent only; the
+// URLs come from data- attributes (no inline script, ready for a CSP).
+(function () {
+  "use strict";
+
+  var main = document.querySelector("main[data-live-url]");
+  if (!main || !window.fetch || !window.JSON) {
+    return;
+  }
+  var urls = {
+    live: main.getAttribute("data-live-url"),
+    json: main.getAttribute("data-json-url"),
+    subtasks: main.getAttribute("data-subtasks-url"),
+    page: main.getAttribute("data-page-url"),
+  };
+  var FINAL = { SUCCEEDED: true, FAILED: true, CANCELLED: true };
+  var LABELS = {
+    QUEUED: "Queued",
+    RUNNING: "Running",
+    RETRYING: "Retrying",
+    SUCCEEDED: "Succeeded",
+    FAILED: "Failed",
+    CANCELLED: "Cancelled",
+  };
+  var COLOR = /^#[0-9a-f]{6}$/;
+  var POLL_MS = 2000;
+  var MAX_SOCKET_FAILURES = 3;
+
+  var state = {
+    cursor: parseInt(main.getAttribute("data-cursor"), 10) || 0,
+    status: null,
+    document: null,
+    finished: false,
+    socket: null,
+    failures: 0, // consecutive sockets that closed before saying anything
+    retries: 0,
+    polling: false,
+    painted: {}, // index -> subtask event, painted again after a swap
+    swapping: false,
+    swapAgain: false,
+  };
+  var statusLine = main.querySelector(".task-status");
+  if (statusLine) {
+    state.status = statusLine.getAttribute("data-status");
+  }
+
+  function duration(seconds) {
+    var s = Math.max(0, Math.round(seconds));
+    var h = Math.floor(s / 3600);
+    var m = Math.floor((s % 3600) / 60);
+    if (h) {
+      return h + " h " + m + " min";
+    }
+    if (m) {
+      return m + " min " + (s % 60) + " s";
+    }
+    return s + " s";
+  }
+
+  function setText(element, text) {
+    if (element && element.textContent !== text) {
+      element.textContent = text;
+    }
+  }
+
+  function applyProgress(progress, eta) {
+    var box = main.querySelector(".progress");
+    var bar = box && box.querySelector("progress");
+    if (bar) {
+      if (progress.total) {
+        bar.max = progress.total;
+        bar.value = progress.current;
+        setText(bar, progress.percent + "%");
+        var percent = box.querySelector(".percent");
+        if (!percent) {
+          percent = document.createElement("span");
+          percent.className = "percent";
+          box.appendChild(document.createTextNode(" "));
+          box.appendChild(percent);
+        }
+        setText(percent, progress.percent + "%");
+      } else {
+        bar.removeAttribute("value"); // indeterminate until the total is known
+      }
+    }
+    setText(main.querySelector(".message"), progress.message || "");
+    setText(
+      main.querySelector(".timing .eta"),
+      eta === null || eta === undefined ? "" : "About " + duration(eta) + " left."
+    );
+  }
+
+  function tickElapsed() {
+    var doc = state.document;
+    if (!doc || state.finished) {
+      return;
+    }
+    var now = Date.now();
+    var text = doc.started_at
+      ? "Running for " + duration((now - Date.parse(doc.started_at)) / 1000) + "."
+      : "Waiting to start (" + duration((now - Date.parse(doc.created_at)) / 1000) + " so far).";
+    setText(main.querySelector(".timing .elapsed"), text);
+  }
+
+  function paint(event) {
+    var quilt = main.querySelector(".live .quilt");
+    if (!quilt) {
+      return;
+    }
+    var index = event.index;
+    var result = event.result;
+    var cols = parseInt(quilt.getAttribute("data-cols"), 10);
+    if (result && typeof result.row === "number" && typeof result.col === "number" && cols) {
+      index = result.row * cols + result.col;
+    }
+    var square = quilt.children[index];
+    if (!square) {
+      return;
+    }
+    if (event.status === "SUCCEEDED" && result && COLOR.test(String(result.color))) {
+      square.style.background = result.color;
+      square.classList.remove("failed");
+    } else if (event.status === "FAILED") {
+      square.classList.add("failed");
+    }
+  }
+
+  function applySubtasks(events, cursor) {
+    for (var i = 0; i < events.length; i++) {
+      state.painted[events[i].index] = events[i];
+      paint(events[i]);
+    }
+    if (typeof cursor === "number" && cursor > state.cursor) {
+      state.cursor = cursor;
+    }
+  }
+
+  function applyDocument(doc) {
+    state.document = doc;
+    applyProgress(doc.progress, doc.eta_seconds);
+    if (doc.status !== state.status) {
+      state.status = doc.status;
+      var line = main.querySelector(".task-status");
+      if (line) {
+        line.setAttribute("data-status", doc.status);
+        if (line.firstChild && line.firstChild.nodeType === Node.TEXT_NODE) {
+          line.firstChild.data = LABELS[doc.status] || doc.status;
+        }
+      }
+      swapMain();
+    }
+    if (FINAL[doc.status]) {
+      finish();
+    }
+  }
+
+  // Replace <main>'s content with the server's rendering of the page as it is now.
+  function swapMain() {
+    if (state.swapping) {
+      state.swapAgain = true;
+      return;
+    }
+    state.swapping = true;
+    fetch(urls.page, { credentials: "same-origin", headers: { Accept: "text/html" } })
+      .then(function (response) {
+        if (!response.ok) {
+          throw new Error("status page answered " + response.status);
+        }
+        return response.text();
+      })
+      .then(function (html) {
+        var fresh = new DOMParser().parseFromString(html, "text/html");
+        var freshMain = fresh.querySelector("main");
+        if (!freshMain) {
+          throw new Error("no <main> in the status page");
+        }
+        var nodes = [];
+        for (var i = 0; i < freshMain.childNodes.length; i++) {
+          nodes.push(document.importNode(freshMain.childNodes[i], true));
+        }
+        main.replaceChildren.apply(main, nodes);
+        document.title = fresh.title;
+        // Events that arrived while the page was on its way are not in it: paint again.
+        for (var index in state.painted) {
+          paint(state.painted[index]);
+        }
+      })
+      .catch(function () {
+        if (state.finished) {
+          window.location.reload(); // last resort: the result must show
+        }
+      })
+      .then(function () {
+        state.swapping = false;
+        if (state.swapAgain) {
+          state.swapAgain = false;
+          swapMain();
+        }
+      });
+  }
+
+  function finish() {
+    if (state.finished) {
+      return;
+    }
+    state.finished = true;
+    if (state.socket) {
+      state.socket.onclose = null;
+      state.socket.close(1000);
+    }
+  }
+
+  function onFrame(frame) {
+    if (frame.type === "snapshot" || (frame.type === "status" && frame.document)) {
+      applyDocument(frame.document);
+    } else if (frame.type === "subtasks") {
+      applySubtasks(frame.events, frame.cursor);
+    } else if (frame.type === "progress") {
+      if (state.document) {
+        state.document.progress = frame.progress;
+      }
+      applyProgress(frame.progress, frame.eta_seconds);
+    }
+  }
+
+  function connect() {
+    if (state.finished) {
+      return;
+    }
+    if (!window.WebSocket) {
+      startPolling();
+      return;
+    }
+    var scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
+    var url = scheme + window.location.host + urls.live + "?since=" + state.cursor;
+    var heard = false;
+    var socket;
+    try {
+      socket = new WebSocket(url);
+    } catch (error) {
+      startPolling();
+      return;
+    }
+    state.socket = socket;
+    socket.onmessage = function (message) {
+      if (!heard) {
+        main.setAttribute("data-live", "socket"); // how the page follows the task
+      }
+      heard = true;
+      state.failures = 0;
+      state.retries = 0;
+      var frame;
+      try {
+        frame = JSON.parse(message.data);
+      } catch (error) {
+        return;
+      }
+      onFrame(frame);
+    };
+    socket.onclose = function (event) {
+      state.socket = null;
+      if (state.finished) {
+        return;
+      }
+      if (event.code === 4404) {
+        return; // gone or not ours: nothing more will come
+      }
+      if (!heard) {
+        state.failures += 1;
+      }
+      if (event.code === 4400 || state.failures >= MAX_SOCKET_FAILURES) {
+        startPolling();
+        return;
+      }
+      var delay = Math.min(15000, 500 * Math.pow(2, state.retries)) * (0.5 + Math.random() / 2);
+      state.retries += 1;
+      window.setTimeout(connect, delay);
+    };
+  }
+
+  function getJson(url) {
+    return fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } }).then(
+      function (response) {
+        if (!response.ok) {
+          throw new Error(url + " answered " + response.status);
+        }
+        return response.json();
+      }
+    );
+  }
+
+  function pollSubtasks() {
+    var sep = urls.subtasks.indexOf("?") < 0 ? "?" : "&";
+    return getJson(urls.subtasks + sep + "since=" + state.cursor).then(function (page) {
+      applySubtasks(page.subtasks, page.cursor);
+      return page.more ? pollSubtasks() : null;
+    });
+  }
+
+  // Without websockets: the document first, then the subtasks finished up to now, so a
+  // final status is applied only once every subtask before it has been painted.
+  function poll() {
+    if (state.finished) {
+      return;
+    }
+    var doc;
+    getJson(urls.json)
+      .then(function (d) {
+        doc = d;
+        return urls.subtasks && doc.subtasks ? pollSubtasks() : null;
+      })
+      .then(function () {
+        applyDocument(doc);
+      })
+      .catch(function () {})
+      .then(function () {
+        if (!state.finished) {
+          window.setTimeout(poll, POLL_MS);
+        }
+      });
+  }
+
+  function startPolling() {
+    if (!state.polling) {
+      state.polling = true;
+      main.setAttribute("data-live", "polling");
+      poll();
+    }
+  }
+
+  window.setInterval(tickElapsed, 1000);
+  connect();
+})();

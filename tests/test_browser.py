@@ -1,0 +1,154 @@
+"""The status page in a real browser (Debian's chromium, driven by Playwright).
+
+The browser is never downloaded: `make test` installs Debian's chromium where it is
+missing under CI (or LONGTASK_INSTALL_BROWSER=1). Without it these tests skip, unless
+LONGTASK_REQUIRE_BROWSER=1 or CI=true, which make them fail.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.processes import ROOT
+from tests.test_live import daphne, workers
+
+# No ORM call while Playwright runs: its event loop lives in this thread, and Django
+# refuses synchronous queries beside a running loop. Everything is checked through pages.
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+#: Milliseconds; generous, for a small shared machine.
+DEADLINE_MS = 60_000
+ARTIFACTS = ROOT / "artifacts"
+ROWS, COLS = 8, 8
+
+# Records, from inside the page, what the live page showed before the final swap.
+OBSERVER = """() => {
+  const seen = (window.__seen = {maxPercent: 0, counts: []});
+  const main = document.querySelector("main");
+  const record = () => {
+    const bar = main.querySelector(".progress progress");
+    if (bar && bar.position >= 0) {
+      seen.maxPercent = Math.max(seen.maxPercent, Math.floor((100 * bar.value) / bar.max));
+    }
+    const squares = main.querySelectorAll(".live .quilt i[style]").length;
+    if (seen.counts[seen.counts.length - 1] !== squares) seen.counts.push(squares);
+  };
+  new MutationObserver(record).observe(main, {
+    subtree: true, childList: true, attributes: true, characterData: true,
+  });
+  record();
+}"""
+
+
+def browser_required() -> bool:
+    return os.environ.get("LONGTASK_REQUIRE_BROWSER") == "1" or os.environ.get("CI") == "true"
+
+
+@pytest.fixture
+def chromium() -> Iterator[Any]:
+    """Yield a headless Debian chromium under Playwright, or skip with the reason."""
+    reason = None
+    if not CHROMIUM.exists():
+        reason = (
+            "Debian's chromium is missing (/usr/bin/chromium): as root, run "
+            "`LONGTASK_INSTALL_BROWSER=1 make test` "
+            "or `apt-get install -y chromium chromium-driver`"
+        )
+    elif importlib.util.find_spec("playwright") is None:
+        reason = "playwright is not installed (pip install -r requirements-dev.txt)"
+    if reason:
+        if browser_required():
+            pytest.fail(reason)
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def start_quilt(page: Any, base: str, work_ms: int) -> None:
+    """Fill the quilt's start form on the index page and submit it."""
+    page.goto(base + "/")
+    form = page.locator('form[action="/tasks/new/quilt/"]')
+    form.locator('[name="rows"]').fill(str(ROWS))
+    form.locator('[name="cols"]').fill(str(COLS))
+    form.locator('[name="work_ms"]').fill(str(work_ms))
+    form.locator('button[type="submit"]').click()
+    page.wait_for_url("**/tasks/*/")
+
+
+def test_live_page_fills_the_quilt_and_shows_the_result_without_reload(tmp_path, chromium):
+    errors: list[str] = []
+    with daphne(tmp_path / "daphne.log") as base:
+        page = chromium.new_page(viewport={"width": 900, "height": 1000})
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        start_quilt(page, base, work_ms=60)
+        assert page.locator("main .live .quilt i").count() == ROWS * COLS
+        page.evaluate("window.__marker = 'still here'")
+        page.evaluate(OBSERVER)
+        with workers(tmp_path):  # only now: the page watches the whole run
+            page.wait_for_selector("main .result .quilt", timeout=DEADLINE_MS)
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "browser-quilt.png"), full_page=True)
+        seen = page.evaluate("window.__seen")
+        assert page.evaluate("window.__marker") == "still here", "the page was reloaded"
+        assert seen["maxPercent"] == 100, seen
+        assert max(seen["counts"]) == ROWS * COLS, seen  # every square, live
+        assert any(0 < n < ROWS * COLS for n in seen["counts"]), f"never partly filled: {seen}"
+        assert page.locator("main .result .quilt i[style]").count() == ROWS * COLS
+        assert page.locator("main .task-status").inner_text().startswith("Succeeded")
+        assert "Succeeded" in page.title()
+        assert page.locator("noscript").count() == 1  # the head was not replaced
+        assert page.locator("main").get_attribute("data-live") == "socket"
+    assert errors == []
+
+
+def test_without_websockets_the_page_polls_the_json_to_the_result(tmp_path, chromium):
+    with daphne(tmp_path / "daphne.log") as base, workers(tmp_path):
+        page = chromium.new_page()
+        page.add_init_script("window.WebSocket = undefined;")  # as behind a proxy that drops them
+        start_quilt(page, base, work_ms=80)
+        page.evaluate("window.__marker = 'still here'")
+        page.wait_for_selector("main .result .quilt", timeout=DEADLINE_MS)
+        assert page.evaluate("window.__marker") == "still here", "the page was reloaded"
+        assert page.locator("main").get_attribute("data-live") == "polling"
+        assert page.locator("main .result .quilt i[style]").count() == ROWS * COLS
+
+
+def test_without_javascript_the_meta_refresh_reaches_the_result(tmp_path, chromium):
+    with daphne(tmp_path / "daphne.log") as base, workers(tmp_path):
+        context = chromium.new_context(java_script_enabled=False)
+        page = context.new_page()
+        loads: list[str] = []
+        page.on("load", lambda: loads.append(page.url))
+        start_quilt(page, base, work_ms=100)
+        first = page.content()
+        page.wait_for_selector("main .result .quilt", timeout=DEADLINE_MS)
+        assert 'http-equiv="refresh"' in first or "Succeeded" in first
+        assert page.locator("main .result .quilt i[style]").count() == ROWS * COLS
+        assert page.locator("main .task-status").inner_text().startswith("Succeeded")
+        assert len(loads) >= 3, loads  # the form, the status page, at least one refresh
+        context.close()
