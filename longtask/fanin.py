@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -142,12 +142,10 @@ def record(parent_id: str, kind: FanOutKind, outcomes: list[Outcome]) -> dict[fl
                     finished_at=now,
                 )
             )
-        if finished:
-            SubTask.objects.bulk_update(
-                finished, ["status", "result", "error", "seconds", "finish_seq", "finished_at"]
-            )
-        if retrying:
-            SubTask.objects.bulk_update(retrying, ["status", "error"])
+        _update_running(
+            finished, ["status", "result", "error", "seconds", "finish_seq", "finished_at"]
+        )
+        _update_running(retrying, ["status", "error"])
         if finished:
             LongTask.objects.filter(pk=parent_id).update(
                 subtasks_done=F("subtasks_done") + len(finished),
@@ -159,6 +157,32 @@ def record(parent_id: str, kind: FanOutKind, outcomes: list[Outcome]) -> dict[fl
         if first_failure and kind.failure_policy == FanOutKind.FAIL_FAST:
             _fail_fast(parent, first_failure)
     return retry
+
+
+def _update_running(rows: list[SubTask], fields: list[str]) -> None:
+    """Write ``fields`` of each row, only where it is still RUNNING, in one executemany.
+
+    Django's bulk_update builds a CASE expression per field and row, which cost more
+    than the work itself for small subtasks (28 s of 45 s for a 10,000-square quilt).
+    """
+    if not rows:
+        return
+    meta = SubTask._meta
+    quote = connection.ops.quote_name
+    columns = [meta.get_field(name) for name in fields]
+    assignments = ", ".join(f"{quote(field.column)} = %s" for field in columns)
+    # Only quoted column names from the model's own _meta are interpolated; values are params.
+    sql = (
+        f"UPDATE {quote(meta.db_table)} SET {assignments} "  # noqa: S608
+        f"WHERE {quote(meta.pk.column)} = %s AND {quote(meta.get_field('status').column)} = %s"
+    )
+    params = [
+        [field.get_db_prep_save(getattr(row, field.attname), connection) for field in columns]
+        + [row.pk, Status.RUNNING.value]
+        for row in rows
+    ]
+    with connection.cursor() as cursor:
+        cursor.executemany(sql, params)
 
 
 def _fail_fast(parent: LongTask, failure: Outcome) -> None:

@@ -118,10 +118,9 @@ def _save_batch(task: LongTask, kind: FanOutKind, batch: list[dict[str, Any]]) -
                 for offset, params in enumerate(batch)
             ]
         )
-        size = chunk_size(kind, task, len(batch))
         ranges = [
-            (str(task.pk), start, min(start + size, first + len(batch)) - 1)
-            for start in range(first, first + len(batch), size)
+            (str(task.pk), start, end - 1)
+            for start, end in chunk_bounds(kind, task, first, len(batch))
         ]
         transaction.on_commit(
             lambda: q2.enqueue_many(CHUNK_JOB, ranges, cluster=settings.SUBTASK_CLUSTER)
@@ -130,21 +129,47 @@ def _save_batch(task: LongTask, kind: FanOutKind, batch: list[dict[str, Any]]) -
     return True
 
 
-def chunk_size(kind: FanOutKind, task: LongTask, batch_len: int) -> int:
-    """Subtasks per job: the kind's choice, else aim at CHUNK_TARGET_SECONDS per job."""
+def chunk_size(kind: FanOutKind, task: LongTask, batch_len: int) -> int | None:
+    """Subtasks per job: the kind's choice, else aim at CHUNK_TARGET_SECONDS per job.
+
+    None means no subtask has finished yet, so there is nothing to aim by.
+    """
     if kind.chunk_size:
         return kind.chunk_size
     observed = (
         LongTask.objects.filter(pk=task.pk).values_list("subtask_seconds", "subtasks_done").first()
     )
-    if observed and observed[1]:
-        mean = max(observed[0] / observed[1], 1e-6)
-        size = int(settings.CHUNK_TARGET_SECONDS / mean)
-    else:
-        size = INITIAL_CHUNK_SIZE
+    if not (observed and observed[1]):
+        return None
+    mean = max(observed[0] / observed[1], 1e-6)
+    return max(1, min(int(settings.CHUNK_TARGET_SECONDS / mean), _cap(batch_len)))
+
+
+def _cap(batch_len: int) -> int:
     # Leave work for every worker, whatever the estimate says.
     spread = math.ceil(batch_len / (2 * max(1, settings.SUBTASK_PARALLELISM)))
-    return max(1, min(size, settings.MAX_CHUNK_SIZE, spread))
+    return max(1, min(settings.MAX_CHUNK_SIZE, spread))
+
+
+def chunk_bounds(
+    kind: FanOutKind, task: LongTask, first: int, batch_len: int
+) -> list[tuple[int, int]]:
+    """Split a batch into [start, end) chunks.
+
+    Before any duration is known the chunks grow from INITIAL_CHUNK_SIZE by doubling
+    (a slow start): slow subtasks get small first chunks, quick ones soon big ones.
+    """
+    size = chunk_size(kind, task, batch_len)
+    growing = size is None
+    size = size or INITIAL_CHUNK_SIZE
+    bounds, start, end_of_batch = [], first, first + batch_len
+    while start < end_of_batch:
+        end = min(start + size, end_of_batch)
+        bounds.append((start, end))
+        start = end
+        if growing:
+            size = min(size * 2, _cap(batch_len))
+    return bounds
 
 
 def reset_unfinished_subtasks(task: LongTask) -> list[int]:

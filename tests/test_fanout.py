@@ -176,7 +176,10 @@ def test_a_subtask_failing_twice_then_succeeding():
 def test_chunk_size_follows_observed_duration_and_overrides():
     kind = registry.get("test-squares")
     task = longtask.start("test-squares", {"n": 1})
-    assert fanout.chunk_size(kind, task, 10_000) == fanout.INITIAL_CHUNK_SIZE
+    assert fanout.chunk_size(kind, task, 10_000) is None  # nothing observed yet
+    # A slow start: chunks double from the initial size up to the cap.
+    sizes = [end - start for start, end in fanout.chunk_bounds(kind, task, 0, 1000)]
+    assert sizes == [8, 16, 32, 64, 128, 250, 250, 250, 2]
     LongTask.objects.filter(pk=task.pk).update(
         subtasks_total=100, subtasks_done=100, subtask_seconds=1.0
     )
@@ -201,7 +204,7 @@ def test_chunks_are_enqueued_in_bulk(django_assert_max_num_queries):
     with django_assert_max_num_queries(40):
         fanout.split(task, registry.get("test-squares"))
     chunk_jobs = OrmQ.objects.count() - 1  # the parent's own job is still on the queue
-    assert chunk_jobs == 3000 // fanout.INITIAL_CHUNK_SIZE
+    assert chunk_jobs == 3 * 9  # three batches of 1000, slow-started (see above)
 
 
 def test_split_resumes_after_a_crash_without_duplicates():
