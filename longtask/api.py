@@ -5,16 +5,19 @@ from __future__ import annotations
 import datetime
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.db import IntegrityError, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from longtask import progress
+from longtask import limits, progress
 from longtask.conf import settings
 from longtask.kinds import Kind, registry
 from longtask.models import FINISHED_STATUSES, LongTask, SubTask
+
+if TYPE_CHECKING:
+    from longtask.limits import Actor
 
 logger = logging.getLogger("longtask")
 
@@ -29,6 +32,7 @@ def start(
     name: str | None = None,
     queue: str | None = None,
     dedup_window: datetime.timedelta | None = None,
+    actor: Actor | None = None,
 ) -> LongTask:
     """Validate ``params``, save a LongTask and queue it once the transaction commits.
 
@@ -36,13 +40,23 @@ def start(
     ``name`` that a task already has, that task is returned and nothing is started
     (``task.deduplicated`` is True), unless that task finished longer than
     ``dedup_window`` ago: then it gives up the name and a new task starts.
+
+    With an ``actor`` (the web and the CLI pass one) the kind's login and permission
+    rule, the parameters' size and the abuse limits apply: ``NotAllowed``,
+    ``ParametersTooLarge`` or ``LimitExceeded`` then. Without one nothing is limited.
     """
     kind = registry.get(kind) if isinstance(kind, str) else kind
+    if actor is not None:
+        limits.check_allowed(kind, actor)
     parameters = kind.clean_parameters(params or {})
+    if actor is not None:
+        limits.check_parameters_size(parameters)
     existing = LongTask.objects.filter(name=name).first() if name else None
     if existing is not None and not _release_name(existing, dedup_window):
         existing.deduplicated = True
         return existing
+    if actor is not None:
+        limits.check_start(kind, actor)
     if owner is not None and not owner.is_authenticated:
         owner = None
     try:
@@ -62,6 +76,8 @@ def start(
             return existing
         raise
     task.deduplicated = False
+    if actor is not None:
+        limits.record_start(task, actor)
     logger.info("LongTask id=%s kind=%s status=%s", task.pk, task.kind, task.status)
     return task
 

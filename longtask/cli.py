@@ -75,6 +75,8 @@ def read_jsonl(path: str) -> list[tuple[int, dict[str, Any]]]:
             data = json.loads(line)
         except ValueError as exc:
             raise bad_input(f"{path}:{number}: not valid JSON: {exc}") from None
+        except RecursionError:  # hostile nesting, deeper than the parser's stack
+            raise bad_input(f"{path}:{number}: JSON nested too deeply") from None
         if not isinstance(data, dict):
             kind = type(data).__name__
             raise bad_input(f"{path}:{number}: expected a JSON object of parameters, got {kind}")

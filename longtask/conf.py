@@ -44,6 +44,20 @@ class Settings:
     LIVE_INTERVAL: float = 0.3
     #: Seconds between two refreshes of the status page without JavaScript.
     REFRESH_SECONDS: int = 2
+    # Abuse limits (see SECURITY.md). They apply to web and CLI starts, not to
+    # ``longtask.start()`` called from Python; None turns a limit off.
+    #: Starts per user (or per client IP for anonymous visitors) in one minute.
+    STARTS_PER_MINUTE: int | None = 20
+    #: Queued, running or retrying tasks one user (or client IP) may have at once.
+    MAX_ACTIVE_TASKS: int | None = 5
+    #: Starting a fan-out kind is refused while this many subtasks wait (all users).
+    MAX_QUEUED_SUBTASKS: int | None = 100_000
+    #: Staff users are not subject to the three limits above.
+    LIMITS_EXEMPT_STAFF: bool = True
+    #: Largest JSON of a task's cleaned parameters (bytes), for web and CLI starts.
+    MAX_PARAMETERS_BYTES: int = 64 * 1024
+    #: Largest JSON of a result (a task's, a subtask's, a gather's); larger ones fail.
+    MAX_RESULT_BYTES: int = 1024 * 1024
 
     def __getattribute__(self, name: str) -> Any:
         if name.isupper():

@@ -19,7 +19,8 @@ access rule. Frames sent by the server (JSON text):
 
 Close codes: 4404 for an unknown or malformed id and for a task the user may not see
 (the same code, so ids cannot be probed; the task being deleted too), 4400 for a
-malformed ``since`` or a client message that is not a JSON object with a ``type``.
+malformed ``since`` or a client message that is not a JSON object with a ``type``
+(or is over 4 KiB).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ logger = logging.getLogger("longtask")
 
 NOT_FOUND = 4404
 BAD_REQUEST = 4400
+#: Longest client message read; clients only send pings, so anything longer is malformed.
+MAX_MESSAGE_LENGTH = 4096
 
 
 def parse_since(query_string: bytes) -> int | None:
@@ -133,10 +136,11 @@ class TaskConsumer(AsyncWebsocketConsumer):
                 self.subscriber = None
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        try:
-            message = json.loads(text_data) if text_data is not None else None
-        except ValueError:
-            message = None
+        message = None
+        if text_data is not None and len(text_data) <= MAX_MESSAGE_LENGTH:
+            # RecursionError: deeply nested arrays stop the decoder without a ValueError.
+            with contextlib.suppress(ValueError, RecursionError):
+                message = json.loads(text_data)
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):
             await self.close(BAD_REQUEST)
             return

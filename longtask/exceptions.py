@@ -56,3 +56,27 @@ class Cancelled(LongTaskError):
 
 class TimeLimitExceeded(LongTaskError):
     """A run took longer than its kind's ``time_limit`` (counted as a failed attempt)."""
+
+
+class NotAllowed(LongTaskError, PermissionError):
+    """The user may not start this kind (it needs a login or a permission they lack)."""
+
+
+class LimitExceeded(LongTaskError):
+    """A start was refused by an abuse limit; ``status`` is the HTTP status to answer with."""
+
+    status: int = 429
+
+    def __init__(self, message: str, *, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ParametersTooLarge(LimitExceeded):
+    """The parameters' JSON is over ``LONGTASK_MAX_PARAMETERS_BYTES``."""
+
+    status = 413
+
+
+class ResultTooLarge(FatalError):
+    """A result's JSON is over ``LONGTASK_MAX_RESULT_BYTES`` (fatal: a retry returns as much)."""

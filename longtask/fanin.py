@@ -20,8 +20,9 @@ from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from longtask import q2
+from longtask import limits, q2
 from longtask.conf import settings
+from longtask.exceptions import ResultTooLarge
 from longtask.kinds import FanOutKind, registry
 from longtask.models import LongTask, Status, SubTask
 
@@ -61,6 +62,8 @@ class Recorder:
         self._last_flush = time.monotonic()
 
     def add(self, outcome: Outcome) -> None:
+        if outcome.ok:
+            _limit_result(outcome)
         self.pending.append(outcome)
         if time.monotonic() - self._last_flush >= settings.RECORD_INTERVAL:
             self.flush()
@@ -74,6 +77,16 @@ class Recorder:
         parent = LongTask.objects.filter(pk=self.parent_id).values("status").first()
         self.stopped = parent is None or parent["status"] != Status.RUNNING
         try_fan_in(self.parent_id)
+
+
+def _limit_result(outcome: Outcome) -> None:
+    """Turn a too-large subtask result into a failure that is not retried (it would recur)."""
+    try:
+        limits.check_result_size(limits.json_size(outcome.result))
+    except ResultTooLarge as exc:
+        outcome.result = None
+        outcome.error = f"{type(exc).__name__}: {exc}"
+        outcome.fatal = True
 
 
 def enqueue_retries(parent_id: str, retries: dict[float, list[int]]) -> None:
@@ -234,10 +247,10 @@ def try_fan_in(parent_id: str) -> bool:
         return False
     parent = LongTask.objects.get(pk=parent_id)
     kind = registry.get(parent.kind)
-    from longtask.runner import to_json
+    from longtask.runner import result_to_json
 
     try:
-        result = to_json(kind.gather(parent, Results(parent_id, parent.subtasks_total)))
+        result = result_to_json(kind.gather(parent, Results(parent_id, parent.subtasks_total)))
     except Exception as exc:
         parent.fail(
             f"gather: {type(exc).__name__}: {exc}", traceback.format_exc(), fanout_record(parent)

@@ -49,6 +49,10 @@ class Kind:
     #: Seconds a run may take before it is stopped and counted as a failed attempt;
     #: None means django-q2's cluster timeout (LONGTASK_JOB_TIMEOUT in the demo).
     time_limit: ClassVar[int | None] = None
+    #: Only logged-in users may start this kind (on the web, and as a CLI ``--owner``).
+    login_required: ClassVar[bool] = False
+    #: Permission ("app_label.codename") needed to start this kind; implies a login.
+    permission: ClassVar[str | None] = None
 
     def retry_policy(self) -> RetryPolicy:
         return self.retry or RetryPolicy.default()

@@ -11,7 +11,7 @@ from typing import Any
 from django.core.serializers.json import DjangoJSONEncoder
 from django.utils import timezone
 
-from longtask import fanout, iterative
+from longtask import fanout, iterative, limits
 from longtask.exceptions import Cancelled, FatalError, RetryLater, TimeLimitExceeded
 from longtask.heartbeat import Heartbeat
 from longtask.iterative import IterativeKind
@@ -24,6 +24,13 @@ logger = logging.getLogger("longtask")
 def to_json(value: Any) -> Any:
     """Return ``value`` as plain JSON data, or raise TypeError if it is not JSON-able."""
     return json.loads(json.dumps(value, cls=DjangoJSONEncoder))
+
+
+def result_to_json(value: Any) -> Any:
+    """Return a result as plain JSON data; raise ResultTooLarge if it is over the limit."""
+    text = json.dumps(value, cls=DjangoJSONEncoder)
+    limits.check_result_size(len(text))  # ASCII-escaped: characters are bytes
+    return json.loads(text)
 
 
 def run(task_id: str) -> None:
@@ -66,9 +73,9 @@ def run(task_id: str) -> None:
 
                         enqueue(task)
                     return
-                result = to_json(result)
+                result = result_to_json(result)
             else:
-                result = to_json(kind.run(task, task.parameters))
+                result = result_to_json(kind.run(task, task.parameters))
         except iterative.BatchTaken:
             logger.info("LongTask id=%s batch already done by another run; skipping", task.pk)
             return

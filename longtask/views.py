@@ -6,20 +6,31 @@ import time
 from typing import Any
 from uuid import UUID
 
+from django.contrib.auth.views import redirect_to_login
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import render
 from django.utils import timezone
 from django.utils.http import content_disposition_header
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from longtask import api, progress
-from longtask.access import get_visible_task
+from longtask import api, limits, progress
+from longtask.access import can_start, get_visible_task
 from longtask.conf import settings
 from longtask.documents import finished_subtasks, status_document
-from longtask.exceptions import InvalidParameters, UnknownKind
+from longtask.exceptions import (
+    InvalidParameters,
+    LimitExceeded,
+    NotAllowed,
+    ParametersTooLarge,
+    UnknownKind,
+)
 from longtask.kinds import Kind, registry
 from longtask.models import Status
 from longtask.routing import websocket_path
+
+#: A form body may be this many times the parameters' limit: percent-encoding
+#: triples punctuation, and the CSRF token and field names come on top.
+RAW_BODY_FACTOR = 4
 
 
 def _get_kind(name: str) -> Kind:
@@ -31,21 +42,60 @@ def _get_kind(name: str) -> Kind:
 
 @require_GET
 def index(request: HttpRequest) -> HttpResponse:
-    kinds = [(kind, kind.form_class()) for kind in registry]
+    # A kind the visitor may not start is listed without its form.
+    kinds = [
+        (kind, kind.form_class() if can_start(request.user, kind) else None) for kind in registry
+    ]
     return render(request, "longtask/index.html", {"kinds": kinds})
 
 
 @require_http_methods(["GET", "POST"])
 def new_task(request: HttpRequest, kind: str) -> HttpResponse:
     kind_obj = _get_kind(kind)
+    if not can_start(request.user, kind_obj):
+        return _not_allowed(request, kind_obj)
     if request.method == "POST":
+        if _content_length(request) > settings.MAX_PARAMETERS_BYTES * RAW_BODY_FACTOR:
+            size = limits.format_bytes(settings.MAX_PARAMETERS_BYTES)
+            return refused(request, ParametersTooLarge(f"parameters are over the {size} limit"))
         try:
-            task = api.start(kind_obj, request.POST, owner=request.user)
+            actor = limits.Actor.from_request(request)
+            task = api.start(kind_obj, request.POST, owner=request.user, actor=actor)
         except InvalidParameters as exc:
             context = {"kind": kind_obj, "form": exc.form}
             return render(request, "longtask/new.html", context, status=400)
+        except NotAllowed:
+            return _not_allowed(request, kind_obj)
+        except LimitExceeded as exc:
+            return refused(request, exc)
         return redirect_303(task.get_absolute_url())
     return render(request, "longtask/new.html", {"kind": kind_obj, "form": kind_obj.form_class()})
+
+
+def _content_length(request: HttpRequest) -> int:
+    try:
+        return int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return 0
+
+
+def _not_allowed(request: HttpRequest, kind: Kind) -> HttpResponse:
+    """Send visitors to the login page; tell users without the permission they lack it."""
+    if not request.user.is_authenticated:
+        return redirect_to_login(request.get_full_path())
+    message = f"You may not start {kind.title or kind.name} tasks."
+    context = {"title": "Not allowed", "message": message}
+    return render(request, "longtask/refused.html", context, status=403)
+
+
+def refused(request: HttpRequest, exc: LimitExceeded) -> HttpResponse:
+    """Answer a start refused by a limit: 429 (or 413 for a size) with the reason."""
+    title = "Too large" if isinstance(exc, ParametersTooLarge) else "Too many requests"
+    context = {"title": title, "message": str(exc)}
+    response = render(request, "longtask/refused.html", context, status=exc.status)
+    if exc.retry_after:
+        response["Retry-After"] = str(exc.retry_after)
+    return response
 
 
 def redirect_303(url: str) -> HttpResponseRedirect:

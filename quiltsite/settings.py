@@ -10,6 +10,8 @@ import os
 import secrets
 from pathlib import Path
 
+from django.utils.csp import CSP
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -62,6 +64,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "django.middleware.csp.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -70,6 +73,25 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
+
+# Security headers on every response (SECURITY.md). Scripts: only the site's own
+# files, never inline. Styles also allow inline: the quilt colours each square with a
+# style="background:#rrggbb" attribute (checked against a strict pattern) and the admin
+# uses style attributes; neither can run code.
+SECURE_CSP = {
+    "default-src": [CSP.SELF],
+    "script-src": [CSP.SELF],
+    "style-src": [CSP.SELF, CSP.UNSAFE_INLINE],
+    "connect-src": [CSP.SELF],  # CSP level 3: 'self' covers the same host's ws:/wss:
+    "object-src": [CSP.NONE],
+    "base-uri": [CSP.NONE],
+    "form-action": [CSP.SELF],
+    "frame-ancestors": [CSP.NONE],
+}
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
 
 ROOT_URLCONF = "quiltsite.urls"
 ASGI_APPLICATION = "quiltsite.asgi.application"
@@ -133,6 +155,12 @@ WORKERS = env_int("LONGTASK_WORKERS", 2)
 SUBTASK_WORKERS = env_int("LONGTASK_SUBTASK_WORKERS", 2)
 LONGTASK_SUBTASK_CLUSTER = "longtask-subtasks"
 LONGTASK_SUBTASK_PARALLELISM = SUBTASK_WORKERS
+# Abuse limits of web and CLI starts (per user, or per client IP for anonymous visitors);
+# staff are exempt. REMOTE_ADDR is the client IP: behind a proxy, set it from the proxy's
+# header in a middleware of your own (X-Forwarded-For is never trusted by default).
+LONGTASK_STARTS_PER_MINUTE = env_int("LONGTASK_STARTS_PER_MINUTE", 20)
+LONGTASK_MAX_ACTIVE_TASKS = env_int("LONGTASK_MAX_ACTIVE_TASKS", 5)
+LONGTASK_MAX_QUEUED_SUBTASKS = env_int("LONGTASK_MAX_QUEUED_SUBTASKS", 100_000)
 # Crash recovery: a running task or subtask that has not beaten for STALE_AFTER
 # seconds is re-queued (counted as a failed attempt) by `manage.py longtask_worker`.
 LONGTASK_HEARTBEAT_INTERVAL = float(os.environ.get("LONGTASK_HEARTBEAT_INTERVAL", 5))

@@ -19,9 +19,15 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 from django.utils import timezone
 
-from longtask import api, cli, documents, progress
+from longtask import api, cli, documents, limits, progress
 from longtask.documents import status_document, subtask_counts
-from longtask.exceptions import InvalidParameters, UnknownKind
+from longtask.exceptions import (
+    InvalidParameters,
+    LimitExceeded,
+    NotAllowed,
+    ParametersTooLarge,
+    UnknownKind,
+)
 from longtask.kinds import Kind, registry
 from longtask.models import LongTask, Status, SubTask
 
@@ -120,11 +126,13 @@ class Command(BaseCommand):
         parameters = cli.parse_assignments(params)
         owner_obj = cli.find_owner(owner) if owner else None
         try:
-            task, created = cli.start_task(
+            task, created = self._start_task(
                 kind_obj, parameters, name=name, queue=queue, owner=owner_obj
             )
-        except InvalidParameters as exc:
+        except (InvalidParameters, ParametersTooLarge) as exc:
             raise cli.bad_input(str(exc)) from None
+        except (NotAllowed, LimitExceeded) as exc:
+            raise refused(exc) from None
         if not created:
             self.stderr.write(f"LongTask {task.pk} already exists under name {name!r}.")
         if not as_json:
@@ -139,6 +147,14 @@ class Command(BaseCommand):
             self.stdout.write(json.dumps(document, indent=2))
         if wait:
             self._exit_for(task, quiet=as_json)
+
+    def _start_task(
+        self, kind: Kind, params: Any, *, name: str | None, queue: str | None, owner: Any
+    ) -> tuple[LongTask, bool]:
+        """Start a task; the limits apply to an ``--owner`` (the operator alone is trusted)."""
+        actor = limits.Actor(user=owner, trusted=owner is None)
+        task = api.start(kind, params, name=name, queue=queue, owner=owner, actor=actor)
+        return task, not task.deduplicated
 
     def _exit_for(self, task: LongTask, *, quiet: bool) -> None:
         if task.status == Status.SUCCEEDED:
@@ -190,8 +206,8 @@ class Command(BaseCommand):
                     rejected.append((number, f"name longer than {max_name} characters"))
                     continue
             try:
-                kind_obj.clean_parameters(data)
-            except InvalidParameters as exc:
+                limits.check_parameters_size(kind_obj.clean_parameters(data))
+            except (InvalidParameters, ParametersTooLarge) as exc:
                 rejected.append((number, str(exc)))
                 continue
             valid.append((number, data, name))
@@ -199,12 +215,15 @@ class Command(BaseCommand):
         skipped: list[tuple[int, LongTask]] = []
         # One transaction: the valid lines start together or not at all, and are
         # queued only once they have all been saved.
-        with transaction.atomic():
-            for number, data, name in valid:
-                task, created = cli.start_task(
-                    kind_obj, data, name=name, queue=queue, owner=owner_obj
-                )
-                (started if created else skipped).append((number, task))
+        try:
+            with transaction.atomic():
+                for number, data, name in valid:
+                    task, created = self._start_task(
+                        kind_obj, data, name=name, queue=queue, owner=owner_obj
+                    )
+                    (started if created else skipped).append((number, task))
+        except (NotAllowed, LimitExceeded) as exc:
+            raise refused(exc, f"line {number}: ") from None
         report = [(n, f"started {cli.status_url(task)}") for n, task in started]
         report += [(n, f"already exists {cli.status_url(task)}") for n, task in skipped]
         report += [(n, f"rejected: {error}") for n, error in rejected]
@@ -344,6 +363,11 @@ class Command(BaseCommand):
             f"{verb} {tasks} finished task(s) and {subtasks} subtask(s) "
             f"finished before {cutoff.isoformat(timespec='seconds')}."
         )
+
+
+def refused(exc: LimitExceeded | NotAllowed, where: str = "") -> CommandError:
+    """Exit 1 with the reason: the input was fine, the start was refused (nothing started)."""
+    return CommandError(f"{where}refused, nothing started: {exc}", returncode=1)
 
 
 def progress_line(record: dict[str, Any] | None) -> str:

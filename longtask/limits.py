@@ -1,0 +1,197 @@
+"""Abuse limits on starting tasks: starts per minute, active tasks, queued subtasks, sizes.
+
+The limits apply when a start names an ``Actor`` (the web views and the CLI do);
+``longtask.start()`` called from Python without one is not limited. Users' starts
+and active tasks are counted from their LongTask rows. Anonymous visitors are
+counted per client IP in the shared cache (a fixed one-minute window for starts,
+the ids of their recent tasks for active ones), because the row has no IP column.
+Counting is not atomic with the start: concurrent starts may pass a limit by a few.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from django.core.cache import caches
+from django.core.serializers.json import DjangoJSONEncoder
+from django.utils import timezone
+
+from longtask.conf import settings
+from longtask.exceptions import LimitExceeded, NotAllowed, ParametersTooLarge, ResultTooLarge
+
+if TYPE_CHECKING:
+    from django.http import HttpRequest
+
+    from longtask.kinds import Kind
+    from longtask.models import LongTask
+
+#: How many of an IP's task ids the cache remembers to count its active tasks.
+IP_TASKS_KEPT = 1000
+#: How long an IP's task ids are remembered (a task active longer is no longer counted).
+IP_TASKS_TTL = 24 * 3600
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who asks for a start: a user (anonymous or None) and, on the web, the client's IP."""
+
+    user: Any = None
+    client_ip: str | None = None
+    #: An operator at the command line: no login, permission or rate checks, only sizes.
+    trusted: bool = False
+
+    @classmethod
+    def from_request(cls, request: HttpRequest) -> Actor:
+        """Return the actor of a web request."""
+        return cls(user=request.user, client_ip=client_ip(request))
+
+    @property
+    def authenticated(self) -> bool:
+        return bool(self.user is not None and self.user.is_authenticated)
+
+    @property
+    def exempt(self) -> bool:
+        """Say whether the rate and count limits pass this actor by."""
+        if self.trusted:
+            return True
+        return bool(settings.LIMITS_EXEMPT_STAFF and self.authenticated and self.user.is_staff)
+
+
+def client_ip(request: HttpRequest) -> str:
+    """Return REMOTE_ADDR: X-Forwarded-For is whatever the client wrote unless a proxy you
+    trust rewrites it, so behind a proxy set REMOTE_ADDR from its header in a middleware."""
+    return str(request.META.get("REMOTE_ADDR") or "unknown")
+
+
+def format_bytes(size: int) -> str:
+    """Write a byte count the way the limits are documented (64 KiB, 1 MiB)."""
+    for unit, factor in (("MiB", 1024 * 1024), ("KiB", 1024)):
+        if size >= factor:
+            return f"{size / factor:g} {unit}"
+    return f"{size} bytes"
+
+
+def json_size(value: Any) -> int:
+    """Return the length of ``value``'s JSON as stored (ASCII-escaped, so bytes = characters)."""
+    return len(json.dumps(value, cls=DjangoJSONEncoder))
+
+
+def check_allowed(kind: Kind, actor: Actor) -> None:
+    """Raise NotAllowed if the kind needs a login or a permission the actor lacks."""
+    from longtask.access import can_start
+
+    if not actor.trusted and not can_start(actor.user, kind):
+        if kind.permission and actor.authenticated:
+            raise NotAllowed(f"you may not start {kind.name!r} tasks")
+        raise NotAllowed(f"log in to start {kind.name!r} tasks")
+
+
+def check_parameters_size(parameters: Any) -> None:
+    """Raise ParametersTooLarge if the parameters' JSON is over the limit."""
+    size, limit = json_size(parameters), settings.MAX_PARAMETERS_BYTES
+    if size > limit:
+        size_text = f"parameters are {size} bytes, over the {format_bytes(limit)} limit"
+        raise ParametersTooLarge(size_text)
+
+
+def check_result_size(size: int) -> None:
+    """Raise ResultTooLarge if a result of ``size`` bytes of JSON is over the limit."""
+    limit = settings.MAX_RESULT_BYTES
+    if size > limit:
+        raise ResultTooLarge(f"result is {size} bytes, over the {format_bytes(limit)} limit")
+
+
+def check_start(kind: Kind, actor: Actor) -> None:
+    """Raise LimitExceeded if starting ``kind`` now would pass one of the actor's limits."""
+    if actor.exempt:
+        return
+    per_minute, max_active = settings.STARTS_PER_MINUTE, settings.MAX_ACTIVE_TASKS
+    if actor.authenticated:
+        recent, active = _user_counts(actor.user, per_minute, max_active)
+    else:
+        recent, active = _ip_counts(actor.client_ip or "unknown", per_minute, max_active)
+    if per_minute is not None and recent >= per_minute:
+        raise LimitExceeded(
+            f"Too many tasks started: at most {per_minute} a minute. Try again in a minute.",
+            retry_after=60,
+        )
+    if max_active is not None and active >= max_active:
+        raise LimitExceeded(
+            f"Too many tasks under way: at most {max_active} at once. "
+            "Wait for one to finish, or cancel one.",
+            retry_after=60,
+        )
+    _check_queued_subtasks(kind)
+
+
+def record_start(task: LongTask, actor: Actor) -> None:
+    """Count an anonymous start against its IP (users' starts are counted from their rows)."""
+    if actor.exempt or actor.authenticated:
+        return
+    ip = actor.client_ip or "unknown"
+    cache = _cache()
+    key = _window_key(ip)
+    # add() then incr(): incr() of a missing key raises, and the window must expire.
+    cache.add(key, 0, timeout=120)
+    try:
+        cache.incr(key)
+    except ValueError:  # expired between the two calls
+        cache.set(key, 1, timeout=120)
+    ids = cache.get(_tasks_key(ip)) or []
+    cache.set(_tasks_key(ip), [*ids, str(task.pk)][-IP_TASKS_KEPT:], timeout=IP_TASKS_TTL)
+
+
+def _user_counts(user: Any, per_minute: int | None, max_active: int | None) -> tuple[int, int]:
+    from longtask.models import LongTask
+
+    tasks = LongTask.objects.filter(owner=user)
+    since = timezone.now() - datetime.timedelta(minutes=1)
+    recent = tasks.filter(created_at__gte=since).count() if per_minute is not None else 0
+    active = tasks.active().count() if max_active is not None else 0
+    return recent, active
+
+
+def _ip_counts(ip: str, per_minute: int | None, max_active: int | None) -> tuple[int, int]:
+    from longtask.models import LongTask
+
+    cache = _cache()
+    recent = int(cache.get(_window_key(ip)) or 0) if per_minute is not None else 0
+    active = 0
+    if max_active is not None and (ids := cache.get(_tasks_key(ip))):
+        rows = LongTask.objects.active().filter(pk__in=ids).values_list("pk", flat=True)
+        still = [str(pk) for pk in rows]
+        if len(still) != len(ids):  # forget finished tasks, so the list stays short
+            cache.set(_tasks_key(ip), still, timeout=IP_TASKS_TTL)
+        active = len(still)
+    return recent, active
+
+
+def _check_queued_subtasks(kind: Kind) -> None:
+    from longtask.kinds import FanOutKind
+    from longtask.models import CLAIMABLE_STATUSES, SubTask
+
+    cap = settings.MAX_QUEUED_SUBTASKS
+    if cap is None or not isinstance(kind, FanOutKind):
+        return
+    if SubTask.objects.filter(status__in=CLAIMABLE_STATUSES).count() >= cap:
+        raise LimitExceeded(
+            "The workers are busy: too many subtasks are waiting. Try again in a few minutes.",
+            retry_after=300,
+        )
+
+
+def _cache() -> Any:
+    return caches[settings.CACHE_ALIAS]
+
+
+def _window_key(ip: str) -> str:
+    # A fixed window: the counter of the current minute, dropped after it.
+    return f"{settings.KEY_PREFIX}:limits:starts:{ip}:{int(time.time() // 60)}"
+
+
+def _tasks_key(ip: str) -> str:
+    return f"{settings.KEY_PREFIX}:limits:tasks:{ip}"
