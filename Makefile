@@ -47,6 +47,7 @@ test: $(VENV)/.dev browser
 
 bench: $(VENV)/.dev
 	$(PY) bench/fanout.py
+	$(PY) bench/live.py
 
 clean:
 	rm -rf $(VENV) var
