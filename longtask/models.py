@@ -325,7 +325,9 @@ class LongTask(models.Model):
 
     def continue_later(self) -> bool:
         """Hand a running iterative task back to the queue for its next batch."""
-        return self._transition({Status.RUNNING}, status=Status.QUEUED, attempts=0)
+        return self._transition(
+            {Status.RUNNING}, status=Status.QUEUED, attempts=0, heartbeat_at=timezone.now()
+        )
 
     def requeue(self) -> bool:
         """Put a failed or cancelled task back in the queue; its last error goes to history."""

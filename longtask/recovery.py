@@ -34,6 +34,7 @@ def sweep(now: datetime.datetime | None = None) -> dict[str, int]:
     stale_before = now - datetime.timedelta(seconds=settings.STALE_AFTER)
     counts = {
         "tasks": _recover_tasks(now, stale_before),
+        "requeued": _recover_lost_jobs(now, stale_before),
         "subtasks": _recover_subtasks(now, stale_before),
         "stalled": _recover_stalled_fan_outs(now, stale_before),
         "fan_ins": _recover_fan_ins(stale_before),
@@ -63,6 +64,30 @@ def _recover_tasks(now: datetime.datetime, stale_before: datetime.datetime) -> i
             done = True
         recovered += int(done)
     return recovered
+
+
+def _recover_lost_jobs(now: datetime.datetime, stale_before: datetime.datetime) -> int:
+    """Tasks waiting for a job that died with a cluster: queue their job again.
+
+    A task that has run before (it has a heartbeat) and waits again, for its next
+    batch (iterative) or its next attempt, may have had that job prefetched by a
+    cluster that was then killed: the ORM broker hands it out only after ``retry``
+    and Redis never does. Queueing it again is safe, because a task is claimed by a
+    conditional UPDATE; the heartbeat is moved so this happens once per quiet period.
+    """
+    from longtask.api import enqueue
+
+    waiting = LongTask.objects.filter(
+        status__in=[Status.QUEUED, Status.RETRYING], heartbeat_at__lt=stale_before
+    ).exclude(next_attempt_at__gt=stale_before)
+    requeued = 0
+    for task in waiting.only("pk", "kind", "heartbeat_at"):
+        if LongTask.objects.filter(pk=task.pk, heartbeat_at=task.heartbeat_at).update(
+            heartbeat_at=now
+        ):
+            enqueue(task)
+            requeued += 1
+    return requeued
 
 
 def _recover_subtasks(now: datetime.datetime, stale_before: datetime.datetime) -> int:

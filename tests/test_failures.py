@@ -237,10 +237,32 @@ def test_sweep_requeues_a_task_whose_worker_died_counting_the_attempt():
     assert task.status == Status.SUCCEEDED and task.attempts == 2
 
 
+def test_sweep_requeues_a_waiting_task_whose_job_died_with_a_cluster():
+    task = longtask.start("test-flaky", {"fail_times": 1})
+    OrmQ.objects.all().delete()
+    runner.run(str(task.pk))  # attempt 1 fails: RETRYING, its job queued...
+    OrmQ.objects.all().delete()  # ...and then lost with a killed cluster
+    task.refresh_from_db()
+    assert task.status == Status.RETRYING
+    assert recovery.sweep()["requeued"] == 0  # not quiet for long enough yet
+    LongTask.objects.filter(pk=task.pk).update(heartbeat_at=stale(), next_attempt_at=stale())
+    assert recovery.sweep()["requeued"] == 1
+    assert recovery.sweep()["requeued"] == 0  # once per quiet period
+    drain_queue()
+    task.refresh_from_db()
+    assert task.status == Status.SUCCEEDED and task.attempts == 2
+
+
 def test_sweep_leaves_beating_tasks_alone():
     task = longtask.start("test-count", {"n": 1})
     task.claim()
-    assert recovery.sweep() == {"tasks": 0, "subtasks": 0, "stalled": 0, "fan_ins": 0}
+    assert recovery.sweep() == {
+        "tasks": 0,
+        "requeued": 0,
+        "subtasks": 0,
+        "stalled": 0,
+        "fan_ins": 0,
+    }
     task.refresh_from_db()
     assert task.status == Status.RUNNING
 
