@@ -14,7 +14,7 @@ import time
 import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.db import connection, transaction
 from django.db.models import F
@@ -73,10 +73,11 @@ class Recorder:
         if not self.pending:
             return
         pending, self.pending = self.pending, []
-        enqueue_retries(self.parent_id, record(self.parent_id, self.kind, pending))
-        parent = LongTask.objects.filter(pk=self.parent_id).values("status").first()
-        self.stopped = parent is None or parent["status"] != Status.RUNNING
-        try_fan_in(self.parent_id)
+        recorded = record(self.parent_id, self.kind, pending)
+        enqueue_retries(self.parent_id, recorded.retries)
+        self.stopped = not recorded.parent_running
+        if recorded.parent_running:
+            try_fan_in(self.parent_id)
 
 
 def _limit_result(outcome: Outcome) -> None:
@@ -101,8 +102,15 @@ def enqueue_retries(parent_id: str, retries: dict[float, list[int]]) -> None:
         )
 
 
-def record(parent_id: str, kind: FanOutKind, outcomes: list[Outcome]) -> dict[float, list[int]]:
-    """Record outcomes exactly once; return the indexes to run again, by delay."""
+class Recorded(NamedTuple):
+    #: Indexes of the subtasks to run again, by delay.
+    retries: dict[float, list[int]]
+    #: The parent was still RUNNING when the outcomes were recorded (read under its lock).
+    parent_running: bool
+
+
+def record(parent_id: str, kind: FanOutKind, outcomes: list[Outcome]) -> Recorded:
+    """Record outcomes exactly once; say what to run again and whether the parent runs on."""
     now = timezone.now()
     policy = kind.subtask_retry
     retry: dict[float, list[int]] = {}
@@ -114,7 +122,7 @@ def record(parent_id: str, kind: FanOutKind, outcomes: list[Outcome]) -> dict[fl
             .first()
         )
         if parent is None:
-            return {}
+            return Recorded({}, parent_running=False)
         # Only subtasks still RUNNING count: a duplicate delivery, a retried job or a
         # subtask skipped by fail_fast finds its row already moved and changes nothing.
         live = dict(
@@ -169,7 +177,7 @@ def record(parent_id: str, kind: FanOutKind, outcomes: list[Outcome]) -> dict[fl
             )
         if first_failure and kind.failure_policy == FanOutKind.FAIL_FAST:
             _fail_fast(parent, first_failure)
-    return retry
+    return Recorded(retry, parent_running=parent.status == Status.RUNNING)
 
 
 def _update_running(rows: list[SubTask], fields: list[str]) -> None:

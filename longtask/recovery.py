@@ -107,7 +107,8 @@ def _recover_subtasks(now: datetime.datetime, stale_before: datetime.datetime) -
         if not isinstance(kind, FanOutKind):
             continue
         # record() counts only rows still RUNNING: a chunk that finished meanwhile wins.
-        fanout.enqueue_retries(str(parent_id), fanout.record(str(parent_id), kind, outcomes))
+        recorded = fanout.record(str(parent_id), kind, outcomes)
+        fanout.enqueue_retries(str(parent_id), recorded.retries)
         fanout.try_fan_in(str(parent_id))
         recovered += len(outcomes)
     return recovered
