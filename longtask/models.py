@@ -367,50 +367,8 @@ def one_line(text: str) -> str:
     return line
 
 
-class SubTask(models.Model):
-    """One unit of a fan-out task, with its own parameters, result and attempts."""
+# SubTask lives in its own module; importing it here registers it with the app and
+# keeps ``from longtask.models import SubTask`` working. (At the end: it needs LongTask.)
+from longtask.subtasks import SubTask  # noqa: E402
 
-    id = models.BigAutoField(primary_key=True)
-    parent = models.ForeignKey(LongTask, on_delete=models.CASCADE, related_name="subtasks")
-    index = models.PositiveIntegerField()
-    parameters = models.JSONField(default=dict)
-    status = models.CharField(max_length=10, choices=Status, default=Status.QUEUED)
-    result = models.JSONField(null=True, blank=True)
-    error = models.CharField(max_length=ERROR_MAX_LENGTH, blank=True)
-    attempts = models.PositiveIntegerField(default=0)
-    #: Run time of the last attempt (seconds).
-    seconds = models.FloatField(null=True, blank=True)
-    #: Position in the parent's finishing order (1, 2, ...): the cursor of subtasks.json.
-    finish_seq = models.PositiveIntegerField(null=True, blank=True)
-    created_at = models.DateTimeField(default=timezone.now)
-    started_at = models.DateTimeField(null=True, blank=True)
-    heartbeat_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
-
-    class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["parent", "index"], name="subtask_unique_index"),
-            models.UniqueConstraint(
-                fields=["parent", "finish_seq"],
-                condition=Q(finish_seq__isnull=False),
-                name="subtask_unique_finish_seq",
-            ),
-            models.CheckConstraint(
-                condition=Q(status__in=Status.values), name="subtask_status_valid"
-            ),
-            # A finished subtask has its place in the finishing order, and only it.
-            models.CheckConstraint(
-                condition=(
-                    Q(status__in=[Status.SUCCEEDED, Status.FAILED], finish_seq__isnull=False)
-                    | (
-                        ~Q(status__in=[Status.SUCCEEDED, Status.FAILED])
-                        & Q(finish_seq__isnull=True)
-                    )
-                ),
-                name="subtask_finish_seq_iff_finished",
-            ),
-        ]
-        indexes = [models.Index(fields=["parent", "status"], name="subtask_parent_status")]
-
-    def __str__(self) -> str:
-        return f"{self.parent_id}[{self.index}] ({self.status})"
+__all__ = ["ACTIVE_STATUSES", "FINISHED_STATUSES", "LongTask", "Status", "SubTask", "one_line"]
