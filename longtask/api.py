@@ -11,8 +11,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from longtask import limits, progress
-from longtask.conf import settings
+from longtask import limits, progress, queues
 from longtask.kinds import Kind, registry
 from longtask.models import FINISHED_STATUSES, LongTask, SubTask
 
@@ -46,6 +45,7 @@ def start(
     ``ParametersTooLarge`` or ``LimitExceeded`` then. Without one nothing is limited.
     """
     kind = registry.get(kind) if isinstance(kind, str) else kind
+    queue = queues.get(queue or kind.queue).name  # UnknownQueue before anything is saved
     if actor is not None:
         limits.check_allowed(kind, actor)
     parameters = kind.clean_parameters(params or {})
@@ -66,7 +66,7 @@ def start(
                 parameters=parameters,
                 owner=owner,
                 name=name or None,
-                queue=queue or kind.queue or settings.DEFAULT_QUEUE,
+                queue=queue,
             )
             transaction.on_commit(lambda: enqueue(task))
     except IntegrityError:
@@ -151,5 +151,10 @@ def enqueue(task: LongTask, eta: datetime.datetime | None = None) -> None:
     kind = registry.find(task.kind)
     timeout = kind.time_limit if kind else None
     q2.enqueue_many(
-        RUN_JOB, [(str(task.pk),)], name=f"longtask-{task.pk}", eta=eta, timeout=timeout
+        RUN_JOB,
+        [(str(task.pk),)],
+        name=f"longtask-{task.pk}",
+        cluster=queues.cluster_for(task.queue),
+        eta=eta,
+        timeout=timeout,
     )

@@ -20,8 +20,19 @@ class Settings:
     ETA_SMOOTHING: float = 10.0
     #: Queue used when neither the kind nor the caller names one.
     DEFAULT_QUEUE: str = "default"
-    #: django-q2 cluster (ORM broker: queue key) that runs subtasks, apart from parents.
-    SUBTASK_CLUSTER: str = "longtask-subtasks"
+    #: Queue of subtasks when the fan-out kind names none (apart from their parents').
+    SUBTASK_QUEUE: str = "subtasks"
+    #: Named queues: name -> {"cluster": django-q2 cluster name (None: Q_CLUSTER's own),
+    #: "rate": "N/s" | "N/m" | "N/h", "burst": int, "max_concurrency": int}.
+    QUEUES: dict = {"default": {"cluster": None}, "subtasks": {"cluster": "longtask-subtasks"}}
+    #: A worker waits this long at most (seconds) for a rate or concurrency limit;
+    #: longer, it puts the job back to run when the limit allows.
+    LIMIT_WAIT: float = 2.0
+    #: Where the rate limiter keeps its windows: a ``limits`` storage URI such as
+    #: "redis://host:6379/0", or None for the database (table longtask_queuestate).
+    RATE_LIMIT_STORAGE: str | None = None
+    #: This worker's name in the ``worker`` columns; None means "host:pid".
+    NODE: str | None = None
     #: Worker processes expected to run subtasks in parallel (caps the chunk size).
     SUBTASK_PARALLELISM: int = 2
     #: Subtask rows created and queued per transaction while splitting.

@@ -74,7 +74,7 @@ class Recorder:
             return
         pending, self.pending = self.pending, []
         recorded = record(self.parent_id, self.kind, pending)
-        enqueue_retries(self.parent_id, recorded.retries)
+        enqueue_retries(self.parent_id, self.kind, recorded.retries)
         self.stopped = not recorded.parent_running
         if recorded.parent_running:
             try_fan_in(self.parent_id)
@@ -90,14 +90,21 @@ def _limit_result(outcome: Outcome) -> None:
         outcome.fatal = True
 
 
-def enqueue_retries(parent_id: str, retries: dict[float, list[int]]) -> None:
+def subtask_cluster(kind: FanOutKind) -> str | None:
+    """The django-q2 cluster that runs ``kind``'s subtasks."""
+    from longtask import queues
+
+    return queues.cluster_for(kind.subtask_queue_name())
+
+
+def enqueue_retries(parent_id: str, kind: FanOutKind, retries: dict[float, list[int]]) -> None:
     """Queue the subtasks to run again, one job per delay (after the record committed)."""
     now = timezone.now()
     for delay, indexes in retries.items():
         q2.enqueue_many(
             CHUNK_JOB,
             [(parent_id, 0, 0, indexes)],
-            cluster=settings.SUBTASK_CLUSTER,
+            cluster=subtask_cluster(kind),
             eta=now + datetime.timedelta(seconds=delay),
         )
 

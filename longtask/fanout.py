@@ -12,6 +12,7 @@ sees ``done == total`` with the split finished tries a compare-and-set on
 from __future__ import annotations
 
 import contextvars
+import datetime
 import logging
 import math
 import time
@@ -36,6 +37,7 @@ from longtask.fanin import (
     enqueue_retries,
     fanout_record,
     record,
+    subtask_cluster,
     try_fan_in,
 )
 from longtask.heartbeat import Heartbeat
@@ -123,7 +125,7 @@ def _save_batch(task: LongTask, kind: FanOutKind, batch: list[dict[str, Any]]) -
             for start, end in chunk_bounds(kind, task, first, len(batch))
         ]
         transaction.on_commit(
-            lambda: q2.enqueue_many(CHUNK_JOB, ranges, cluster=settings.SUBTASK_CLUSTER)
+            lambda: q2.enqueue_many(CHUNK_JOB, ranges, cluster=subtask_cluster(kind))
         )
     task.subtasks_total = first + len(batch)
     return True
@@ -142,13 +144,21 @@ def chunk_size(kind: FanOutKind, task: LongTask, batch_len: int) -> int | None:
     if not (observed and observed[1]):
         return None
     mean = max(observed[0] / observed[1], 1e-6)
-    return max(1, min(int(settings.CHUNK_TARGET_SECONDS / mean), _cap(batch_len)))
+    return max(1, min(int(settings.CHUNK_TARGET_SECONDS / mean), _cap(batch_len, kind)))
 
 
-def _cap(batch_len: int) -> int:
+def _rate_cap(kind: FanOutKind) -> int | None:
+    """Under a rate limit, a chunk holds about CHUNK_TARGET_SECONDS of the queue's rate."""
+    from longtask import queues
+
+    rate = queues.get(kind.subtask_queue_name()).rate
+    return max(1, math.ceil(rate * settings.CHUNK_TARGET_SECONDS)) if rate else None
+
+
+def _cap(batch_len: int, kind: FanOutKind) -> int:
     # Leave work for every worker, whatever the estimate says.
     spread = math.ceil(batch_len / (2 * max(1, settings.SUBTASK_PARALLELISM)))
-    return max(1, min(settings.MAX_CHUNK_SIZE, spread))
+    return max(1, min(settings.MAX_CHUNK_SIZE, spread, _rate_cap(kind) or spread))
 
 
 def chunk_bounds(
@@ -168,7 +178,7 @@ def chunk_bounds(
         bounds.append((start, end))
         start = end
         if growing:
-            size = min(size * 2, _cap(batch_len))
+            size = min(size * 2, _cap(batch_len, kind))
     return bounds
 
 
@@ -191,11 +201,15 @@ def reset_unfinished_subtasks(task: LongTask) -> list[int]:
     return indexes
 
 
-def enqueue_indexes(task: LongTask, indexes: list[int]) -> None:
+def enqueue_indexes(
+    task: LongTask, indexes: list[int], eta: datetime.datetime | None = None
+) -> None:
     """Queue chunk jobs for the given subtask indexes (after they committed)."""
-    size = max(1, settings.MAX_CHUNK_SIZE // 5)
+    kind = registry.get(task.kind)
+    assert isinstance(kind, FanOutKind)
+    size = max(1, min(settings.MAX_CHUNK_SIZE // 5, _rate_cap(kind) or settings.MAX_CHUNK_SIZE))
     jobs = [(str(task.pk), 0, 0, indexes[i : i + size]) for i in range(0, len(indexes), size)]
-    q2.enqueue_many(CHUNK_JOB, jobs, cluster=settings.SUBTASK_CLUSTER)
+    q2.enqueue_many(CHUNK_JOB, jobs, cluster=subtask_cluster(kind), eta=eta)
     # Nothing to re-run (e.g. only the gather had failed): fan in now.
     if not indexes:
         try_fan_in(task.pk)

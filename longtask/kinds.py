@@ -101,12 +101,18 @@ class FanOutKind(Kind):
     FAIL_FAST: ClassVar[str] = "fail_fast"
     TOLERATE: ClassVar[str] = "tolerate"
     failure_policy: ClassVar[str] = FAIL_FAST
+    #: Queue of the subtasks (their rate and concurrency limits apply per subtask
+    #: and per chunk); None means LONGTASK_SUBTASK_QUEUE.
+    subtask_queue: ClassVar[str | None] = None
     #: Subtasks per django-q2 job; None picks it from the observed subtask duration.
     chunk_size: ClassVar[int | None] = None
     #: Retries of one subtask (backoff from the last failure of that subtask).
     subtask_retry: ClassVar[RetryPolicy] = RetryPolicy(
         max_attempts=3, min_backoff=0.2, max_backoff=10.0, max_doublings=4
     )
+
+    def subtask_queue_name(self) -> str:
+        return self.subtask_queue or _settings().SUBTASK_QUEUE
 
     def split(self, params: dict[str, Any]) -> Iterable[dict[str, Any]]:
         """Yield the parameters of each subtask, in index order (a generator is best)."""
@@ -161,6 +167,12 @@ class KindRegistry:
 
 
 registry = KindRegistry()
+
+
+def _settings() -> Any:
+    from longtask.conf import settings
+
+    return settings
 
 
 def register(kind_class: type[Kind]) -> type[Kind]:

@@ -80,6 +80,8 @@ class LongTask(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    #: The worker (LONGTASK_NODE, else host:pid) that claimed the latest attempt.
+    worker = models.CharField(max_length=200, blank=True)
     #: When a RETRYING task runs again.
     next_attempt_at = models.DateTimeField(null=True, blank=True)
     #: Set by cancel() on a running task; the worker stops at its next progress() call.
@@ -217,6 +219,7 @@ class LongTask(models.Model):
             started_at=Coalesce(F("started_at"), now),
             heartbeat_at=now,
             next_attempt_at=None,
+            worker=node_name(),
         )
 
     def schedule_retry(
@@ -359,6 +362,16 @@ class LongTask(models.Model):
         return bool(updated)
 
 
+def node_name() -> str:
+    """This worker's name in the ``worker`` columns: LONGTASK_NODE, else host:pid."""
+    import os
+    import socket
+
+    from longtask.conf import settings
+
+    return settings.NODE or f"{socket.gethostname()}:{os.getpid()}"
+
+
 def one_line(text: str) -> str:
     """Squash ``text`` to one line that fits the ``error`` column."""
     line = " ".join(str(text).split())
@@ -369,6 +382,16 @@ def one_line(text: str) -> str:
 
 # SubTask lives in its own module; importing it here registers it with the app and
 # keeps ``from longtask.models import SubTask`` working. (At the end: it needs LongTask.)
+from longtask.queuestate import QueueState  # noqa: E402
 from longtask.subtasks import SubTask  # noqa: E402
 
-__all__ = ["ACTIVE_STATUSES", "FINISHED_STATUSES", "LongTask", "Status", "SubTask", "one_line"]
+__all__ = [
+    "ACTIVE_STATUSES",
+    "FINISHED_STATUSES",
+    "LongTask",
+    "QueueState",
+    "Status",
+    "SubTask",
+    "node_name",
+    "one_line",
+]

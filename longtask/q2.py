@@ -1,6 +1,10 @@
 """The edge to django-q2: putting jobs on its queues.
 
 Only ids and index ranges cross the broker; everything else is read from the database.
+
+Delays: the ORM broker hides a row until its ``lock`` time. django-q2's Redis broker
+has no delayed delivery, so delayed jobs go to a sorted set beside the list, scored
+by due time, which ``longtask.redis_broker.RedisBroker`` drains.
 """
 
 from __future__ import annotations
@@ -65,8 +69,18 @@ def enqueue_many(
             [OrmQ(key=broker.list_key, payload=pack, lock=now) for pack in packs]
         )
     elif hasattr(broker.connection, "rpush"):
-        broker.connection.rpush(broker.list_key, *packs)
+        if eta and eta > timezone.now():
+            broker.connection.zadd(
+                delayed_key(broker.list_key), dict.fromkeys(packs, eta.timestamp())
+            )
+        else:
+            broker.connection.rpush(broker.list_key, *packs)
     else:
         for pack in packs:
             broker.enqueue(pack)
     return len(packs)
+
+
+def delayed_key(list_key: str) -> str:
+    """The sorted set holding a Redis list's delayed jobs."""
+    return f"{list_key}:delayed"

@@ -108,7 +108,7 @@ def _recover_subtasks(now: datetime.datetime, stale_before: datetime.datetime) -
             continue
         # record() counts only rows still RUNNING: a chunk that finished meanwhile wins.
         recorded = fanout.record(str(parent_id), kind, outcomes)
-        fanout.enqueue_retries(str(parent_id), recorded.retries)
+        fanout.enqueue_retries(str(parent_id), kind, recorded.retries)
         fanout.try_fan_in(str(parent_id))
         recovered += len(outcomes)
     return recovered

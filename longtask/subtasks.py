@@ -27,6 +27,8 @@ class SubTask(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    #: The worker (LONGTASK_NODE, else host:pid) that claimed the latest attempt.
+    worker = models.CharField(max_length=200, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

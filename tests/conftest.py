@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -20,6 +21,21 @@ TEST_KINDS = [
     test_kinds.Loop,
     test_kinds.Sleepy,
 ]
+
+
+#: True when this run is on PostgreSQL and Redis (DATABASE_URL and REDIS_URL are set).
+ON_SERVICES = bool(os.environ.get("DATABASE_URL") and os.environ.get("REDIS_URL"))
+
+#: Marks a test that needs the real PostgreSQL and Redis. `make test` runs the suite a
+#: second time on the machine's services; CI (LONGTASK_REQUIRE_SERVICES=1) fails if
+#: that run cannot happen, and elsewhere it is skipped with the reason printed.
+services = pytest.mark.skipif(
+    not ON_SERVICES,
+    reason=(
+        "needs PostgreSQL and Redis: runs in the second pass of `make test` "
+        "(DATABASE_URL and REDIS_URL set), not in the embedded pass"
+    ),
+)
 
 
 @pytest.fixture(autouse=True)

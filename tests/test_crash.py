@@ -31,7 +31,7 @@ def state(task: LongTask) -> LongTask:
 
 def test_sigkilled_subtask_cluster_mid_quilt_completes_exactly_once(tmp_path):
     task = longtask.start("quilt", {"rows": 10, "cols": 10, "work_ms": 40})
-    subtasks = {"Q_CLUSTER_NAME": settings.LONGTASK_SUBTASK_CLUSTER, **FAST_RECOVERY}
+    subtasks = {"Q_CLUSTER_NAME": settings.LONGTASK_QUEUES["subtasks"]["cluster"], **FAST_RECOVERY}
     log = tmp_path / "workers.log"
     with qcluster(log, **FAST_RECOVERY):  # the parents' cluster
         with qcluster(log, **subtasks) as doomed:

@@ -63,7 +63,7 @@ def test_quilt_fans_out_over_real_parent_and_subtask_clusters(tmp_path, client):
     from longtask.models import SubTask
 
     task = longtask.start("quilt", {"rows": 20, "cols": 20, "work_ms": 2})
-    subtask_env = {"Q_CLUSTER_NAME": settings.LONGTASK_SUBTASK_CLUSTER}
+    subtask_env = {"Q_CLUSTER_NAME": settings.LONGTASK_QUEUES["subtasks"]["cluster"]}
     with (
         qcluster(tmp_path / "parents.log"),
         qcluster(tmp_path / "subtasks.log", **subtask_env),

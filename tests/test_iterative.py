@@ -113,7 +113,7 @@ def test_recount_killed_mid_way_finishes_every_row(tmp_path):
         doomed.wait(10)
         wait_for(lambda: not group_alive(doomed.pid), 10, "the killed cluster to vanish")
     assert rows_done() < 6000
-    with qcluster(log, command=("longtask_worker", "--queue", "parents"), **fast):
+    with qcluster(log, command=("longtask_worker", "--queue", "default"), **fast):
         wait_for(lambda: rows_done() == 6000 and task.is_finished, 120, "the recount to finish")
     assert task.status == Status.SUCCEEDED, (task.error, log.read_text()[-3000:])
     assert wrong_totals() == 0

@@ -185,7 +185,7 @@ def workers(tmp_path: Path) -> Iterator[None]:
     """Run the parent cluster and the subtask cluster, as `make run` does."""
     from django.conf import settings
 
-    subtask_env = {"Q_CLUSTER_NAME": settings.LONGTASK_SUBTASK_CLUSTER}
+    subtask_env = {"Q_CLUSTER_NAME": settings.LONGTASK_QUEUES["subtasks"]["cluster"]}
     with qcluster(tmp_path / "parents.log"), qcluster(tmp_path / "subtasks.log", **subtask_env):
         yield
 

@@ -37,14 +37,14 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
 
 
 class Command(BaseCommand):
-    help = "Run the django-q2 cluster of one longtask queue (parents or subtasks)."
+    help = "Run the django-q2 cluster of one longtask queue (LONGTASK_QUEUES)."
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
             "--queue",
-            choices=["parents", "subtasks"],
-            default="parents",
-            help="parents: tasks and the split of fan-out tasks; subtasks: their subtasks.",
+            choices=sorted(longtask_settings.QUEUES),
+            default=longtask_settings.DEFAULT_QUEUE,
+            help="default: tasks and the split of fan-out tasks; subtasks: their subtasks.",
         )
         parser.add_argument(
             "--grace",
@@ -67,9 +67,12 @@ class Command(BaseCommand):
             close_old_connections()
 
     def handle(self, *args: Any, queue: str, grace: float, **options: Any) -> None:
+        from longtask.queues import cluster_for
+
         env = dict(os.environ)
-        if queue == "subtasks":
-            env["Q_CLUSTER_NAME"] = longtask_settings.SUBTASK_CLUSTER
+        cluster = cluster_for(queue)
+        if cluster:
+            env["Q_CLUSTER_NAME"] = cluster
         else:
             env.pop("Q_CLUSTER_NAME", None)
         env.setdefault("DJANGO_SETTINGS_MODULE", settings.SETTINGS_MODULE)

@@ -1,0 +1,58 @@
+"""django-q2's Redis broker with delayed delivery.
+
+Set ``Q_CLUSTER["broker_class"] = "longtask.redis_broker.RedisBroker"`` with
+``Q_CLUSTER["redis"]``. ``longtask.q2.enqueue_many(..., eta=...)`` puts a delayed job
+in a sorted set beside the cluster's list, scored by its due time; before each
+blocking pop this broker moves the due jobs onto the list with one atomic script, so
+a delay is kept to within ``BLOCK`` seconds and several clusters may drain one set.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from django_q.brokers.redis_broker import Redis
+
+from longtask.q2 import delayed_key
+
+# Move up to ARGV[2] jobs due by ARGV[1] from the sorted set KEYS[2] to the list KEYS[1].
+MOVE_DUE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+if #due > 0 then
+    redis.call('ZREM', KEYS[2], unpack(due))
+    redis.call('RPUSH', KEYS[1], unpack(due))
+end
+return #due
+"""
+
+
+class RedisBroker(Redis):
+    #: Seconds a dequeue blocks waiting for a job: also how late a delayed job may start.
+    BLOCK = 0.25
+    #: Delayed jobs moved per dequeue at most.
+    MOVE_BATCH = 500
+
+    def move_due(self) -> int:
+        """Move the delayed jobs that are due onto the list; return how many moved."""
+        return int(
+            self.connection.eval(
+                MOVE_DUE, 2, self.list_key, delayed_key(self.list_key), time.time(), self.MOVE_BATCH
+            )
+        )
+
+    def dequeue(self) -> list[tuple[Any, Any]] | None:
+        self.move_due()
+        task = self.connection.blpop(self.list_key, self.BLOCK)
+        if task:
+            return [(None, task[1])]
+        return None
+
+    def queue_size(self) -> int:
+        """Jobs waiting in the list, delayed ones included."""
+        return int(self.connection.llen(self.list_key)) + int(
+            self.connection.zcard(delayed_key(self.list_key))
+        )
+
+    def delete_queue(self) -> Any:
+        return self.connection.delete(self.list_key, delayed_key(self.list_key))
