@@ -25,7 +25,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from longtask import q2
+from longtask import q2, queues
 from longtask.conf import settings
 from longtask.exceptions import FatalError, RetryLater
 from longtask.fanin import (
@@ -42,7 +42,7 @@ from longtask.fanin import (
 )
 from longtask.heartbeat import Heartbeat
 from longtask.kinds import FanOutKind, registry
-from longtask.models import LongTask, Status, SubTask, one_line
+from longtask.models import LongTask, Status, SubTask, node_name, one_line
 
 __all__ = [
     "CHUNK_JOB",
@@ -225,6 +225,29 @@ def run_chunk(parent_id: str, first: int, last: int, indexes: Sequence[int] | No
         return
     kind = registry.get(parent.kind)
     assert isinstance(kind, FanOutKind)
+    queue = queues.get_or_default(kind.subtask_queue_name())
+    slot = queues.acquire_slot_waiting(queue, settings.LIMIT_WAIT)
+    if slot is None:  # the queue is at max_concurrency: try this chunk again shortly
+        later = timezone.now() + datetime.timedelta(seconds=settings.LIMIT_WAIT)
+        q2.enqueue_many(
+            CHUNK_JOB, [(parent_id, first, last, indexes)], cluster=queue.cluster, eta=later
+        )
+        return
+    try:
+        _run_chunk(kind, queue, slot, parent_id, first, last, indexes)
+    finally:
+        queues.release_slot(queue, slot)
+
+
+def _run_chunk(
+    kind: FanOutKind,
+    queue: queues.Queue,
+    slot: str,
+    parent_id: str,
+    first: int,
+    last: int,
+    indexes: Sequence[int] | None,
+) -> None:
     claimed = claim(parent_id, first, last, indexes)
     if not claimed:
         return
@@ -233,6 +256,7 @@ def run_chunk(parent_id: str, first: int, last: int, indexes: Sequence[int] | No
 
     def beat() -> bool:
         # The parent's heartbeat means "its subtasks are moving" (see recovery.py).
+        queues.renew_slot(queue, slot)
         now = timezone.now()
         SubTask.objects.filter(pk__in=pks, status=Status.RUNNING).update(heartbeat_at=now)
         return bool(
@@ -241,7 +265,7 @@ def run_chunk(parent_id: str, first: int, last: int, indexes: Sequence[int] | No
 
     with Heartbeat(beat) as heartbeat:
         try:
-            _run_claimed(kind, parent_id, claimed, recorder, heartbeat)
+            _run_claimed(kind, queue, parent_id, claimed, recorder, heartbeat)
         finally:
             # Even when the run is cut short (a time limit), what finished is recorded;
             # the interrupted subtask stays RUNNING and is recovered by the sweeper.
@@ -250,6 +274,7 @@ def run_chunk(parent_id: str, first: int, last: int, indexes: Sequence[int] | No
 
 def _run_claimed(
     kind: FanOutKind,
+    queue: queues.Queue,
     parent_id: str,
     claimed: list[tuple[int, int, Any, int]],
     recorder: Recorder,
@@ -265,6 +290,10 @@ def _run_claimed(
             SubTask.objects.filter(pk__in=pks[position:], status=Status.RUNNING).update(
                 status=Status.CANCELLED
             )
+            break
+        wait = queues.wait_for_token(queue, settings.LIMIT_WAIT, heartbeat.stopped)
+        if wait:  # rate-limited for longer than a worker should idle: give the rest back
+            _give_back(parent_id, pks[position:], wait)
             break
         token = _current.set(SubtaskContext(parent_id, index, attempts, max_attempts))
         began = time.perf_counter()
@@ -287,6 +316,17 @@ def _run_claimed(
         recorder.add(outcome)
 
 
+def _give_back(parent_id: str, pks: list[int], wait: float) -> None:
+    """Put claimed, unstarted subtasks back in the queue, to run ``wait`` seconds from now."""
+    with transaction.atomic():
+        rows = SubTask.objects.filter(pk__in=pks, status=Status.RUNNING)
+        indexes = list(rows.order_by("index").values_list("index", flat=True))
+        rows.update(status=Status.QUEUED, attempts=F("attempts") - 1, worker="")
+    parent = LongTask.objects.get(pk=parent_id)
+    eta = timezone.now() + datetime.timedelta(seconds=wait)
+    enqueue_indexes(parent, indexes, eta=eta)
+
+
 def claim(
     parent_id: str, first: int, last: int, indexes: Sequence[int] | None
 ) -> list[tuple[int, int, Any, int]]:
@@ -305,6 +345,10 @@ def claim(
         if picked:
             now = timezone.now()
             SubTask.objects.filter(pk__in=[row[0] for row in picked]).update(
-                status=Status.RUNNING, attempts=F("attempts") + 1, started_at=now, heartbeat_at=now
+                status=Status.RUNNING,
+                attempts=F("attempts") + 1,
+                started_at=now,
+                heartbeat_at=now,
+                worker=node_name(),
             )
     return [(pk, index, params, attempts + 1) for pk, index, params, attempts in picked]

@@ -209,6 +209,10 @@ class LongTask(models.Model):
             self.refresh_from_db(fields=[*changes])
         return bool(updated)
 
+    def claimable_now(self) -> bool:
+        """Say whether ``claim`` could succeed, as far as this (possibly stale) copy knows."""
+        return self.status in CLAIMABLE_STATUSES
+
     def claim(self) -> bool:
         """Mark a queued task RUNNING and count the attempt; False if someone else has it."""
         now = timezone.now()

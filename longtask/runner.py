@@ -11,7 +11,8 @@ from typing import Any
 from django.core.serializers.json import DjangoJSONEncoder
 from django.utils import timezone
 
-from longtask import fanout, iterative, limits
+from longtask import fanout, iterative, limits, queues
+from longtask.conf import settings
 from longtask.exceptions import Cancelled, FatalError, RetryLater, TimeLimitExceeded
 from longtask.heartbeat import Heartbeat
 from longtask.iterative import IterativeKind
@@ -39,6 +40,46 @@ def run(task_id: str) -> None:
     if task is None:
         logger.warning("LongTask id=%s not found; skipping", task_id)
         return
+    queue = queues.get_or_default(task.queue)
+    slot = _pass_limits(task, queue)
+    if slot is None:
+        return
+    try:
+        _run(task, queue, slot)
+    finally:
+        queues.release_slot(queue, slot)
+
+
+def _pass_limits(task: LongTask, queue: queues.Queue) -> str | None:
+    """Take a concurrency slot and a rate token of ``queue`` for this run.
+
+    Returns the slot's lease token ("" when the queue has no concurrency limit), or
+    None when the run must not happen now: the job was then put back on the broker,
+    delayed until the limit should allow it (the task stays QUEUED; no attempt counts).
+    """
+    if queue.rate is None and queue.max_concurrency is None:
+        return ""
+    if not task.claimable_now():
+        return ""  # a duplicate delivery: claim() will refuse it without using the limits
+    from longtask.api import enqueue
+
+    slot = queues.acquire_slot_waiting(queue, settings.LIMIT_WAIT)
+    if slot is None:
+        enqueue(task, eta=timezone.now() + datetime.timedelta(seconds=settings.LIMIT_WAIT))
+        logger.info("LongTask id=%s queue=%s at max_concurrency; deferred", task.pk, queue.name)
+        return None
+    wait = queues.wait_for_token(queue, settings.LIMIT_WAIT)
+    if wait:
+        queues.release_slot(queue, slot)
+        enqueue(task, eta=timezone.now() + datetime.timedelta(seconds=wait))
+        logger.info(
+            "LongTask id=%s queue=%s rate-limited; deferred %.1fs", task.pk, queue.name, wait
+        )
+        return None
+    return slot
+
+
+def _run(task: LongTask, queue: queues.Queue, slot: str) -> None:
     if not task.claim():
         logger.info("LongTask id=%s status=%s not claimable; skipping", task.pk, task.status)
         return
@@ -52,6 +93,7 @@ def run(task_id: str) -> None:
 
     def beat() -> bool:
         # False once the task is no longer ours to run (cancel requested, or taken away).
+        queues.renew_slot(queue, slot)
         return bool(
             LongTask.objects.filter(
                 pk=task.pk, status=Status.RUNNING, cancel_requested_at__isnull=True

@@ -13,7 +13,7 @@ import tempfile
 from urllib.parse import urlsplit, urlunsplit
 
 os.environ.setdefault("LONGTASK_DATA_DIR", tempfile.mkdtemp(prefix="longtask-tests-"))
-TEST_REDIS_DB = 15
+TEST_REDIS_DB = int(os.environ.get("LONGTASK_TEST_REDIS_DB", 15))
 if os.environ.get("REDIS_URL"):
     _url = urlsplit(os.environ["REDIS_URL"])
     os.environ["REDIS_URL"] = urlunsplit(_url._replace(path=f"/{TEST_REDIS_DB}"))
