@@ -32,9 +32,11 @@ def sweep(now: datetime.datetime | None = None) -> dict[str, int]:
     """Re-queue stale tasks and subtasks and finish missed fan-ins; return what was done."""
     now = now or timezone.now()
     stale_before = now - datetime.timedelta(seconds=settings.STALE_AFTER)
+    drained = _Drained()
     counts = {
         "tasks": _recover_tasks(now, stale_before),
-        "requeued": _recover_lost_jobs(now, stale_before),
+        "requeued": _recover_lost_jobs(now, stale_before, drained),
+        "unstarted": _recover_unstarted(now, stale_before, drained),
         "subtasks": _recover_subtasks(now, stale_before),
         "stalled": _recover_stalled_fan_outs(now, stale_before),
         "fan_ins": _recover_fan_ins(stale_before),
@@ -66,7 +68,67 @@ def _recover_tasks(now: datetime.datetime, stale_before: datetime.datetime) -> i
     return recovered
 
 
-def _recover_lost_jobs(now: datetime.datetime, stale_before: datetime.datetime) -> int:
+class _Drained:
+    """Whether a queue's broker holds no job at all (asked once per queue per sweep).
+
+    On Redis a job taken by a cluster that then died is gone, and a job that waits in
+    the list cannot be told apart from a lost one without scanning it; but once the
+    queue's list and delayed set are empty, a task still QUEUED has lost its job. The
+    ORM broker never loses one (it hands it out again after ``retry``): never drained.
+    """
+
+    def __init__(self) -> None:
+        self._seen: dict[str, bool] = {}
+
+    def __call__(self, queue_name: str) -> bool:
+        if queue_name not in self._seen:
+            from django_q.brokers import get_broker
+
+            from longtask import queues
+            from longtask.redis_broker import RedisBroker
+
+            broker = get_broker(queues.cluster_for(queue_name))
+            self._seen[queue_name] = isinstance(broker, RedisBroker) and not broker.queue_size()
+        return self._seen[queue_name]
+
+    @staticmethod
+    def on_redis() -> bool:
+        from django_q.conf import Conf
+
+        return bool(Conf.BROKER_CLASS and Conf.BROKER_CLASS.endswith("RedisBroker"))
+
+
+def _recover_unstarted(
+    now: datetime.datetime, stale_before: datetime.datetime, drained: _Drained
+) -> int:
+    """Redis: tasks that never started and whose queue is empty have lost their first job.
+
+    (A cluster took it and died, or Redis restarted and lost its lists.) Queue it
+    again; the heartbeat marks the task so that later quiet periods are handled by
+    ``_recover_lost_jobs``.
+    """
+    if not drained.on_redis():
+        return 0
+    from longtask.api import enqueue
+
+    waiting = LongTask.objects.filter(
+        status=Status.QUEUED, heartbeat_at__isnull=True, created_at__lt=stale_before
+    )
+    requeued = 0
+    for task in waiting.only("pk", "kind", "queue")[:10_000]:
+        if not drained(task.queue):
+            continue
+        if LongTask.objects.filter(pk=task.pk, heartbeat_at__isnull=True).update(
+            heartbeat_at=now
+        ):
+            enqueue(task)
+            requeued += 1
+    return requeued
+
+
+def _recover_lost_jobs(
+    now: datetime.datetime, stale_before: datetime.datetime, drained: _Drained
+) -> int:
     """Tasks waiting for a job that died with a cluster: queue their job again.
 
     A task that has run before (it has a heartbeat) and waits again, for its next
@@ -81,7 +143,10 @@ def _recover_lost_jobs(now: datetime.datetime, stale_before: datetime.datetime) 
         status__in=[Status.QUEUED, Status.RETRYING], heartbeat_at__lt=stale_before
     ).exclude(next_attempt_at__gt=stale_before)
     requeued = 0
-    for task in waiting.only("pk", "kind", "heartbeat_at"):
+    on_redis = drained.on_redis()
+    for task in waiting.only("pk", "kind", "queue", "heartbeat_at"):
+        if on_redis and not drained(task.queue):
+            continue  # its job may be waiting in the list: wait for the list to drain
         if LongTask.objects.filter(pk=task.pk, heartbeat_at=task.heartbeat_at).update(
             heartbeat_at=now
         ):
