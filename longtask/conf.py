@@ -51,8 +51,12 @@ class Settings:
     STALE_AFTER: float = 60.0
     #: Seconds between two sweeps for stale work by ``manage.py longtask_worker``.
     SWEEP_INTERVAL: float = 10.0
-    #: Seconds between two reads of a watched task by the websocket's poller (embedded default).
+    #: Seconds between two reads of a watched task by the websocket's poller (embedded
+    #: default); with a channel layer, the least time between two reads of one task.
     LIVE_INTERVAL: float = 0.3
+    #: With a channel layer (pushes from workers), a watched task is still read this
+    #: often (seconds), in case a push was lost.
+    LIVE_FALLBACK: float = 5.0
     #: Seconds between two refreshes of the status page without JavaScript.
     REFRESH_SECONDS: int = 2
     # Abuse limits (see SECURITY.md). They apply to web and CLI starts, not to

@@ -20,7 +20,7 @@ from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from longtask import limits, q2
+from longtask import limits, push, q2
 from longtask.conf import settings
 from longtask.exceptions import ResultTooLarge
 from longtask.kinds import FanOutKind, registry
@@ -74,6 +74,7 @@ class Recorder:
             return
         pending, self.pending = self.pending, []
         recorded = record(self.parent_id, self.kind, pending)
+        push.notify(self.parent_id)
         enqueue_retries(self.parent_id, self.kind, recorded.retries)
         self.stopped = not recorded.parent_running
         if recorded.parent_running:

@@ -1,17 +1,23 @@
-"""Live updates for websocket clients without a channel layer that crosses processes.
+"""Live updates for websocket clients: one watcher per watched task per web process.
 
-Workers and the web server are separate processes, and the in-memory channel layer
-stays inside one, so the web process follows the shared state itself: one
-``Watcher`` per watched task reads the task's row, its progress record and the
+One ``Watcher`` per watched task reads the task's row, its progress record and the
 subtasks finished since the lowest cursor of its subscribers (one or two queries
 per tick, whatever the number of subscribers), and pushes frames onto each
 subscriber's queue. Each subscriber has its own cursor, so a slow client gets
 bigger frames later, never fewer events.
+
+When a tick happens: without a channel layer that crosses processes (the embedded
+default), every LONGTASK_LIVE_INTERVAL seconds. With one (channels_redis), the
+watcher joins the task's group and ticks when a worker says the task changed
+(longtask/push.py), at most once per LONGTASK_LIVE_INTERVAL, so a burst of changes
+is coalesced into one read; it also reads every LONGTASK_LIVE_FALLBACK seconds in
+case a message was lost.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -20,7 +26,7 @@ from uuid import UUID
 
 from channels.db import database_sync_to_async
 
-from longtask import progress
+from longtask import progress, push
 from longtask.access import can_view
 from longtask.conf import settings
 from longtask.documents import status_document
@@ -160,12 +166,18 @@ class Watcher:
         self.subscribers: list[Subscriber] = []
         self.loop = asyncio.get_running_loop()
         self.reads = 0
+        self.changed = asyncio.Event()
+        #: The group listener's task, while changes are pushed to this watcher.
+        self.listener: asyncio.Task[None] | None = None
+        if push.enabled():
+            self.listener = self.loop.create_task(self.listen(), name=f"longtask-push-{task_id}")
         self.runner = self.loop.create_task(self.run(), name=f"longtask-live-{task_id}")
 
     async def run(self) -> None:
         try:
             while self.subscribers:
                 began = time.monotonic()
+                self.changed.clear()
                 try:
                     await self.tick()
                 except Exception:
@@ -173,10 +185,48 @@ class Watcher:
                     logger.exception("live watcher of LongTask id=%s failed a tick", self.task_id)
                 if not self.subscribers:
                     break
-                await asyncio.sleep(max(0.0, live_interval() - (time.monotonic() - began)))
+                await self.wait_for_change(began)
         finally:
+            if self.listener is not None:
+                self.listener.cancel()
             if _watchers.get(self.task_id) is self:
                 del _watchers[self.task_id]
+
+    async def wait_for_change(self, began: float) -> None:
+        """Sleep until the next tick is due: the poll interval, or a push (coalesced)."""
+        interval = live_interval()
+        if self.listener is None or self.listener.done():
+            await asyncio.sleep(max(0.0, interval - (time.monotonic() - began)))
+            return
+        fallback = float(settings.LIVE_FALLBACK) - (time.monotonic() - began)
+        try:
+            await asyncio.wait_for(self.changed.wait(), max(0.0, fallback))
+        except TimeoutError:
+            return
+        # Changes arriving during the rest of the interval are read by the same tick.
+        await asyncio.sleep(max(0.0, interval - (time.monotonic() - began)))
+
+    async def listen(self) -> None:
+        """Set ``changed`` whenever a worker pushes a change of this task."""
+        from channels.layers import get_channel_layer
+
+        layer = get_channel_layer()
+        group = push.group_name(self.task_id)
+        channel = await layer.new_channel()
+        await layer.group_add(group, channel)
+        try:
+            while True:
+                await layer.receive(channel)
+                self.changed.set()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Redis away: fall back to polling (run() sees that this task is done).
+            logger.warning("live push of LongTask id=%s stopped; polling", self.task_id)
+            self.changed.set()
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(layer.group_discard(group, channel))
 
     async def tick(self) -> None:
         # Subscribers joining during the read are served from the next tick, whose

@@ -6,7 +6,7 @@ import uuid
 from typing import Any
 
 from django.conf import settings
-from django.db import models
+from django.db import models, transaction
 from django.db.models import F, Q
 from django.db.models.functions import Coalesce
 from django.urls import reverse
@@ -207,6 +207,9 @@ class LongTask(models.Model):
         updated = rows.update(**changes)
         if updated:
             self.refresh_from_db(fields=[*changes])
+            from longtask import push
+
+            transaction.on_commit(lambda: push.notify(self.pk))
         return bool(updated)
 
     def claimable_now(self) -> bool:

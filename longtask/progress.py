@@ -45,6 +45,9 @@ def write_progress(task_id: UUID | str, record: dict[str, Any]) -> None:
     caches[settings.CACHE_ALIAS].set(
         progress_key(task_id), json.dumps(record), timeout=settings.PROGRESS_TTL
     )
+    from longtask import push
+
+    push.notify(task_id)
 
 
 def delete_progress(task_id: UUID | str) -> None:

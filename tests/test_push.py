@@ -1,0 +1,52 @@
+"""Workers push "task changed" through channels_redis; watchers read on a push, not a poll."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.test import override_settings
+
+import longtask
+from longtask import live, progress, push
+from tests.conftest import services
+
+pytestmark = [services, pytest.mark.django_db(transaction=True)]
+
+
+@override_settings(LONGTASK_LIVE_INTERVAL=0.05, LONGTASK_LIVE_FALLBACK=30)
+def test_a_watcher_reads_when_a_worker_pushes_and_not_in_between(test_kinds_registered):
+    assert push.enabled(), "REDIS_URL is set, so the channel layer must cross processes"
+    task = longtask.start("test-count", {"n": 5})
+
+    async def scenario() -> tuple[int, int, float, dict]:
+        subscriber = live.subscribe(task.pk, cursor=0, status="QUEUED")
+        watcher = live.watcher_of(task.pk)
+        try:
+            deadline = time.monotonic() + 10
+            while watcher.reads < 1 and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            # Listening costs no reads: at a 30 s fallback, an idle second reads nothing.
+            await asyncio.sleep(1.0)
+            idle_reads = watcher.reads
+            while not subscriber.queue.empty():  # what the first read sent
+                subscriber.queue.get_nowait()
+            began = time.monotonic()
+            # A worker reports progress: the write pushes "changed" (from a thread,
+            # as in a worker process).
+            record = {"current": 3, "total": 5, "message": "three", "started": time.time()}
+            await sync_to_async(progress.write_progress, thread_sensitive=False)(task.pk, record)
+            frame = None
+            while frame is None or frame["type"] != "progress":
+                frame = await asyncio.wait_for(subscriber.queue.get(), 10)
+            return idle_reads, watcher.reads, time.monotonic() - began, frame
+        finally:
+            live.unsubscribe(subscriber)
+
+    idle_reads, reads, latency, frame = asyncio.run(scenario())
+    assert idle_reads == 1, f"the watcher polled {idle_reads} times while nothing changed"
+    assert frame["progress"]["current"] == 3 and frame["progress"]["message"] == "three"
+    assert reads == 2
+    assert latency < 5, f"the push took {latency:.1f}s to reach the subscriber"
