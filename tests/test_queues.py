@@ -161,3 +161,29 @@ def test_a_queue_limited_to_20_per_second_runs_200_subtasks_in_no_less_than_9s(t
     span = (max(rows.values_list("finished_at", flat=True)) - first_claim).total_seconds()
     assert span >= 8.8, f"200 subtasks at 20/s took only {span:.1f}s"
     assert set(rows.values_list("worker", flat=True)) == {"node-a", "node-b"}
+
+
+@pytest.mark.django_db
+def test_the_cli_refuses_an_unknown_queue_in_one_line_and_starts_nothing():
+    from django.core.management import call_command
+    from django.core.management.base import CommandError
+
+    with pytest.raises(CommandError, match=r"unknown queue 'nope'.*known queues: default"):
+        call_command("longtask", "start", "report", "month=2026-10", "--queue", "nope")
+    assert not LongTask.objects.exists()
+
+
+def test_a_misconfigured_queue_fails_the_system_check():
+    from longtask.checks import check_queues
+
+    broken = {
+        "default": {"cluster": None},
+        "subtasks": {"cluster": "longtask-subtasks", "rate": "fast"},
+        "x": {"cluster": "nowhere"},
+    }
+    with override_settings(LONGTASK_QUEUES=broken):
+        ids = sorted(message.id for message in check_queues(None))
+    assert ids == ["longtask.E001", "longtask.E002"]
+    with override_settings(LONGTASK_QUEUES={"default": {"cluster": None}}):
+        assert [m.id for m in check_queues(None)] == ["longtask.E003"]  # no "subtasks"
+    assert check_queues(None) == []

@@ -110,6 +110,16 @@ class Command(BaseCommand):
             known = ", ".join(kind.name for kind in registry)
             raise cli.bad_input(f"{exc} (known kinds: {known})") from None
 
+    def _queue(self, name: str | None) -> None:
+        from longtask import queues
+        from longtask.conf import settings as longtask_settings
+
+        try:
+            queues.get(name)
+        except queues.UnknownQueue as exc:
+            known = ", ".join(sorted(longtask_settings.QUEUES))
+            raise cli.bad_input(f"{exc} (known queues: {known})") from None
+
     def handle_start(
         self,
         *,
@@ -123,6 +133,7 @@ class Command(BaseCommand):
         **options: Any,
     ) -> None:
         kind_obj = self._kind(kind)
+        self._queue(queue)
         parameters = cli.parse_assignments(params)
         owner_obj = cli.find_owner(owner) if owner else None
         try:
@@ -189,6 +200,7 @@ class Command(BaseCommand):
         **options: Any,
     ) -> None:
         kind_obj = self._kind(kind)
+        self._queue(queue)
         owner_obj = cli.find_owner(owner) if owner else None
         lines = cli.read_jsonl(file)
         max_name = LongTask._meta.get_field("name").max_length or 0
