@@ -22,18 +22,7 @@ def wait_for[T](condition: Callable[[], T], timeout: float, what: str, interval:
 
 
 def drain_queue(limit: int = 100_000) -> int:
-    """Run every job on django-q2's ORM queue in this process, like a worker would."""
-    from django.utils.module_loading import import_string
-    from django_q.models import OrmQ
-    from django_q.signing import SignedPackage
+    """Run every queued job (ORM or Redis broker, delayed ones at once) in this process."""
+    from tests import broker
 
-    ran = 0
-    while ran < limit:
-        row = OrmQ.objects.order_by("id").first()
-        if row is None:
-            return ran
-        package = SignedPackage.loads(row.payload)
-        row.delete()
-        import_string(package["func"])(*package["args"], **package["kwargs"])
-        ran += 1
-    raise AssertionError(f"queue not empty after {limit} jobs")
+    return broker.drain_queue(limit)

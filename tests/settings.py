@@ -9,6 +9,7 @@ empties it first), as Django's tests use a ``test_`` database beside the real on
 """
 
 import os
+import sys
 import tempfile
 from urllib.parse import urlsplit, urlunsplit
 
@@ -25,3 +26,9 @@ _test = DATABASES["default"].setdefault("TEST", {})
 _test.setdefault("NAME", f"test_{DATABASES['default']['NAME']}")
 DATABASES["default"]["NAME"] = _test["NAME"]
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+if "pytest" in sys.modules and DATABASE_URL:
+    # The test process itself: no persistent connections, or a connection left open in
+    # an async test's worker thread keeps PostgreSQL from dropping the test database.
+    # (Worker processes started by the tests keep the site's persistent connections.)
+    DATABASES["default"]["CONN_MAX_AGE"] = 0

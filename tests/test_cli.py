@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from longtask import cli
 from longtask.models import LongTask, Status, SubTask
+from tests import broker
 from tests import kinds as test_kinds
 from tests.helpers import drain_queue
 from tests.processes import ROOT, process_env, qcluster
@@ -24,7 +25,7 @@ from tests.processes import ROOT, process_env, qcluster
 @pytest.fixture(autouse=True)
 def _kinds(test_kinds_registered):
     test_kinds.FAILING.clear()
-    yield
+    yield from broker.emptied()
     test_kinds.FAILING.clear()
 
 
@@ -77,10 +78,10 @@ def test_start_prints_the_status_url_and_lets_the_form_convert_values(settings):
 @pytest.mark.django_db
 def test_start_with_name_queue_and_owner_and_a_second_start_says_already_exists(user):
     out, _ = run(
-        "start", "test-count", "n=1", "--name", "n1", "--queue", "slow", "--owner", "alice"
+        "start", "test-count", "n=1", "--name", "n1", "--queue", "subtasks", "--owner", "alice"
     )
     task = LongTask.objects.get()
-    assert (task.name, task.queue, task.owner) == ("n1", "slow", user)
+    assert (task.name, task.queue, task.owner) == ("n1", "subtasks", user)
     assert out.strip() == cli.status_url(task)
     again, err = run("start", "test-count", "n=2", "--name", "n1")
     assert again == out

@@ -17,6 +17,7 @@ import longtask
 from longtask import live, progress
 from longtask.models import LongTask, SubTask
 from quiltsite.asgi import application
+from tests import broker
 from tests.helpers import drain_queue
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -28,6 +29,7 @@ TIMEOUT = 20
 @pytest.fixture(autouse=True)
 def _fast_ticks(settings):
     settings.LONGTASK_LIVE_INTERVAL = 0.02
+    yield from broker.emptied()
 
 
 def run(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
@@ -69,17 +71,9 @@ async def frames_until(
 
 
 def run_jobs(count: int) -> None:
-    """Run the first ``count`` jobs of django-q2's ORM queue, like a worker would."""
-    from django.utils.module_loading import import_string
-    from django_q.models import OrmQ
-    from django_q.signing import SignedPackage
-
+    """Run the first ``count`` queued jobs, like a worker would."""
     for _ in range(count):
-        row = OrmQ.objects.order_by("id").first()
-        assert row is not None, "the queue ran dry"
-        package = SignedPackage.loads(row.payload)
-        row.delete()
-        import_string(package["func"])(*package["args"], **package["kwargs"])
+        assert broker.run_next(), "the queue ran dry"
 
 
 def final(frame: dict[str, Any]) -> bool:

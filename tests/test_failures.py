@@ -10,12 +10,12 @@ import pytest
 from django.db import close_old_connections
 from django.test import override_settings
 from django.utils import timezone
-from django_q.models import OrmQ
 
 import longtask
 from longtask import recovery, runner
 from longtask.models import LongTask, Status, SubTask
 from longtask.retry import RetryPolicy
+from tests import broker
 from tests.helpers import drain_queue, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 @pytest.fixture(autouse=True)
 def _kinds(test_kinds_registered):
-    pass
+    yield from broker.emptied()
 
 
 def test_backoff_doubles_then_grows_linearly_then_caps():
@@ -69,13 +69,14 @@ def test_a_task_failing_twice_then_succeeding():
 
 def test_retrying_task_waits_for_its_backoff_and_says_so(client):
     task = longtask.start("test-flaky", {"fail_times": 1})
-    OrmQ.objects.all().delete()
+    broker.clear()
     runner.run(str(task.pk))
     task.refresh_from_db()
     assert task.status == Status.RETRYING and task.attempts == 1
-    job = OrmQ.objects.get()
+    [(package, eta)] = broker.jobs()
+    assert package["args"] == (str(task.pk),)
     # The broker will not hand the job out before its time.
-    assert job.lock >= task.next_attempt_at - datetime.timedelta(milliseconds=5)
+    assert eta is not None and eta >= task.next_attempt_at - datetime.timedelta(milliseconds=5)
     html = client.get(f"/tasks/{task.pk}/").content.decode()
     assert "Attempt 2 of 5, next try" in html
     assert "ConnectionError: attempt 1 failed" in html
@@ -84,14 +85,15 @@ def test_retrying_task_waits_for_its_backoff_and_says_so(client):
 
 def test_retry_later_uses_the_asked_delay():
     task = longtask.start("test-flaky", {"fail_times": 1, "mode": "later"})
-    OrmQ.objects.all().delete()
+    broker.clear()
     before = timezone.now()
     runner.run(str(task.pk))
     task.refresh_from_db()
     assert task.status == Status.RETRYING
     delay = (task.next_attempt_at - before).total_seconds()
     assert 29 <= delay <= 31
-    assert OrmQ.objects.get().lock >= task.next_attempt_at - datetime.timedelta(milliseconds=5)
+    [(_, eta)] = broker.jobs()
+    assert eta is not None and eta >= task.next_attempt_at - datetime.timedelta(milliseconds=5)
 
 
 @pytest.mark.parametrize("mode", ["fatal", "declared-fatal"])
@@ -114,7 +116,7 @@ def test_age_limit_keeps_retrying_young_tasks():
     young = RetryPolicy(max_attempts=1, age_limit=3600, min_backoff=0.01)
     kind = longtask.kinds.registry.get("test-flaky")
     task = longtask.start("test-flaky", {"fail_times": 3})
-    OrmQ.objects.all().delete()
+    broker.clear()
     type(kind).retry, saved = young, type(kind).retry
     try:
         runner.run(str(task.pk))
@@ -123,7 +125,7 @@ def test_age_limit_keeps_retrying_young_tasks():
         LongTask.objects.filter(pk=task.pk).update(
             created_at=timezone.now() - datetime.timedelta(hours=2)
         )
-        OrmQ.objects.all().delete()
+        broker.clear()
         runner.run(str(task.pk))
         task.refresh_from_db()
         assert task.status == Status.FAILED  # both exceeded
@@ -173,7 +175,7 @@ def test_cancel_a_queued_task_it_never_runs(client):
 @override_settings(LONGTASK_HEARTBEAT_INTERVAL=0.05)
 def test_cancel_a_running_task_stops_it_at_its_next_progress():
     task = longtask.start("test-loop", {})
-    OrmQ.objects.all().delete()
+    broker.clear()
     worker = threading.Thread(target=lambda: (runner.run(str(task.pk)), close_old_connections()))
     worker.start()
     try:
@@ -193,15 +195,9 @@ def test_cancel_a_fan_out_mid_way_skips_the_rest_and_never_gathers():
     with override_settings(LONGTASK_SPLIT_BATCH=5):
         task = longtask.start("test-squares", {"n": 40})
         runner.run(str(task.pk))
-    jobs = list(OrmQ.objects.order_by("id"))
-    from django_q.signing import SignedPackage
-
-    chunk = next(
-        SignedPackage.loads(j.payload)
-        for j in jobs
-        if SignedPackage.loads(j.payload)["func"] == "longtask.jobs.run_chunk"
-    )
     from longtask import fanout
+
+    chunk = next(package for package, _ in broker.jobs() if package["func"] == fanout.CHUNK_JOB)
 
     fanout.run_chunk(*chunk["args"])
     task.refresh_from_db()
@@ -224,7 +220,7 @@ def stale(minutes: int = 5) -> datetime.datetime:
 
 def test_sweep_requeues_a_task_whose_worker_died_counting_the_attempt():
     task = longtask.start("test-flaky", {"fail_times": 0})
-    OrmQ.objects.all().delete()
+    broker.clear()
     task.claim()  # then the worker "dies"
     LongTask.objects.filter(pk=task.pk).update(heartbeat_at=stale())
     assert recovery.sweep()["tasks"] == 1
@@ -239,9 +235,9 @@ def test_sweep_requeues_a_task_whose_worker_died_counting_the_attempt():
 
 def test_sweep_requeues_a_waiting_task_whose_job_died_with_a_cluster():
     task = longtask.start("test-flaky", {"fail_times": 1})
-    OrmQ.objects.all().delete()
+    broker.clear()
     runner.run(str(task.pk))  # attempt 1 fails: RETRYING, its job queued...
-    OrmQ.objects.all().delete()  # ...and then lost with a killed cluster
+    broker.clear()  # ...and then lost with a killed cluster
     task.refresh_from_db()
     assert task.status == Status.RETRYING
     assert recovery.sweep()["requeued"] == 0  # not quiet for long enough yet
@@ -259,6 +255,7 @@ def test_sweep_leaves_beating_tasks_alone():
     assert recovery.sweep() == {
         "tasks": 0,
         "requeued": 0,
+        "unstarted": 0,
         "subtasks": 0,
         "stalled": 0,
         "fan_ins": 0,
@@ -277,7 +274,7 @@ def test_sweep_requeues_lost_subtasks_and_the_quilt_completes_once():
     from longtask import fanout
 
     fanout.claim(str(task.pk), 0, 11, None)
-    OrmQ.objects.all().delete()  # and its jobs are gone with it
+    broker.clear()  # and its jobs are gone with it
     SubTask.objects.filter(parent=task).update(heartbeat_at=stale())
     assert recovery.sweep()["subtasks"] == 12
     drain_queue()
@@ -291,7 +288,7 @@ def test_sweep_requeues_lost_subtasks_and_the_quilt_completes_once():
 def test_sweep_requeues_queued_subtasks_whose_jobs_were_lost():
     task = longtask.start("test-squares", {"n": 9})
     runner.run(str(task.pk))
-    OrmQ.objects.all().delete()  # a dead cluster had taken every chunk job with it
+    broker.clear()  # a dead cluster had taken every chunk job with it
     assert recovery.sweep()["stalled"] == 0  # not quiet long enough yet
     LongTask.objects.filter(pk=task.pk).update(heartbeat_at=stale())
     assert recovery.sweep()["stalled"] == 9
@@ -318,15 +315,14 @@ def test_sweep_finishes_a_fan_in_nobody_ran():
 
 def test_a_run_past_its_time_limit_is_a_failed_attempt():
     from django_q.exceptions import TimeoutException
-    from django_q.signing import SignedPackage
     from django_q.timeout import TimeoutHandler
 
     from longtask import jobs
 
     task = longtask.start("test-sleepy", {})
-    package = SignedPackage.loads(OrmQ.objects.get().payload)
+    [(package, _)] = broker.jobs()
     assert package["timeout"] == 1  # the kind's limit travels with the job
-    OrmQ.objects.all().delete()
+    broker.clear()
     # What a django-q2 worker does with the job's timeout:
     with pytest.raises(TimeoutException), TimeoutHandler(package["timeout"]):
         jobs.run_task(*package["args"])

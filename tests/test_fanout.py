@@ -11,6 +11,7 @@ from longtask import fanout, runner
 from longtask.fanout import Outcome, record, try_fan_in
 from longtask.kinds import registry
 from longtask.models import LongTask, Status, SubTask
+from tests import broker
 from tests import kinds as test_kinds
 from tests.helpers import drain_queue
 
@@ -20,6 +21,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 @pytest.fixture(autouse=True)
 def _kinds(test_kinds_registered):
     test_kinds.GATHERED.clear()
+    yield from broker.emptied()
 
 
 def start_and_drain(kind: str, **params) -> LongTask:
@@ -51,9 +53,7 @@ def test_gather_order_is_index_order_whatever_the_finishing_order():
     task.claim()
     with override_settings(LONGTASK_SPLIT_BATCH=100):
         fanout.split(task, registry.get("test-squares"))
-    from django_q.models import OrmQ
-
-    OrmQ.objects.all().delete()
+    broker.clear()
     for index in reversed(range(6)):  # finish last-first
         fanout.run_chunk(str(task.pk), index, index)
     task.refresh_from_db()
@@ -197,13 +197,11 @@ def test_chunk_size_follows_observed_duration_and_overrides():
 
 
 def test_chunks_are_enqueued_in_bulk(django_assert_max_num_queries):
-    from django_q.models import OrmQ
-
     task = longtask.start("test-squares", {"n": 3000})
     task.claim()
     with django_assert_max_num_queries(40):
         fanout.split(task, registry.get("test-squares"))
-    chunk_jobs = OrmQ.objects.count() - 1  # the parent's own job is still on the queue
+    chunk_jobs = broker.count() - 1  # the parent's own job is still on the queue
     assert chunk_jobs == 3 * 9  # three batches of 1000, slow-started (see above)
 
 
@@ -262,11 +260,7 @@ def test_quilt_end_to_end_in_process(client):
 def test_quilt_page_shows_squares_done_so_far(client):
     task = longtask.start("quilt", {"rows": 10, "cols": 10})
     runner.run(str(task.pk))
-    from django_q.models import OrmQ
-    from django_q.signing import SignedPackage
-
-    jobs = [SignedPackage.loads(job.payload) for job in OrmQ.objects.order_by("id")]
-    args = next(job["args"] for job in jobs if job["func"] == fanout.CHUNK_JOB)
+    args = next(job["args"] for job, _ in broker.jobs() if job["func"] == fanout.CHUNK_JOB)
     fanout.run_chunk(*args)
     html = client.get(f"/tasks/{task.pk}/").content.decode()
     done = args[2] - args[1] + 1

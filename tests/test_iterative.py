@@ -12,10 +12,16 @@ from longtask import runner
 from longtask.models import LongTask, Status
 from quiltsite.models import Invoice
 from quiltsite.recount import Recount
+from tests import broker
 from tests.helpers import drain_queue, wait_for
 from tests.processes import group_alive, qcluster
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def _empty_queues():
+    yield from broker.emptied()
 
 
 def seed(n: int) -> None:
@@ -59,9 +65,7 @@ def test_recount_resumes_from_the_cursor_after_a_lost_batch(monkeypatch):
     seed(300)
     monkeypatch.setattr(Recount, "batch_size", 100)
     task = longtask.start("recount", {})
-    from django_q.models import OrmQ
-
-    OrmQ.objects.all().delete()
+    broker.clear()
     runner.run(str(task.pk))  # batch 1 commits, batch 2 is queued
     task.refresh_from_db()
     assert task.rows_done == 100 and task.status == Status.QUEUED
@@ -72,7 +76,7 @@ def test_recount_resumes_from_the_cursor_after_a_lost_batch(monkeypatch):
     )
     from longtask.recovery import sweep
 
-    OrmQ.objects.all().delete()
+    broker.clear()
     assert sweep()["tasks"] == 1
     drain_queue()
     task.refresh_from_db()

@@ -13,13 +13,14 @@ import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
 from tests.helpers import wait_for
 from tests.processes import ROOT
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 
 def free_port() -> int:
@@ -62,6 +63,14 @@ class Browser:
 def make_run(port: int, data_dir: Path, log: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
     env.update(PORT=str(port), LONGTASK_DATA_DIR=str(data_dir))
+    if env.get("DATABASE_URL"):
+        # The service pass: `make run` on PostgreSQL and Redis, in the test database
+        # (REDIS_URL already names the tests' Redis database).
+        from django.conf import settings
+
+        url = urlsplit(env["DATABASE_URL"])
+        name = settings.DATABASES["default"]["NAME"]
+        env["DATABASE_URL"] = urlunsplit(url._replace(path=f"/{name}"))
     # A session of its own stands for the terminal: Ctrl-C signals its whole group.
     return subprocess.Popen(
         ["make", "-s", "run"],

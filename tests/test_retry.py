@@ -1,11 +1,11 @@
 from __future__ import annotations
 
 import pytest
-from django_q.models import OrmQ
 
 import longtask
 from longtask import api
 from longtask.models import Status, SubTask
+from tests import broker
 from tests import kinds as test_kinds
 from tests.helpers import drain_queue
 
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def _kinds(test_kinds_registered):
     test_kinds.FAILING.clear()
     test_kinds.GATHERED.clear()
-    yield
+    yield from broker.emptied()
     test_kinds.FAILING.clear()
 
 
@@ -30,7 +30,7 @@ def test_retry_runs_a_failed_task_again_and_keeps_the_error_in_history():
     assert task.status == Status.QUEUED and task.finished_at is None and task.error == ""
     assert [e["event"] for e in task.history] == ["failed", "retried"]
     assert task.history[0]["error"].startswith("RuntimeError: it broke")
-    assert OrmQ.objects.count() == 1
+    assert broker.count() == 1
     drain_queue()
     task.refresh_from_db()
     assert task.status == Status.FAILED and task.attempts == 2
@@ -86,7 +86,7 @@ def test_retry_of_a_tolerated_fan_out_redoes_the_failed_squares():
 def test_cancelled_queued_task_can_be_retried():
     task = longtask.start("test-count", {"n": 2})
     task.cancel()
-    OrmQ.objects.all().delete()
+    broker.clear()
     assert api.retry(task)
     drain_queue()
     task.refresh_from_db()

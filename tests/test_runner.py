@@ -2,15 +2,20 @@ from __future__ import annotations
 
 import pytest
 from django.db import transaction
-from django_q.models import OrmQ
 
 import longtask
 from longtask import progress, runner
 from longtask.exceptions import InvalidParameters, UnknownKind
 from longtask.models import LongTask, Status
 from quiltsite.models import Invoice
+from tests import broker
 
 pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def _empty_queues():
+    yield from broker.emptied()
 
 
 def test_start_validates_saves_and_queues_on_commit(
@@ -21,7 +26,7 @@ def test_start_validates_saves_and_queues_on_commit(
     assert len(callbacks) == 1
     assert task.status == Status.QUEUED and task.queue == "default"
     assert task.parameters == {"n": 3, "message": ""}
-    assert OrmQ.objects.count() == 1
+    assert broker.count() == 1
 
 
 def test_bad_parameters_save_nothing(test_kinds_registered):
@@ -30,7 +35,7 @@ def test_bad_parameters_save_nothing(test_kinds_registered):
     assert "n:" in str(info.value)
     with pytest.raises(UnknownKind):
         longtask.start("no-such-kind", {})
-    assert not LongTask.objects.exists() and not OrmQ.objects.exists()
+    assert not LongTask.objects.exists() and not broker.count()
 
 
 def test_rolled_back_start_queues_nothing(
@@ -44,7 +49,7 @@ def test_rolled_back_start_queues_nothing(
         longtask.start("test-count", {"n": 1})
         raise RuntimeError("roll back")
     assert callbacks == []
-    assert not LongTask.objects.exists() and not OrmQ.objects.exists()
+    assert not LongTask.objects.exists() and not broker.count()
 
 
 def test_start_with_an_existing_name_returns_that_task(test_kinds_registered):
