@@ -8,6 +8,7 @@ JSON text, so nothing a task writes is ever unpickled from the cache.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import threading
 import time
@@ -23,6 +24,9 @@ from longtask.conf import settings
 MESSAGE_MAX_LENGTH = 500
 #: Two rate samples closer than this (seconds) are merged, so a burst of calls is not noise.
 MIN_SAMPLE_INTERVAL = 0.2
+
+
+logger = logging.getLogger("longtask")
 
 
 def progress_key(task_id: UUID | str) -> str:
@@ -42,9 +46,18 @@ def read_progress(task_id: UUID | str) -> dict[str, Any] | None:
 
 
 def write_progress(task_id: UUID | str, record: dict[str, Any]) -> None:
-    caches[settings.CACHE_ALIAS].set(
-        progress_key(task_id), json.dumps(record), timeout=settings.PROGRESS_TTL
-    )
+    """Publish live progress; a cache that does not answer (Redis restarting) loses it.
+
+    Progress is advisory: the work goes on, the next write (or the row's final
+    value) replaces what was lost.
+    """
+    try:
+        caches[settings.CACHE_ALIAS].set(
+            progress_key(task_id), json.dumps(record), timeout=settings.PROGRESS_TTL
+        )
+    except Exception:
+        logger.warning("could not write the progress of LongTask id=%s", task_id, exc_info=True)
+        return
     from longtask import push
 
     push.notify(task_id)
