@@ -36,6 +36,9 @@ class Heartbeat:
                         self.stopped.set()
                 except Exception:  # a missed beat is not fatal; the next one may succeed
                     logger.exception("heartbeat failed")
+                    # The connection may be broken (a database restart): the next beat
+                    # opens a new one rather than failing on this one forever.
+                    connection.close()
         finally:
             connection.close()  # this thread's own database connection
 

@@ -118,9 +118,7 @@ def _recover_unstarted(
     for task in waiting.only("pk", "kind", "queue")[:10_000]:
         if not drained(task.queue):
             continue
-        if LongTask.objects.filter(pk=task.pk, heartbeat_at__isnull=True).update(
-            heartbeat_at=now
-        ):
+        if LongTask.objects.filter(pk=task.pk, heartbeat_at__isnull=True).update(heartbeat_at=now):
             enqueue(task)
             requeued += 1
     return requeued

@@ -9,12 +9,16 @@ a delay is kept to within ``BLOCK`` seconds and several clusters may drain one s
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
+import redis
 from django_q.brokers.redis_broker import Redis
 
 from longtask.q2 import delayed_key
+
+logger = logging.getLogger("longtask")
 
 # Move up to ARGV[2] jobs due by ARGV[1] from the sorted set KEYS[2] to the list KEYS[1].
 MOVE_DUE = """
@@ -32,6 +36,9 @@ class RedisBroker(Redis):
     BLOCK = 0.25
     #: Delayed jobs moved per dequeue at most.
     MOVE_BATCH = 500
+    #: Seconds between two tries while Redis does not answer.
+    RECONNECT_PAUSE = 0.5
+    _down = False
 
     def move_due(self) -> int:
         """Move the delayed jobs that are due onto the list; return how many moved."""
@@ -42,8 +49,20 @@ class RedisBroker(Redis):
         )
 
     def dequeue(self) -> list[tuple[Any, Any]] | None:
-        self.move_due()
-        task = self.connection.blpop(self.list_key, self.BLOCK)
+        try:
+            self.move_due()
+            task = self.connection.blpop(self.list_key, self.BLOCK)
+        except redis.ConnectionError:
+            # Redis is restarting. Raising would make django-q2's pusher sleep 10 s and
+            # die (to be restarted); waiting here resumes as soon as Redis answers.
+            if not self._down:
+                logger.warning("Redis does not answer; waiting for it (%s)", self.list_key)
+            self._down = True
+            time.sleep(self.RECONNECT_PAUSE)
+            return None
+        if self._down:
+            logger.warning("Redis answers again (%s)", self.list_key)
+            self._down = False
         if task:
             return [(None, task[1])]
         return None
