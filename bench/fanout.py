@@ -1,17 +1,35 @@
-"""Fan-out benchmark: django-q2 alone vs. a longtask quilt, on the embedded default.
+"""Fan-out benchmark: django-q2 alone vs. a longtask quilt, embedded or on services.
 
 Run from the project root (nothing else heavy at the same time)::
 
     .venv/bin/python bench/fanout.py                 # quilts of 10,000 and 40,000, raw at 10,000
     .venv/bin/python bench/fanout.py --n 10000 --raw-n 10000 --raw-n 40000 --keep
+    .venv/bin/python bench/fanout.py --services --n 10000 --raw-n 10000
+
+By default everything runs on the embedded default (SQLite, django-q2's ORM broker;
+DATABASE_URL and REDIS_URL are ignored). With ``--services`` both runs use PostgreSQL
+and Redis instead, through DATABASE_URL and REDIS_URL as quiltsite/settings.py reads
+them: a scratch database (``--pg-db``, default longtask_bench) that the bench creates,
+migrates and drops, and a Redis database number of its own (``--redis-db``, default
+11; the test suite uses 13-15), flushed at the start and at the end. The bench refuses
+a database it did not create (it marks its own with a comment) and a non-empty Redis
+database without its marker key; with ``--keep`` both are left for inspection. On
+services, (a) is django-q2's own Redis broker with PostgreSQL as the result database,
+persistent connections, and a client that reuses one broker for all its
+``async_task`` calls (one Redis connection, not one per call); (b) runs on longtask's
+Redis broker (longtask.redis_broker). The servers' CPU (the bench database's
+PostgreSQL backends, PostgreSQL's WAL writer, checkpointer and background writer,
+redis-server) is not counted as foreign load, and each run's notes say how the CPU
+of the timed part was shared between the workers and the servers.
 
 (a) raw: a django-q2 cluster of 2 workers, tuned for throughput on the ORM broker
-    (see RAW_SETTINGS), runs N no-op tasks that a client process queues with
-    ``async_task``, 500 calls per transaction; timed from the first enqueue until
-    N success rows are counted.
+    (see RAW_SETTINGS; on services, RAW_SETTINGS_SERVICES), runs N no-op tasks that
+    a client process queues with ``async_task``, 500 calls per transaction; timed
+    from the first enqueue until N success rows are counted.
 (b) quilt: ``longtask.start("quilt", rows x cols = N, work_ms=0)`` on the project's
     own settings (parents cluster 1 worker, subtask cluster 2 workers); timed from
-    the call until the task is SUCCEEDED.
+    the call until the task is SUCCEEDED. On services the quilt should also reach
+    TARGET_RATE squares/s at N=10,000.
 
 Peak RSS is the VmHWM of every process in each cluster's process group, sampled
 until the cluster is stopped. Everything runs in a fresh data directory under
@@ -51,6 +69,7 @@ STOP_TIMEOUT = 20.0
 POLL = 0.1
 RSS_INTERVAL = 0.25
 TARGET_RATIO = 0.5
+TARGET_RATE = 1000  # squares/s of the quilt at N=10,000, on services
 MAX_SIDE = 200  # quiltsite.quilt.MAX_SIDE (not importable before django.setup())
 FLAT_RSS = 1.2
 LOG_PATTERNS = (
@@ -90,6 +109,38 @@ Q_CLUSTER = {{
     "catch_up": False,
     "log_level": "WARNING",
     "label": "bench-raw",
+    # Unused by this cluster; kept so that longtask's system checks of its queues pass.
+    "ALT_CLUSTERS": Q_CLUSTER.get("ALT_CLUSTERS", {{}}),  # noqa: F405
+}}
+"""
+
+# The same on services: django-q2's own Redis broker (no broker_class), results in
+# PostgreSQL. quiltsite.settings already reads DATABASE_URL (persistent connections,
+# health-checked) and REDIS_URL; "bulk" and "poll" do not apply to the Redis broker
+# (one blocking pop per job), and the client reuses one broker for every async_task.
+RAW_SETTINGS_SERVICES = """\
+from quiltsite.settings import *  # noqa: F403
+
+DATABASES["default"]["CONN_MAX_AGE"] = None  # noqa: F405
+
+Q_CLUSTER = {{
+    "name": "bench-raw",
+    "redis": REDIS_URL,  # noqa: F405
+    "workers": {workers},
+    "bulk": {bulk},
+    "queue_limit": {queue_limit},
+    "poll": {poll},
+    "save_limit": 0,
+    "timeout": 60,
+    "retry": 1800,
+    "max_attempts": 0,
+    "ack_failures": True,
+    "recycle": 10_000_000,
+    "catch_up": False,
+    "log_level": "WARNING",
+    "label": "bench-raw",
+    # Unused by this cluster; kept so that longtask's system checks of its queues pass.
+    "ALT_CLUSTERS": Q_CLUSTER.get("ALT_CLUSTERS", {{}}),  # noqa: F405
 }}
 """
 
@@ -134,20 +185,117 @@ def machine_busy_ticks() -> int:
     return sum(values) - values[3] - values[4]  # all but idle and iowait
 
 
+def own_ticks(pid: int) -> int | None:
+    """CPU time of ``pid`` alone (utime + stime), in clock ticks."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return int(fields[11]) + int(fields[12])
+
+
+class ServiceCpu:
+    """CPU of the server processes that work for the bench (``--services``).
+
+    PostgreSQL backends are picked by database name in their title, plus the WAL
+    writer, checkpointer and background writer, which write what every backend
+    commits; redis-server counts whole (one main thread serves every database). A
+    process's ticks are kept after it exits.
+    """
+
+    PG_SHARED = ("walwriter", "checkpointer", "background writer")
+
+    def __init__(self, database: str) -> None:
+        self.database = database
+        self.ticks: dict[int, tuple[str, int]] = {}
+        self.lock = threading.Lock()
+
+    def kind_of(self, pid: int) -> str | None:
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                comm = f.read().strip()
+            if comm.startswith("redis-server"):
+                return "redis"
+            if comm != "postgres":
+                return None
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                title = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            return None
+        # "postgres: [CLUSTER: ]USER DB HOST(PORT) STATE", "postgres: [CLUSTER: ]walwriter"
+        if not title.startswith("postgres: "):
+            return None
+        if f" {self.database} " in title or title.split(":")[-1].strip() in self.PG_SHARED:
+            return "postgres"
+        return None
+
+    def sample(self) -> None:
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            pid = int(entry.name)
+            with self.lock:
+                known = self.ticks.get(pid)
+            kind = known[0] if known else self.kind_of(pid)
+            if kind is None:
+                continue
+            ticks = own_ticks(pid)
+            if ticks is not None:
+                with self.lock:
+                    self.ticks[pid] = (kind, max(ticks, known[1] if known else 0))
+
+    def totals(self) -> dict[str, int]:
+        self.sample()
+        out = {"postgres": 0, "redis": 0}
+        with self.lock:
+            for kind, ticks in self.ticks.values():
+                out[kind] += ticks
+        return out
+
+
 class CpuWatch:
     """CPU used by processes other than the bench's own during a run (a noisy machine)."""
 
-    def __init__(self) -> None:
+    def __init__(self, services: ServiceCpu | None = None) -> None:
+        self.services = services
+        self.service_ticks = services.totals() if services else {}
         self.busy = machine_busy_ticks()
         self.ours = cpu_ticks(os.getpid())
         self.began = time.monotonic()
+
+    def service_seconds(self) -> dict[str, float]:
+        """CPU-s used by the servers since the watch began (empty if not on services)."""
+        if not self.services:
+            return {}
+        hz = os.sysconf("SC_CLK_TCK")
+        now = self.services.totals()
+        return {k: (now[k] - self.service_ticks.get(k, 0)) / hz for k in now}
+
+    def mark(self, pgids: list[int], rss: RssSampler) -> None:
+        """Start of the timed part, for usage_note()."""
+        if self.services:
+            self._mark = (rss.cpu_ticks(pgids), self.services.totals(), time.monotonic())
+
+    def usage_note(self, label: str, pgids: list[int], rss: RssSampler) -> str | None:
+        """Where the CPU went in the timed part: the bench's processes and the servers."""
+        if not self.services:
+            return None
+        hz = os.sysconf("SC_CLK_TCK")
+        ticks, servers, began = self._mark
+        ours = (rss.cpu_ticks(pgids) - ticks) / hz
+        wall = time.monotonic() - began
+        now = self.services.totals()
+        used = ", ".join(f"{k} {(now[k] - servers[k]) / hz:.1f}" for k in now)
+        return f"{label} CPU-s in {wall:.1f}s timed: workers {ours:.1f}, {used}"
 
     def foreign_note(self, label: str, pgids: list[int]) -> str | None:
         ours = cpu_ticks(os.getpid()) + sum(
             cpu_ticks(pid) for pgid in pgids for pid in group_members(pgid)
         )
         hz = os.sysconf("SC_CLK_TCK")
-        foreign = ((machine_busy_ticks() - self.busy) - (ours - self.ours)) / hz
+        servers = sum(self.service_seconds().values())
+        foreign = ((machine_busy_ticks() - self.busy) - (ours - self.ours)) / hz - servers
         share = foreign / ((time.monotonic() - self.began) * (os.cpu_count() or 1))
         if share < 0.10:
             return None
@@ -257,9 +405,11 @@ def tail(path: Path, lines: int = 20) -> str:
 class RssSampler(threading.Thread):
     """Keeps the highest VmHWM seen for every process of the watched process groups."""
 
-    def __init__(self) -> None:
+    def __init__(self, services: ServiceCpu | None = None) -> None:
         super().__init__(daemon=True)
         self.groups: dict[int, dict[int, int]] = {}
+        self.cpu: dict[int, dict[int, int]] = {}  # pgid -> pid -> utime+stime ticks
+        self.services = services
         self.lock = threading.Lock()
         self.done = threading.Event()
 
@@ -270,10 +420,23 @@ class RssSampler(threading.Thread):
     def sample(self) -> None:
         with self.lock:
             for pgid, peaks in self.groups.items():
+                ticks = self.cpu.setdefault(pgid, {})
                 for pid in group_members(pgid):
                     kib = vm_hwm_kib(pid)
                     if kib is not None:
                         peaks[pid] = max(peaks.get(pid, 0), kib)
+                    if self.services:
+                        used = own_ticks(pid)
+                        if used is not None:
+                            ticks[pid] = max(ticks.get(pid, 0), used)
+        if self.services:
+            self.services.sample()
+
+    def cpu_ticks(self, pgids: list[int]) -> int:
+        """CPU ticks of the groups' processes (dead ones at their last sample)."""
+        self.sample()
+        with self.lock:
+            return sum(t for pgid in pgids for t in self.cpu.get(pgid, {}).values())
 
     def peaks(self, pgids: list[int]) -> dict[int, int]:
         self.sample()
@@ -320,6 +483,7 @@ class Bench:
     data_dir: Path
     sampler: RssSampler
     started: list[Spawned] = field(default_factory=list)
+    services: Services | None = None
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k != "Q_CLUSTER_NAME"}
@@ -346,6 +510,89 @@ class Bench:
     def stop_all(self) -> None:
         while self.started:
             self.stop(self.started[-1])
+
+
+PG_COMMENT = "scratch database of the longtask bench (bench/fanout.py)"
+REDIS_MARKER = "longtask-bench:scratch"
+
+
+class Services:
+    """A scratch PostgreSQL database and a Redis database number for ``--services``."""
+
+    def __init__(self, pg_server: str, pg_db: str, redis_server: str, redis_db: int) -> None:
+        if not pg_db.replace("_", "").isalnum():
+            raise SystemExit(f"--pg-db {pg_db!r}: letters, digits and _ only")
+        self.pg_server = pg_server.rstrip("/")
+        self.pg_db = pg_db
+        self.redis_db = redis_db
+        self.database_url = f"{self.pg_server}/{pg_db}"
+        self.redis_url = f"{redis_server.rstrip('/')}/{redis_db}"
+        self.created = False
+
+    def _admin(self) -> Any:
+        import psycopg
+
+        return psycopg.connect(f"{self.pg_server}/postgres", autocommit=True)
+
+    def _redis(self) -> Any:
+        import redis
+
+        return redis.Redis.from_url(self.redis_url)
+
+    def create(self) -> str:
+        """(Re)create the scratch database and flush the Redis database; describe them.
+
+        Only what an earlier bench left is replaced: a database without the bench's
+        comment, or a Redis database with keys but without the bench's marker key, is
+        someone else's, and the bench refuses to start (choose --pg-db / --redis-db).
+        """
+        client = self._redis()
+        try:
+            keys = client.dbsize()
+            if keys and not client.exists(REDIS_MARKER):
+                raise BenchError(
+                    f"Redis db {self.redis_db} holds {keys} keys that the bench did not write: "
+                    "choose another --redis-db"
+                )
+            with self._admin() as conn:
+                row = conn.execute(
+                    "SELECT shobj_description(oid, 'pg_database') FROM pg_database "
+                    "WHERE datname = %s",
+                    [self.pg_db],
+                ).fetchone()
+                if row and row[0] != PG_COMMENT:
+                    raise BenchError(
+                        f"database {self.pg_db} was not made by the bench: choose another --pg-db"
+                    )
+                if row:
+                    conn.execute(f'DROP DATABASE "{self.pg_db}" WITH (FORCE)')
+                conn.execute(f'CREATE DATABASE "{self.pg_db}"')
+                self.created = True
+                conn.execute(f"COMMENT ON DATABASE \"{self.pg_db}\" IS '{PG_COMMENT}'")
+                server = conn.execute("SHOW server_version").fetchone()[0]
+            client.flushdb()
+            client.set(REDIS_MARKER, "1")
+            version = client.info("server")["redis_version"]
+        finally:
+            client.close()
+        return (
+            f"PostgreSQL {server} database {self.pg_db} (new); Redis {version} db {self.redis_db}"
+            f" ({keys} keys of an earlier bench flushed)"
+        )
+
+    def drop(self) -> None:
+        """Flush the Redis database and drop the scratch database (if the bench made them)."""
+        if not self.created:
+            return
+        from django.db import connections
+
+        connections.close_all()
+        client = self._redis()
+        client.flushdb()
+        client.close()
+        with self._admin() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{self.pg_db}" WITH (FORCE)')
+        self.created = False
 
 
 def log_problems(logs: list[Path]) -> list[str]:
@@ -384,11 +631,12 @@ def run_raw(bench: Bench, n: int, args: argparse.Namespace) -> Run:
 
     print(f"(a) raw django-q2, N={n}: starting the cluster ...", flush=True)
     Task.objects.all().delete()
-    cpu = CpuWatch()
+    cpu = CpuWatch(bench.sampler.services)
     module_dir = bench.data_dir / "pymod"
     module_dir.mkdir(exist_ok=True)
+    template = RAW_SETTINGS_SERVICES if bench.services else RAW_SETTINGS
     (module_dir / "bench_raw_settings.py").write_text(
-        RAW_SETTINGS.format(
+        template.format(
             workers=args.raw_workers,
             bulk=args.raw_bulk,
             queue_limit=args.raw_queue_limit,
@@ -409,12 +657,14 @@ def run_raw(bench: Bench, n: int, args: argparse.Namespace) -> Run:
             str(n),
             "--raw-batch",
             str(args.raw_batch),
+            *(["--reuse-broker"] if bench.services else []),
         ],
         env,
         bench.data_dir / f"raw-{n}-enqueuer.log",
         talk=True,
     )
     bench.started.append(enqueuer)
+    bench.sampler.watch(enqueuer.pgid)  # CPU only (its RSS is not a worker's)
     try:
         # Up = a warm-up task queued by the client has been run and saved.
         enqueuer.expect("warm", START_TIMEOUT)
@@ -426,6 +676,7 @@ def run_raw(bench: Bench, n: int, args: argparse.Namespace) -> Run:
         )
         Task.objects.all().delete()
         print(f"    cluster up; timing {n} async_task calls ...", flush=True)
+        cpu.mark([cluster.pgid, enqueuer.pgid], bench.sampler)
         enqueuer.send("go")
         began = float(enqueuer.expect("began", 10))
         successes = Task.objects.filter(success=True)
@@ -446,26 +697,33 @@ def run_raw(bench: Bench, n: int, args: argparse.Namespace) -> Run:
             raise BenchError(f"raw: {failures} tasks failed")
         rss = Rss.of(bench.sampler.peaks([cluster.pgid]))
         noisy = cpu.foreign_note(f"raw N={n}", [cluster.pgid, enqueuer.pgid])
+        usage = cpu.usage_note(f"raw N={n}", [cluster.pgid, enqueuer.pgid], bench.sampler)
     finally:
         bench.stop(enqueuer)
         bench.stop(cluster)
-    notes = [f"raw N={n}: all enqueued after {enqueued:.1f}s"]
+    notes = [f"raw N={n}: all enqueued after {enqueued:.1f}s"] + ([usage] if usage else [])
     notes += log_problems([cluster.log]) + ([noisy] if noisy else [])
     print(f"    {n} results in {seconds:.1f}s ({n / seconds:.0f}/s)", flush=True)
     Task.objects.all().delete()
     return Run(n, seconds, rss, notes)
 
 
-def enqueue_raw(n: int, batch: int) -> None:
-    """Child process: queue a warm-up task, wait for "go", queue ``n`` tasks."""
+def enqueue_raw(n: int, batch: int, reuse_broker: bool = False) -> None:
+    """Child process: queue a warm-up task, wait for "go", queue ``n`` tasks.
+
+    With ``reuse_broker`` every call gets the same broker (on Redis: one connection
+    for all of them instead of a new one per call).
+    """
     import django
     from django.db import transaction
 
     sys.path.insert(0, str(ROOT))
     django.setup()
+    from django_q.brokers import get_broker
     from django_q.tasks import async_task
 
-    async_task(RAW_FUNC, 1, task_name="warmup")
+    options = {"broker": get_broker()} if reuse_broker else {}
+    async_task(RAW_FUNC, 1, task_name="warmup", **options)
     print("warm", flush=True)
     if sys.stdin.readline().strip() != "go":
         return
@@ -474,7 +732,7 @@ def enqueue_raw(n: int, batch: int) -> None:
     for start in range(0, n, batch):
         with transaction.atomic() if batch > 1 else contextlib.nullcontext():
             for _ in range(min(batch, n - start)):
-                async_task(RAW_FUNC, 1)
+                async_task(RAW_FUNC, 1, **options)
     print(f"enqueued {time.monotonic()}", flush=True)
 
 
@@ -502,7 +760,7 @@ def run_quilt(bench: Bench, n: int, parent_workers: int, subtask_workers: int) -
 
     rows, cols = quilt_shape(n)
     print(f"(b) quilt {rows}x{cols}, N={n}: starting the clusters ...", flush=True)
-    cpu = CpuWatch()
+    cpu = CpuWatch(bench.sampler.services)
     parents = bench.qcluster(f"quilt-{n}-parents", bench.env())
     subtasks = bench.qcluster(f"quilt-{n}-subtasks", bench.env(Q_CLUSTER_NAME="longtask-subtasks"))
     clusters = [parents, subtasks]
@@ -518,6 +776,7 @@ def run_quilt(bench: Bench, n: int, parent_workers: int, subtask_workers: int) -
         delete_finished(LongTask.objects.all())
         print(f"    clusters up; timing a quilt of {n} ...", flush=True)
         log_offset = subtasks.log.stat().st_size
+        cpu.mark([c.pgid for c in clusters], bench.sampler)
         began = time.monotonic()
         task = longtask.start("quilt", {"rows": rows, "cols": cols, "work_ms": 0})
         marks: dict[str, float] = {}
@@ -538,6 +797,7 @@ def run_quilt(bench: Bench, n: int, parent_workers: int, subtask_workers: int) -
         seconds = time.monotonic() - began
         rss = Rss.of(bench.sampler.peaks([c.pgid for c in clusters]))
         noisy = cpu.foreign_note(f"quilt N={n}", [c.pgid for c in clusters])
+        usage = cpu.usage_note(f"quilt N={n}", [c.pgid for c in clusters], bench.sampler)
     finally:
         for cluster in reversed(clusters):
             bench.stop(cluster)
@@ -554,7 +814,7 @@ def run_quilt(bench: Bench, n: int, parent_workers: int, subtask_workers: int) -
     notes = [
         f"quilt N={n}: split done {marks.get('split', float('nan')):.1f}s; squares done {squares}; "
         f"SUCCEEDED {seconds:.1f}s; {chunks} chunk jobs"
-    ]
+    ] + ([usage] if usage else [])
     notes += log_problems([c.log for c in clusters]) + ([noisy] if noisy else [])
     print(f"    SUCCEEDED in {seconds:.1f}s ({n / seconds:.0f} squares/s)", flush=True)
     delete_finished(LongTask.objects.all())
@@ -564,8 +824,10 @@ def run_quilt(bench: Bench, n: int, parent_workers: int, subtask_workers: int) -
 # Report ---------------------------------------------------------------------------
 
 
-def report(raw: dict[int, Run], quilt: dict[int, Run]) -> str:
+def report(raw: dict[int, Run], quilt: dict[int, Run], services: bool = False) -> str:
     lines = []
+    if services:
+        lines.append("on services: PostgreSQL + Redis")
     header = (
         f"{'N':>7} | {'raw s':>7} {'tasks/s':>8} | {'quilt s':>7} {'squares/s':>9} | "
         f"{'quilt/raw':>9} | {'raw RSS MiB':>15} | {'quilt RSS MiB':>15}"
@@ -590,11 +852,13 @@ def report(raw: dict[int, Run], quilt: dict[int, Run]) -> str:
         "RSS = peak VmHWM per process, max/sum over the clusters' processes (count); "
         "~ratio = quilt vs raw extrapolated from raw's rate at N=" + (str(base.n) if base else "-")
     )
-    lines.append(verdict(raw, quilt, base))
+    lines.append(verdict(raw, quilt, base, services))
     return "\n".join(lines)
 
 
-def verdict(raw: dict[int, Run], quilt: dict[int, Run], base: Run | None) -> str:
+def verdict(
+    raw: dict[int, Run], quilt: dict[int, Run], base: Run | None, services: bool = False
+) -> str:
     parts = []
     ratios = {n: quilt[n].seconds / raw[n].seconds for n in quilt if n in raw}
     if ratios:
@@ -614,6 +878,16 @@ def verdict(raw: dict[int, Run], quilt: dict[int, Run], base: Run | None) -> str
         )
     else:
         parts.append("memory flatness not measured (one quilt size)")
+    if services:
+        if 10_000 in quilt:
+            rate = quilt[10_000].rate
+            ok = rate >= TARGET_RATE
+            parts.append(
+                f"rate {rate:.0f} squares/s at N=10000 -> {'MET' if ok else 'MISSED'} "
+                f"(>= {TARGET_RATE})"
+            )
+        else:
+            parts.append("rate target not measured (no quilt of N=10000)")
     return "verdict: " + "; ".join(parts)
 
 
@@ -628,7 +902,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--raw-n", type=int, action="append", help="raw sizes (10000); 0 skips the raw baseline"
     )
-    parser.add_argument("--keep", action="store_true", help="keep the data dir (logs, database)")
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the data dir (logs, database; --services: the scratch database, Redis db)",
+    )
+    parser.add_argument(
+        "--services",
+        action="store_true",
+        help="run on PostgreSQL + Redis (a scratch database and Redis db) instead of embedded",
+    )
+    parser.add_argument("--pg-server", default="postgresql://postgres@127.0.0.1:5432")
+    parser.add_argument("--pg-db", default="longtask_bench", help="scratch database (dropped!)")
+    parser.add_argument("--redis-server", default="redis://127.0.0.1:6379")
+    parser.add_argument("--redis-db", type=int, default=11, help="Redis db number (flushed!)")
     parser.add_argument("--raw-workers", type=int, default=2)
     parser.add_argument("--raw-bulk", type=int, default=16, help="django-q2 'bulk' of the baseline")
     parser.add_argument("--raw-queue-limit", type=int, default=16)
@@ -642,16 +929,25 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--parent-workers", type=int, default=1)
     parser.add_argument("--subtask-workers", type=int, default=2)
     parser.add_argument("--enqueue-raw", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--reuse-broker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.n = [n for n in (args.n or [10_000, 40_000]) if n > 0]
     args.raw_n = [n for n in (args.raw_n or [10_000]) if n > 0]
     return args
 
 
+def lost_service(exc: BaseException) -> bool:
+    """Say whether ``exc`` is a lost connection to PostgreSQL or Redis."""
+    from django.db import InterfaceError, OperationalError
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    return isinstance(exc, (InterfaceError, OperationalError, RedisConnectionError))
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     if args.enqueue_raw is not None:
-        enqueue_raw(args.enqueue_raw, args.raw_batch)
+        enqueue_raw(args.enqueue_raw, args.raw_batch, args.reuse_broker)
         return 0
     for n in args.n:
         quilt_shape(n)
@@ -665,6 +961,14 @@ def main(argv: list[str]) -> int:
         LONGTASK_WORKERS=str(args.parent_workers),
         LONGTASK_SUBTASK_WORKERS=str(args.subtask_workers),
     )
+    services = None
+    if args.services:
+        services = Services(args.pg_server, args.pg_db, args.redis_server, args.redis_db)
+        # Every process the bench starts inherits these (Bench.env copies os.environ).
+        os.environ.update(DATABASE_URL=services.database_url, REDIS_URL=services.redis_url)
+    else:
+        for name in ("DATABASE_URL", "REDIS_URL"):  # embedded means embedded
+            os.environ.pop(name, None)
     sys.path.insert(0, str(ROOT))
     os.chdir(ROOT)
 
@@ -673,8 +977,9 @@ def main(argv: list[str]) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, terminated)
-    sampler = RssSampler()
-    bench = Bench(data_dir, sampler)
+    service_cpu = ServiceCpu(args.pg_db) if services else None
+    sampler = RssSampler(service_cpu)
+    bench = Bench(data_dir, sampler, services=services)
     raw: dict[int, Run] = {}
     quilt: dict[int, Run] = {}
     status = 0
@@ -684,6 +989,8 @@ def main(argv: list[str]) -> int:
         import django
         from django.core.management import call_command
 
+        if services:
+            print(services.create(), flush=True)  # BenchError if not ours
         django.setup()
         # The bench process itself queues the quilt: keep its own logs quiet.
         logging.getLogger("longtask").setLevel(logging.WARNING)
@@ -706,15 +1013,33 @@ def main(argv: list[str]) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr, flush=True)
         status = 130
+    except Exception as exc:
+        if not (services and lost_service(exc)):
+            raise
+        print(
+            f"FAILED: lost a service ({type(exc).__name__}: {exc}); "
+            "was PostgreSQL or Redis restarted during the run?",
+            file=sys.stderr,
+            flush=True,
+        )
+        status = 1
     finally:
         bench.stop_all()
         sampler.done.set()
+        if services and not args.keep:
+            try:
+                services.drop()
+            except Exception as exc:  # reported; the figures still print
+                print(f"could not drop {services.pg_db} / flush Redis db: {exc}", file=sys.stderr)
+                status = status or 1
     if raw or quilt:
         print()
-        print(report(raw, quilt))
+        print(report(raw, quilt, services=bool(services)))
         notes = [note for run in [*raw.values(), *quilt.values()] for note in run.notes]
         if notes:
             print("notes:\n  " + "\n  ".join(notes))
+    if services and args.keep:
+        print(f"kept database {services.pg_db} and Redis db {services.redis_db}")
     if args.keep or status:
         print(f"kept {data_dir}")
     else:
