@@ -87,6 +87,7 @@ class LongTaskAdmin(admin.ModelAdmin):
         "finished_at",
         "duration",
         "heartbeat_at",
+        "worker",
         "result_viewed_at",
     ]
 
@@ -110,7 +111,10 @@ class LongTaskAdmin(admin.ModelAdmin):
             ("Parameters", {"fields": ["parameters_json"]}),
             ("Result", {"fields": ["result_json"]}),
             ("Error", {"fields": ["error", "traceback_text"]}),
-            ("Attempts", {"fields": ["attempts_display", "next_attempt_at", "history_table"]}),
+            (
+                "Attempts",
+                {"fields": ["attempts_display", "worker", "next_attempt_at", "history_table"]},
+            ),
         ]
         if obj is not None and (obj.subtasks_total or obj.is_fanout):
             fieldsets.append(("Subtasks", {"fields": ["subtasks_summary"]}))

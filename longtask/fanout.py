@@ -40,9 +40,9 @@ from longtask.fanin import (
     subtask_cluster,
     try_fan_in,
 )
-from longtask.heartbeat import Heartbeat
+from longtask.heartbeat import Heartbeat, node_name
 from longtask.kinds import FanOutKind, registry
-from longtask.models import LongTask, Status, SubTask, node_name, one_line
+from longtask.models import LongTask, Status, SubTask, one_line
 
 __all__ = [
     "CHUNK_JOB",

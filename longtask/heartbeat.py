@@ -54,3 +54,11 @@ class Heartbeat:
     ) -> None:
         self._done.set()
         self._thread.join()
+
+
+def node_name() -> str:
+    """This worker's name in the ``worker`` columns: LONGTASK_NODE, else host:pid."""
+    import os
+    import socket
+
+    return settings.NODE or f"{socket.gethostname()}:{os.getpid()}"

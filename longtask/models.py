@@ -13,6 +13,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from longtask import heartbeat
 from longtask import progress as progress_store
 
 #: Longest stored one-line error; the full text is in ``traceback``.
@@ -226,7 +227,7 @@ class LongTask(models.Model):
             started_at=Coalesce(F("started_at"), now),
             heartbeat_at=now,
             next_attempt_at=None,
-            worker=node_name(),
+            worker=heartbeat.node_name(),
         )
 
     def schedule_retry(
@@ -369,16 +370,6 @@ class LongTask(models.Model):
         return bool(updated)
 
 
-def node_name() -> str:
-    """This worker's name in the ``worker`` columns: LONGTASK_NODE, else host:pid."""
-    import os
-    import socket
-
-    from longtask.conf import settings
-
-    return settings.NODE or f"{socket.gethostname()}:{os.getpid()}"
-
-
 def one_line(text: str) -> str:
     """Squash ``text`` to one line that fits the ``error`` column."""
     line = " ".join(str(text).split())
@@ -399,6 +390,5 @@ __all__ = [
     "QueueState",
     "Status",
     "SubTask",
-    "node_name",
     "one_line",
 ]

@@ -120,8 +120,10 @@ def test_detail_shows_json_error_history_and_the_status_page_escaped(ops_client)
         traceback="Traceback (most recent call last):\n  File <x>",
         attempts=2,
         history=[{"event": "failed", "attempt": 1, "error": "first <try>", "at": "2026-11-01"}],
+        worker="node-b:4242",
     )
     html = ops_client.get(change_url(task)).content.decode()
+    assert "node-b:4242" in html  # which machine ran the latest attempt
     assert f'<a href="/tasks/{task.pk}/">/tasks/{task.pk}/</a>' in html
     assert "&quot;message&quot;: &quot;&lt;b&gt;bold&lt;/b&gt;&quot;" in html
     assert "<script>alert(1)" not in html and "&lt;script&gt;alert(1)" in html
@@ -132,11 +134,19 @@ def test_detail_shows_json_error_history_and_the_status_page_escaped(ops_client)
 @pytest.mark.django_db
 def test_worker_owned_fields_are_read_only(ops_client):
     task = row(Status.RUNNING, name="before", attempts=1)
-    data = {"name": "after", "owner": "", "status": "SUCCEEDED", "attempts": "9", "error": "x"}
+    data = {
+        "name": "after",
+        "owner": "",
+        "status": "SUCCEEDED",
+        "attempts": "9",
+        "error": "x",
+        "worker": "forged",
+    }
     response = ops_client.post(change_url(task), data)
     assert response.status_code == 302
     task.refresh_from_db()
     assert (task.name, task.status, task.attempts, task.error) == ("after", "RUNNING", 1, "")
+    assert task.worker == ""
 
 
 @pytest.mark.django_db
