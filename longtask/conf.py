@@ -52,11 +52,14 @@ class Settings:
     #: Seconds between two sweeps for stale work by ``manage.py longtask_worker``.
     SWEEP_INTERVAL: float = 10.0
     #: Seconds between two reads of a watched task by the websocket's poller (embedded
-    #: default); with a channel layer, the least time between two reads of one task.
+    #: default, or a channel layer that stopped answering).
     LIVE_INTERVAL: float = 0.3
     #: With a channel layer (pushes from workers), a watched task is still read this
     #: often (seconds), in case a push was lost.
     LIVE_FALLBACK: float = 5.0
+    #: With a channel layer, the least time between two reads of one watched task: the
+    #: pushes that arrive meanwhile are served by one read (seconds).
+    LIVE_PUSH_INTERVAL: float = 0.1
     #: Seconds between two refreshes of the status page without JavaScript.
     REFRESH_SECONDS: int = 2
     # Abuse limits (see SECURITY.md). They apply to web and CLI starts, not to

@@ -9,9 +9,9 @@ bigger frames later, never fewer events.
 When a tick happens: without a channel layer that crosses processes (the embedded
 default), every LONGTASK_LIVE_INTERVAL seconds. With one (channels_redis), the
 watcher joins the task's group and ticks when a worker says the task changed
-(longtask/push.py), at most once per LONGTASK_LIVE_INTERVAL, so a burst of changes
-is coalesced into one read; it also reads every LONGTASK_LIVE_FALLBACK seconds in
-case a message was lost.
+(longtask/push.py), at most once per LONGTASK_LIVE_PUSH_INTERVAL, so a burst of
+changes is coalesced into one read; it also reads every LONGTASK_LIVE_FALLBACK
+seconds in case a message was lost.
 """
 
 from __future__ import annotations
@@ -204,7 +204,8 @@ class Watcher:
         except TimeoutError:
             return
         # Changes arriving during the rest of the interval are read by the same tick.
-        await asyncio.sleep(max(0.0, interval - (time.monotonic() - began)))
+        gap = float(settings.LIVE_PUSH_INTERVAL)
+        await asyncio.sleep(max(0.0, gap - (time.monotonic() - began)))
 
     async def listen(self) -> None:
         """Set ``changed`` whenever a worker pushes a change of this task."""
