@@ -89,24 +89,18 @@ def get(name: str | None) -> Queue:
     options = settings.QUEUES.get(name)
     if options is None:
         raise UnknownQueue(name)
-    return _build(name, tuple(sorted((k, str(v)) for k, v in options.items())))
-
-
-@cache
-def _build(name: str, options: tuple[tuple[str, str], ...]) -> Queue:
-    opts: dict[str, Any] = dict(options)
-    cluster = opts.get("cluster")
     return Queue(
         name=name,
-        cluster=None if cluster in (None, "None", "") else cluster,
-        rate=parse_rate(opts["rate"]) if opts.get("rate") not in (None, "None", "") else None,
-        burst=int(opts["burst"]) if opts.get("burst") not in (None, "None", "") else None,
-        max_concurrency=(
-            int(opts["max_concurrency"])
-            if opts.get("max_concurrency") not in (None, "None", "")
-            else None
-        ),
+        cluster=options.get("cluster") or None,
+        rate=_optional(options, "rate", parse_rate),
+        burst=_optional(options, "burst", int),
+        max_concurrency=_optional(options, "max_concurrency", int),
     )
+
+
+def _optional(options: dict[str, Any], key: str, parse: Any) -> Any:
+    value = options.get(key)
+    return None if value in (None, "") else parse(value)
 
 
 def get_or_default(name: str | None) -> Queue:
