@@ -23,7 +23,7 @@ redis-server) is not counted as foreign load, and each run's notes say how the C
 of the timed part was shared between the workers and the servers.
 
 (a) raw: a django-q2 cluster of 2 workers, tuned for throughput on the ORM broker
-    (see RAW_SETTINGS; on services, RAW_SETTINGS_SERVICES), runs N no-op tasks that
+    (see RAW_SETTINGS and RAW_BROKERS), runs N no-op tasks that
     a client process queues with ``async_task``, 500 calls per transaction; timed
     from the first enqueue until N success rows are counted.
 (b) quilt: ``longtask.start("quilt", rows x cols = N, work_ms=0)`` on the project's
@@ -95,7 +95,7 @@ DATABASES["default"]["CONN_MAX_AGE"] = None  # noqa: F405
 
 Q_CLUSTER = {{
     "name": "bench-raw",
-    "orm": "default",
+    {broker},
     "workers": {workers},
     "bulk": {bulk},
     "queue_limit": {queue_limit},
@@ -114,35 +114,14 @@ Q_CLUSTER = {{
 }}
 """
 
-# The same on services: django-q2's own Redis broker (no broker_class), results in
+# On services (RAW_BROKERS[True]): django-q2's own Redis broker (no broker_class), results in
 # PostgreSQL. quiltsite.settings already reads DATABASE_URL (persistent connections,
 # health-checked) and REDIS_URL; "bulk" and "poll" do not apply to the Redis broker
 # (one blocking pop per job), and the client reuses one broker for every async_task.
-RAW_SETTINGS_SERVICES = """\
-from quiltsite.settings import *  # noqa: F403
-
-DATABASES["default"]["CONN_MAX_AGE"] = None  # noqa: F405
-
-Q_CLUSTER = {{
-    "name": "bench-raw",
-    "redis": REDIS_URL,  # noqa: F405
-    "workers": {workers},
-    "bulk": {bulk},
-    "queue_limit": {queue_limit},
-    "poll": {poll},
-    "save_limit": 0,
-    "timeout": 60,
-    "retry": 1800,
-    "max_attempts": 0,
-    "ack_failures": True,
-    "recycle": 10_000_000,
-    "catch_up": False,
-    "log_level": "WARNING",
-    "label": "bench-raw",
-    # Unused by this cluster; kept so that longtask's system checks of its queues pass.
-    "ALT_CLUSTERS": Q_CLUSTER.get("ALT_CLUSTERS", {{}}),  # noqa: F405
-}}
-"""
+RAW_BROKERS = {
+    False: '"orm": "default"',
+    True: '"redis": REDIS_URL',  # the generated module is not linted
+}
 
 
 class BenchError(Exception):
@@ -634,9 +613,9 @@ def run_raw(bench: Bench, n: int, args: argparse.Namespace) -> Run:
     cpu = CpuWatch(bench.sampler.services)
     module_dir = bench.data_dir / "pymod"
     module_dir.mkdir(exist_ok=True)
-    template = RAW_SETTINGS_SERVICES if bench.services else RAW_SETTINGS
     (module_dir / "bench_raw_settings.py").write_text(
-        template.format(
+        RAW_SETTINGS.format(
+            broker=RAW_BROKERS[bench.services is not None],
             workers=args.raw_workers,
             bulk=args.raw_bulk,
             queue_limit=args.raw_queue_limit,
