@@ -734,7 +734,7 @@ def quilt_shape(n: int) -> tuple[int, int]:
 def run_quilt(bench: Bench, n: int, parent_workers: int, subtask_workers: int) -> Run:
     import longtask
     from longtask.api import delete_finished
-    from longtask.fanin import CHUNK_JOB
+    from longtask.dispatch import CHUNK_JOB
     from longtask.models import FINISHED_STATUSES, LongTask, Status
 
     rows, cols = quilt_shape(n)

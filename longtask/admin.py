@@ -320,7 +320,7 @@ class LongTaskAdmin(admin.ModelAdmin):
     def cancel_tasks(self, request: HttpRequest, queryset: QuerySet[LongTask]) -> None:
         cancelled = asked = skipped = 0
         for task in queryset:
-            if not task.cancel():
+            if not api.cancel(task):
                 skipped += 1
                 continue
             self.log_change(request, task, "Cancelled")

@@ -12,6 +12,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from longtask import limits, progress, queues
+from longtask.engine import enqueue, states
 from longtask.kinds import Kind, registry
 from longtask.models import FINISHED_STATUSES, LongTask, SubTask
 
@@ -19,9 +20,6 @@ if TYPE_CHECKING:
     from longtask.limits import Actor
 
 logger = logging.getLogger("longtask")
-
-RUN_JOB = "longtask.jobs.run_task"
-
 
 def start(
     kind: str | Kind,
@@ -67,8 +65,10 @@ def start(
                 owner=owner,
                 name=name or None,
                 queue=queue,
+                due_at=timezone.now(),
             )
-            transaction.on_commit(lambda: enqueue(task))
+            # In this transaction: on the ORM broker the job commits with the row.
+            enqueue.task_job(task)
     except IntegrityError:
         if name:  # lost a race with a concurrent start under the same name
             existing = LongTask.objects.get(name=name)
@@ -97,24 +97,21 @@ def _release_name(task: LongTask, window: datetime.timedelta | None) -> bool:
 
 
 def retry(task: LongTask) -> bool:
-    """Run a failed (or cancelled) task again; False if it is not in such a state.
+    """Run a failed (or cancelled) task again with a fresh attempt budget; False if it is not.
 
-    A fan-out task whose split had finished keeps its succeeded subtasks: only the
-    failed and skipped ones are queued again, and gather runs once they finish.
+    A fan-out keeps its succeeded subtasks: its next run resumes the split where it
+    stopped, queues the failed, skipped and unfinished subtasks again, and gathers
+    once they have finished.
     """
-    from longtask import fanout
-
-    with transaction.atomic():
-        task = LongTask.objects.select_for_update().get(pk=task.pk)
-        if not task.requeue():
-            return False
-        if task.is_fanout and task.split_done:
-            indexes = fanout.reset_unfinished_subtasks(task)
-            transaction.on_commit(lambda: fanout.enqueue_indexes(task, indexes))
-        else:
-            transaction.on_commit(lambda: enqueue(task))
+    if not states.requeue(task):
+        return False
     logger.info("LongTask id=%s kind=%s status=%s (retry)", task.pk, task.kind, task.status)
     return True
+
+
+def cancel(task: LongTask) -> bool:
+    """Cancel the task (see ``engine.states.cancel``); False if it has already finished."""
+    return states.cancel(task)
 
 
 #: Tasks deleted per transaction by ``delete_finished``.
@@ -142,19 +139,3 @@ def delete_finished(queryset: QuerySet[LongTask]) -> tuple[int, int]:
             progress.delete_progress(pk)
     logger.info("LongTask deleted tasks=%s subtasks=%s (finished only)", tasks, subtasks)
     return tasks, subtasks
-
-
-def enqueue(task: LongTask, eta: datetime.datetime | None = None) -> None:
-    """Hand a saved task to the django-q2 workers, to run no earlier than ``eta``."""
-    from longtask import q2
-
-    kind = registry.find(task.kind)
-    timeout = kind.time_limit if kind else None
-    q2.enqueue_many(
-        RUN_JOB,
-        [(str(task.pk),)],
-        name=f"longtask-{task.pk}",
-        cluster=queues.cluster_for(task.queue),
-        eta=eta,
-        timeout=timeout,
-    )

@@ -43,7 +43,7 @@ class Settings:
     MAX_CHUNK_SIZE: int = 500
     #: A chunk records its finished subtasks at least this often (seconds).
     RECORD_INTERVAL: float = 0.2
-    #: Default retry policy of a kind (fields of longtask.retry.RetryPolicy).
+    #: Default retry policy of a kind (fields of longtask.RetryPolicy).
     RETRY: dict = {"max_attempts": 5, "min_backoff": 1.0, "max_backoff": 300.0, "max_doublings": 5}
     #: Seconds between two heartbeats of a running task or chunk.
     HEARTBEAT_INTERVAL: float = 5.0

@@ -89,9 +89,7 @@ def row_percent(task: LongTask) -> int | None:
             return 100
         return percent
     if task.started_at and (task.subtasks_total or task.is_fanout):
-        from longtask.fanin import fanout_record
-
-        return progress.payload(fanout_record(task))["percent"]
+        return progress.payload(task.fanout_progress())["percent"]
     if task.status == Status.RETRYING and task.last_progress:  # kept from the failed attempt
         return progress.payload(task.last_progress)["percent"]
     if task.rows_total:  # an iterative task counts its rows on the row

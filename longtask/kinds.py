@@ -9,13 +9,17 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from django import forms
 from django.core.serializers.json import DjangoJSONEncoder
+from django.db.models import QuerySet
 from django.template.loader import render_to_string
 from django.utils.safestring import SafeString
 
+from longtask.conf import settings
 from longtask.exceptions import InvalidParameters, KindConfigurationError, UnknownKind
-from longtask.retry import RetryPolicy
+from longtask.retry_policy import RetryPolicy
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from longtask.models import LongTask
 
 
@@ -112,7 +116,7 @@ class FanOutKind(Kind):
     )
 
     def subtask_queue_name(self) -> str:
-        return self.subtask_queue or _settings().SUBTASK_QUEUE
+        return self.subtask_queue or settings.SUBTASK_QUEUE
 
     def split(self, params: dict[str, Any]) -> Iterable[dict[str, Any]]:
         """Yield the parameters of each subtask, in index order (a generator is best)."""
@@ -128,6 +132,32 @@ class FanOutKind(Kind):
 
     def run(self, task: LongTask, params: dict[str, Any]) -> Any:
         raise TypeError("a fan-out kind runs through split/run_subtask/gather, not run")
+
+
+class IterativeKind(Kind):
+    """A kind that processes every row of a queryset, one batch per job."""
+
+    #: Rows per batch (the fetch asks for one more, to know whether more remain).
+    batch_size: ClassVar[int] = 1000
+    #: Stop a batch early after this many seconds and continue in the next job.
+    soft_deadline: ClassVar[float | None] = None
+    #: A unique, ordered field to walk by (the keyset cursor).
+    cursor_field: ClassVar[str] = "pk"
+
+    def queryset(self, params: dict[str, Any]) -> QuerySet:
+        """Return the rows to walk (ordering is applied by the walker)."""
+        raise NotImplementedError
+
+    def process(self, task: LongTask, rows: Sequence[Any], params: dict[str, Any]) -> None:
+        """Process some rows; runs inside the transaction that moves the cursor."""
+        raise NotImplementedError
+
+    def finish(self, task: LongTask, params: dict[str, Any]) -> Any:
+        """Return the task's result once every row is done."""
+        return {"rows": task.rows_done}
+
+    def run(self, task: LongTask, params: dict[str, Any]) -> Any:
+        raise TypeError("an iterative kind runs batch by batch, not through run")
 
 
 class KindRegistry:
@@ -167,12 +197,6 @@ class KindRegistry:
 
 
 registry = KindRegistry()
-
-
-def _settings() -> Any:
-    from longtask.conf import settings
-
-    return settings
 
 
 def register(kind_class: type[Kind]) -> type[Kind]:

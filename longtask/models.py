@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
 from django.conf import settings
-from django.db import models, transaction
+from django.db import models
 from django.db.models import F, Q
-from django.db.models.functions import Coalesce
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from longtask import heartbeat
 from longtask import progress as progress_store
+from longtask.exceptions import Cancelled
+from longtask.kinds import FanOutKind, registry
 
 #: Longest stored one-line error; the full text is in ``traceback``.
 ERROR_MAX_LENGTH = 1000
@@ -83,6 +84,14 @@ class LongTask(models.Model):
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     #: The worker (LONGTASK_NODE, else host:pid) that claimed the latest attempt.
     worker = models.CharField(max_length=200, blank=True)
+    #: The fencing token of the run that holds the task ("" when no run does): every
+    #: write a worker makes is conditional on it, so a run that lost the task (it was
+    #: re-queued while slow but alive) can no longer change it.
+    token = models.CharField(max_length=16, blank=True, default="")
+    #: When its current job is due: queued at, or the end of a delay (retry, limits).
+    #: The sweeper re-dispatches a task still waiting STALE_AFTER past it with nothing
+    #: older left in its queue (the job was lost).
+    due_at = models.DateTimeField(null=True, blank=True)
     #: When a RETRYING task runs again.
     next_attempt_at = models.DateTimeField(null=True, blank=True)
     #: Set by cancel() on a running task; the worker stops at its next progress() call.
@@ -101,7 +110,8 @@ class LongTask(models.Model):
     subtask_seconds = models.FloatField(default=0)
     #: The split has queued every subtask (the seeds' "all loaded" flag).
     split_done = models.BooleanField(default=False)
-    #: Set by the one worker that wins the right to run gather.
+    #: When every subtask had finished and the gather step was queued (once per attempt
+    #: of the fan-out: a retry clears it).
     fan_in_at = models.DateTimeField(null=True, blank=True)
     # Iterative bookkeeping: the keyset cursor after the last committed batch.
     cursor = models.JSONField(null=True, blank=True)
@@ -116,6 +126,12 @@ class LongTask(models.Model):
             models.Index(fields=["status", "created_at"], name="longtask_status_created"),
             models.Index(fields=["owner", "-created_at"], name="longtask_owner_created"),
             models.Index(fields=["kind", "-created_at"], name="longtask_kind_created"),
+            # The sweeper's reads: only active rows, so their cost does not grow with history.
+            models.Index(
+                fields=["status", "heartbeat_at"],
+                condition=Q(status__in=sorted(ACTIVE_STATUSES)),
+                name="longtask_active_heartbeat",
+            ),
         ]
         constraints = [
             models.CheckConstraint(
@@ -164,8 +180,6 @@ class LongTask(models.Model):
         self.progress_reporter.update(current, total, message)
         event = self.__dict__.get("_cancel_event")
         if event is not None and event.is_set():
-            from longtask.exceptions import Cancelled
-
             raise Cancelled(f"task {self.pk} was cancelled")
 
     @property
@@ -179,8 +193,6 @@ class LongTask(models.Model):
 
     @property
     def is_fanout(self) -> bool:
-        from longtask.kinds import FanOutKind, registry
-
         return isinstance(registry.find(self.kind), FanOutKind)
 
     def progress_record(self) -> dict[str, Any] | None:
@@ -191,136 +203,34 @@ class LongTask(models.Model):
         if self.is_finished:
             return self.last_progress
         if self.is_fanout and self.started_at:
-            from longtask.fanout import fanout_record
-
-            return fanout_record(self)
+            return self.fanout_progress()
         return progress_store.read_progress(self.pk)
 
-    # State changes. Each is one conditional UPDATE, so two workers racing on one
-    # task can never both claim it or both finish it; each returns whether it won.
-
-    def _transition(
-        self, from_statuses: frozenset[str] | set[str], _heartbeat: Any = None, **changes: Any
-    ) -> bool:
-        rows = LongTask.objects.filter(pk=self.pk, status__in=from_statuses)
-        if _heartbeat is not None:  # only if no worker has beaten since it was seen stale
-            rows = rows.filter(heartbeat_at=_heartbeat)
-        updated = rows.update(**changes)
-        if updated:
-            self.refresh_from_db(fields=[*changes])
-            from longtask import push
-
-            transaction.on_commit(lambda: push.notify(self.pk))
-        return bool(updated)
+    def fanout_progress(self, now: float | None = None) -> dict[str, Any]:
+        """Progress of a fan-out task from its own counters: finished / total, rate since start."""
+        now = time.time() if now is None else now
+        done, total = self.subtasks_done, self.subtasks_total
+        rate = None
+        if self.started_at and done:
+            elapsed = now - self.started_at.timestamp()
+            rate = done / elapsed if elapsed > 0 else None
+        if self.split_done:
+            message = f"{done} of {total} subtasks done"
+            if self.subtasks_failed:
+                message += f", {self.subtasks_failed} failed"
+        else:
+            message = f"Splitting: {total} subtasks queued so far"
+        return {
+            "current": done,
+            "total": total if self.split_done else None,
+            "message": message,
+            "updated_at": now,
+            "rate": rate,
+        }
 
     def claimable_now(self) -> bool:
-        """Say whether ``claim`` could succeed, as far as this (possibly stale) copy knows."""
+        """Say whether a worker could claim it, as far as this (possibly stale) copy knows."""
         return self.status in CLAIMABLE_STATUSES
-
-    def claim(self) -> bool:
-        """Mark a queued task RUNNING and count the attempt; False if someone else has it."""
-        now = timezone.now()
-        return self._transition(
-            CLAIMABLE_STATUSES,
-            status=Status.RUNNING,
-            attempts=F("attempts") + 1,
-            started_at=Coalesce(F("started_at"), now),
-            heartbeat_at=now,
-            next_attempt_at=None,
-            worker=heartbeat.node_name(),
-        )
-
-    def schedule_retry(
-        self,
-        error: str,
-        traceback: str,
-        next_attempt_at: Any,
-        progress: dict[str, Any] | None = None,
-        *,
-        expected_heartbeat: Any = None,
-    ) -> bool:
-        """Put a running task whose attempt failed into RETRYING until ``next_attempt_at``."""
-        error = one_line(error)
-        changes: dict[str, Any] = {
-            "status": Status.RETRYING,
-            "history": [*self.history, self._event("attempt failed", error)],
-            "error": error,
-            "traceback": traceback,
-            "last_progress": progress,
-            "next_attempt_at": next_attempt_at,
-        }
-        return self._transition({Status.RUNNING}, _heartbeat=expected_heartbeat, **changes)
-
-    def succeed(self, result: Any, progress: dict[str, Any] | None = None) -> bool:
-        """Store the result of a running task and mark it SUCCEEDED."""
-        return self._transition(
-            {Status.RUNNING},
-            status=Status.SUCCEEDED,
-            result=result,
-            last_progress=progress,
-            error="",
-            finished_at=timezone.now(),
-        )
-
-    def fail(
-        self,
-        error: str,
-        traceback: str = "",
-        progress: dict[str, Any] | None = None,
-        *,
-        expected_heartbeat: Any = None,
-    ) -> bool:
-        """Mark a running task FAILED with a one-line error and its traceback."""
-        error = one_line(error)
-        return self._transition(
-            {Status.RUNNING},
-            _heartbeat=expected_heartbeat,
-            status=Status.FAILED,
-            history=[*self.history, self._event("failed", error)],
-            error=error,
-            traceback=traceback,
-            last_progress=progress,
-            finished_at=timezone.now(),
-        )
-
-    def cancel(self) -> bool:
-        """Cancel the task; False if it has already finished.
-
-        A queued or retrying task becomes CANCELLED at once and never runs. A running
-        fan-out task too: its queued subtasks are skipped and gather never runs. A
-        running plain task is asked to stop: it raises ``Cancelled`` at its next
-        ``progress()`` call (cooperative) and then becomes CANCELLED.
-        """
-        now = timezone.now()
-        if self._transition(CLAIMABLE_STATUSES, status=Status.CANCELLED, finished_at=now):
-            return True
-        if self.is_fanout and self._transition(
-            {Status.RUNNING}, status=Status.CANCELLED, finished_at=now, cancel_requested_at=now
-        ):
-            SubTask.objects.filter(parent=self, status__in=CLAIMABLE_STATUSES).update(
-                status=Status.CANCELLED
-            )
-            return True
-        updated = LongTask.objects.filter(
-            pk=self.pk, status=Status.RUNNING, cancel_requested_at__isnull=True
-        ).update(cancel_requested_at=now)
-        if updated:
-            self.cancel_requested_at = now
-        return bool(updated) or (
-            self.status == Status.RUNNING and self.cancel_requested_at is not None
-        )
-
-    def finish_cancelled(
-        self, progress: dict[str, Any] | None = None, *, expected_heartbeat: Any = None
-    ) -> bool:
-        """Record that a running task stopped because it was cancelled."""
-        return self._transition(
-            {Status.RUNNING},
-            _heartbeat=expected_heartbeat,
-            status=Status.CANCELLED,
-            last_progress=progress,
-            finished_at=timezone.now(),
-        )
 
     @property
     def cancelled(self) -> bool:
@@ -334,25 +244,8 @@ class LongTask(models.Model):
             .exists()
         )
 
-    def continue_later(self) -> bool:
-        """Hand a running iterative task back to the queue for its next batch."""
-        return self._transition(
-            {Status.RUNNING}, status=Status.QUEUED, attempts=0, heartbeat_at=timezone.now()
-        )
-
-    def requeue(self) -> bool:
-        """Put a failed or cancelled task back in the queue; its last error goes to history."""
-        return self._transition(
-            {Status.FAILED, Status.CANCELLED},
-            status=Status.QUEUED,
-            history=[*self.history, self._event("retried", self.error)],
-            error="",
-            traceback="",
-            finished_at=None,
-            fan_in_at=None,
-        )
-
-    def _event(self, event: str, error: str) -> dict[str, Any]:
+    def event(self, event: str, error: str) -> dict[str, Any]:
+        """One entry of ``history``."""
         return {
             "event": event,
             "attempt": self.attempts,

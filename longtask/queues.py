@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
+from django.conf import settings as django_settings
+
 from longtask.conf import settings
 from longtask.exceptions import LongTaskError
 
@@ -64,7 +66,7 @@ def parse_rate(text: str | float | int) -> float:
 @dataclass(frozen=True)
 class Queue:
     name: str
-    #: django-q2 cluster name; None is Q_CLUSTER's own.
+    #: django-q2 cluster name (Q_CLUSTER's own name for the default queue).
     cluster: str | None
     #: Jobs per second, or None for no rate limit.
     rate: float | None = None
@@ -91,7 +93,7 @@ def get(name: str | None) -> Queue:
         raise UnknownQueue(name)
     return Queue(
         name=name,
-        cluster=options.get("cluster") or None,
+        cluster=options.get("cluster") or default_cluster(),
         rate=_optional(options, "rate", parse_rate),
         burst=_optional(options, "burst", int),
         max_concurrency=_optional(options, "max_concurrency", int),
@@ -101,6 +103,15 @@ def get(name: str | None) -> Queue:
 def _optional(options: dict[str, Any], key: str, parse: Any) -> Any:
     value = options.get(key)
     return None if value in (None, "") else parse(value)
+
+
+def default_cluster() -> str:
+    """Q_CLUSTER's own cluster, by name.
+
+    Not None: django-q2 reads None as "this process's cluster", which in a worker of
+    another queue (Q_CLUSTER_NAME set) is that queue's cluster.
+    """
+    return str(getattr(django_settings, "Q_CLUSTER", {}).get("name", "default"))
 
 
 def get_or_default(name: str | None) -> Queue:

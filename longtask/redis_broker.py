@@ -16,7 +16,7 @@ from typing import Any
 import redis
 from django_q.brokers.redis_broker import Redis
 
-from longtask.q2 import delayed_key
+from longtask.dispatch import delayed_key
 
 logger = logging.getLogger("longtask")
 

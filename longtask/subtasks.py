@@ -29,6 +29,12 @@ class SubTask(models.Model):
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     #: The worker (LONGTASK_NODE, else host:pid) that claimed the latest attempt.
     worker = models.CharField(max_length=200, blank=True)
+    #: The fencing token of the chunk run that claimed it ("" while it waits).
+    token = models.CharField(max_length=16, blank=True, default="")
+    #: When its job is due: queued at, or the end of a retry delay. A RETRYING row is
+    #: not claimed before it, and the sweeper re-dispatches a row still waiting
+    #: STALE_AFTER past it with nothing ahead of it in its queue.
+    due_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
@@ -54,7 +60,21 @@ class SubTask(models.Model):
                 name="subtask_finish_seq_iff_finished",
             ),
         ]
-        indexes = [models.Index(fields=["parent", "status"], name="subtask_parent_status")]
+        indexes = [
+            models.Index(fields=["parent", "status"], name="subtask_parent_status"),
+            # The sweeper's two reads touch only waiting or running rows: partial indexes
+            # keep their cost independent of the finished rows piling up.
+            models.Index(
+                fields=["due_at"],
+                condition=Q(status__in=[Status.QUEUED, Status.RETRYING]),
+                name="subtask_waiting_due",
+            ),
+            models.Index(
+                fields=["heartbeat_at"],
+                condition=Q(status=Status.RUNNING),
+                name="subtask_running_heartbeat",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.parent_id}[{self.index}] ({self.status})"

@@ -153,7 +153,7 @@ def status_json(request: HttpRequest, task_id: UUID) -> JsonResponse:
 def cancel(request: HttpRequest, task_id: UUID) -> HttpResponse:
     """Cancel a task (its owner, staff, or anyone holding an anonymous task's URL)."""
     task = get_visible_task(request.user, task_id)
-    task.cancel()
+    api.cancel(task)
     return redirect_303(task.get_absolute_url())
 
 

@@ -13,7 +13,7 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
 
 import longtask
-from longtask.fanout import current_subtask
+from longtask import current_subtask
 from longtask.kinds import FanOutKind
 from longtask.models import LongTask, Status, SubTask
 

@@ -10,7 +10,7 @@ from django import forms
 from django.db.models import QuerySet
 
 import longtask
-from longtask.iterative import IterativeKind
+from longtask import IterativeKind
 from longtask.models import LongTask
 from quiltsite.models import Invoice
 

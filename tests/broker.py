@@ -87,7 +87,7 @@ def _loads(payload: Any) -> dict[str, Any]:
 
 def _redis_keys(cluster: str | None) -> list[tuple[str, str]]:
     """(list key, delayed key) of ``cluster``, or of every cluster holding jobs."""
-    from longtask.q2 import delayed_key
+    from longtask.dispatch import delayed_key
 
     if cluster is not None:
         key = _broker(cluster).list_key

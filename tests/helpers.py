@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -26,3 +26,12 @@ def drain_queue(limit: int = 100_000) -> int:
     from tests import broker
 
     return broker.drain_queue(limit)
+
+
+def claim(task: Any) -> Any:
+    """Claim ``task`` as a worker would; return the run (None if not claimable), task refreshed."""
+    from longtask.engine import states
+
+    claimed = states.claim(task.pk)
+    task.refresh_from_db()
+    return claimed[0] if claimed else None

@@ -7,10 +7,10 @@ from typing import Any
 
 from django import forms
 
+from longtask import current_subtask
 from longtask.exceptions import FatalError, RetryLater
-from longtask.fanout import current_subtask
 from longtask.kinds import FanOutKind, Kind
-from longtask.retry import RetryPolicy
+from longtask.retry_policy import RetryPolicy
 
 
 class CountForm(forms.Form):

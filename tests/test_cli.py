@@ -14,7 +14,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.utils import timezone
 
-from longtask import cli
+from longtask import api, cli
 from longtask.models import LongTask, Status, SubTask
 from tests import broker
 from tests import kinds as test_kinds
@@ -150,7 +150,7 @@ def test_start_wait_shows_retries_and_ends_with_the_final_outcome(monkeypatch):
 
 @pytest.mark.django_db(transaction=True)
 def test_start_wait_exits_1_when_the_task_is_cancelled(monkeypatch):
-    monkeypatch.setattr(cli, "pause", lambda seconds: LongTask.objects.get().cancel())
+    monkeypatch.setattr(cli, "pause", lambda seconds: api.cancel(LongTask.objects.get()))
     assert "cancelled" in fails("start", "test-count", "n=1", "--wait", returncode=1)
 
 

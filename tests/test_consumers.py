@@ -15,10 +15,11 @@ from django.utils import timezone
 
 import longtask
 from longtask import live, progress
+from longtask.engine import states
 from longtask.models import LongTask, SubTask
 from quiltsite.asgi import application
 from tests import broker
-from tests.helpers import drain_queue
+from tests.helpers import claim, drain_queue
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -103,7 +104,7 @@ def test_snapshot_progress_and_final_status_of_a_plain_task():
             "rate": 1.0,
         }
         await database_sync_to_async(progress.write_progress)(task.pk, record)
-        await database_sync_to_async(task.claim)()
+        run_ = await database_sync_to_async(claim)(task)
         frames = await frames_until(ws, lambda f: f["type"] == "status")
         assert frames[-1]["status"] == "RUNNING" and not frames[-1]["final"]
         shown = [f for f in frames if f["type"] == "progress"][-1]
@@ -115,7 +116,9 @@ def test_snapshot_progress_and_final_status_of_a_plain_task():
         }
         assert shown["eta_seconds"] in (14, 15)
 
-        await database_sync_to_async(task.succeed)({"rows": []}, {**record, "current": 20})
+        await database_sync_to_async(states.succeed)(
+            run_, {"rows": []}, {**record, "current": 20}
+        )
         frames = await frames_until(ws, final)
         assert frames[-1]["status"] == "SUCCEEDED"
         assert frames[-1]["document"]["result"] == {"rows": []}

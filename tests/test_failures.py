@@ -12,11 +12,13 @@ from django.test import override_settings
 from django.utils import timezone
 
 import longtask
-from longtask import recovery, runner
+from longtask import dispatch
+from longtask.engine import chunks, recovery, states
+from longtask.engine import run as runner
 from longtask.models import LongTask, Status, SubTask
-from longtask.retry import RetryPolicy
+from longtask.retry_policy import RetryPolicy
 from tests import broker
-from tests.helpers import drain_queue, wait_for
+from tests.helpers import claim, drain_queue, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -180,7 +182,7 @@ def test_cancel_a_running_task_stops_it_at_its_next_progress():
     worker.start()
     try:
         wait_for(lambda: LongTask.objects.get(pk=task.pk).status == Status.RUNNING, 10, "it to run")
-        assert LongTask.objects.get(pk=task.pk).cancel()
+        assert longtask.cancel(LongTask.objects.get(pk=task.pk))
     finally:
         worker.join(20)
     task.refresh_from_db()
@@ -195,14 +197,11 @@ def test_cancel_a_fan_out_mid_way_skips_the_rest_and_never_gathers():
     with override_settings(LONGTASK_SPLIT_BATCH=5):
         task = longtask.start("test-squares", {"n": 40})
         runner.run(str(task.pk))
-    from longtask import fanout
-
-    chunk = next(package for package, _ in broker.jobs() if package["func"] == fanout.CHUNK_JOB)
-
-    fanout.run_chunk(*chunk["args"])
+    chunk = next(package for package, _ in broker.jobs() if package["func"] == dispatch.CHUNK_JOB)
+    chunks.run_chunk(*chunk["args"])
     task.refresh_from_db()
     assert 0 < task.subtasks_done < 40
-    assert task.cancel()
+    assert longtask.cancel(task)
     task.refresh_from_db()
     assert task.status == Status.CANCELLED
     drain_queue()
@@ -221,7 +220,7 @@ def stale(minutes: int = 5) -> datetime.datetime:
 def test_sweep_requeues_a_task_whose_worker_died_counting_the_attempt():
     task = longtask.start("test-flaky", {"fail_times": 0})
     broker.clear()
-    task.claim()  # then the worker "dies"
+    claim(task)  # then the worker "dies"
     LongTask.objects.filter(pk=task.pk).update(heartbeat_at=stale())
     assert recovery.sweep()["tasks"] == 1
     task.refresh_from_db()
@@ -240,10 +239,10 @@ def test_sweep_requeues_a_waiting_task_whose_job_died_with_a_cluster():
     broker.clear()  # ...and then lost with a killed cluster
     task.refresh_from_db()
     assert task.status == Status.RETRYING
-    assert recovery.sweep()["requeued"] == 0  # not quiet for long enough yet
-    LongTask.objects.filter(pk=task.pk).update(heartbeat_at=stale(), next_attempt_at=stale())
+    assert recovery.sweep()["requeued"] == 0  # not due for long enough yet
+    LongTask.objects.filter(pk=task.pk).update(due_at=stale(), next_attempt_at=stale())
     assert recovery.sweep()["requeued"] == 1
-    assert recovery.sweep()["requeued"] == 0  # once per quiet period
+    assert recovery.sweep()["requeued"] == 0  # once per due time
     drain_queue()
     task.refresh_from_db()
     assert task.status == Status.SUCCEEDED and task.attempts == 2
@@ -251,13 +250,12 @@ def test_sweep_requeues_a_waiting_task_whose_job_died_with_a_cluster():
 
 def test_sweep_leaves_beating_tasks_alone():
     task = longtask.start("test-count", {"n": 1})
-    task.claim()
+    claim(task)
     assert recovery.sweep() == {
         "tasks": 0,
-        "requeued": 0,
-        "unstarted": 0,
         "subtasks": 0,
-        "stalled": 0,
+        "requeued": 0,
+        "subtasks_requeued": 0,
         "fan_ins": 0,
     }
     task.refresh_from_db()
@@ -271,9 +269,7 @@ def test_sweep_requeues_lost_subtasks_and_the_quilt_completes_once():
     task = longtask.start("test-squares", {"n": 12})
     runner.run(str(task.pk))
     # A worker claims every subtask, then dies without recording anything.
-    from longtask import fanout
-
-    fanout.claim(str(task.pk), 0, 11, None)
+    states.claim_subtasks(str(task.pk), 0, 11, None)
     broker.clear()  # and its jobs are gone with it
     SubTask.objects.filter(parent=task).update(heartbeat_at=stale())
     assert recovery.sweep()["subtasks"] == 12
@@ -289,10 +285,10 @@ def test_sweep_requeues_queued_subtasks_whose_jobs_were_lost():
     task = longtask.start("test-squares", {"n": 9})
     runner.run(str(task.pk))
     broker.clear()  # a dead cluster had taken every chunk job with it
-    assert recovery.sweep()["stalled"] == 0  # not quiet long enough yet
-    LongTask.objects.filter(pk=task.pk).update(heartbeat_at=stale())
-    assert recovery.sweep()["stalled"] == 9
-    assert recovery.sweep()["stalled"] == 0  # once per quiet period
+    assert recovery.sweep()["subtasks_requeued"] == 0  # not waiting long enough yet
+    SubTask.objects.filter(parent=task).update(due_at=stale())
+    assert recovery.sweep()["subtasks_requeued"] == 9
+    assert recovery.sweep()["subtasks_requeued"] == 0  # once per due time
     drain_queue()
     task.refresh_from_db()
     assert task.status == Status.SUCCEEDED and task.subtasks_done == 9
@@ -304,11 +300,14 @@ def test_sweep_finishes_a_fan_in_nobody_ran():
     drain_queue()
     task.refresh_from_db()
     assert task.status == Status.SUCCEEDED
-    # A parent left RUNNING with every subtask done (its gatherer died mid-gather).
+    # A parent left RUNNING with every subtask done: the recorder of the last one died
+    # before queueing the gather.
     LongTask.objects.filter(pk=task.pk).update(
-        status=Status.RUNNING, result=None, finished_at=None, fan_in_at=stale()
+        status=Status.RUNNING, result=None, finished_at=None, fan_in_at=None, token=""
     )
     assert recovery.sweep()["fan_ins"] == 1
+    assert LongTask.objects.get(pk=task.pk).status == Status.QUEUED  # the sweeper never gathers
+    drain_queue()
     task.refresh_from_db()
     assert task.status == Status.SUCCEEDED and task.result == [0, 1, 4]
 

@@ -7,13 +7,15 @@ from django.db import close_old_connections
 from django.test import override_settings
 
 import longtask
-from longtask import fanout, runner
-from longtask.fanout import Outcome, record, try_fan_in
+from longtask import dispatch
+from longtask.engine import chunks, enqueue, split, states
+from longtask.engine import run as runner
+from longtask.engine.states import Outcome, record
 from longtask.kinds import registry
 from longtask.models import LongTask, Status, SubTask
 from tests import broker
 from tests import kinds as test_kinds
-from tests.helpers import drain_queue
+from tests.helpers import claim, drain_queue
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -50,12 +52,13 @@ def test_zero_subtasks_complete_at_once():
 
 def test_gather_order_is_index_order_whatever_the_finishing_order():
     task = longtask.start("test-squares", {"n": 6})
-    task.claim()
+    run = claim(task)
     with override_settings(LONGTASK_SPLIT_BATCH=100):
-        fanout.split(task, registry.get("test-squares"))
+        split.split(run, task, registry.get("test-squares"))
     broker.clear()
     for index in reversed(range(6)):  # finish last-first
-        fanout.run_chunk(str(task.pk), index, index)
+        chunks.run_chunk(str(task.pk), index, index)
+    drain_queue()  # the gather step
     task.refresh_from_db()
     assert task.result == [0, 1, 4, 9, 16, 25]
     finishing = SubTask.objects.filter(parent=task).order_by("finish_seq")
@@ -63,7 +66,8 @@ def test_gather_order_is_index_order_whatever_the_finishing_order():
 
 
 def running_subtasks(task: LongTask, n: int) -> None:
-    LongTask.objects.filter(pk=task.pk).update(subtasks_total=n, split_done=True)
+    # As a split leaves it: done, and the parent let go by the split's run.
+    LongTask.objects.filter(pk=task.pk).update(subtasks_total=n, split_done=True, token="")
     SubTask.objects.bulk_create(
         SubTask(parent=task, index=i, parameters={}, status=Status.RUNNING, attempts=1)
         for i in range(n)
@@ -77,7 +81,7 @@ def outcome(task: LongTask, index: int, value: int = 0) -> Outcome:
 
 def test_the_same_subtask_recorded_twice_counts_once():
     task = longtask.start("test-squares", {"n": 3})
-    task.claim()
+    claim(task)
     running_subtasks(task, 3)
     kind = registry.get("test-squares")
     record(str(task.pk), kind, [outcome(task, 0, 7)])
@@ -92,7 +96,7 @@ def test_two_threads_racing_on_the_last_subtasks_gather_once():
     for attempt in range(10):
         test_kinds.GATHERED.clear()
         task = longtask.start("test-squares", {"n": 2})
-        task.claim()
+        claim(task)
         running_subtasks(task, 2)
         kind = registry.get("test-squares")
         barrier = threading.Barrier(2)
@@ -103,7 +107,7 @@ def test_two_threads_racing_on_the_last_subtasks_gather_once():
                 barrier.wait()
                 # Each thread records a different subtask and the same one, then fans in.
                 record(str(task.pk), kind, [outcome(task, index, index), outcome(task, 0, 0)])
-                try_fan_in(str(task.pk))
+                states.start_fan_in(str(task.pk))
             except Exception as exc:  # pragma: no cover - reported below
                 errors.append(exc)
             finally:
@@ -115,6 +119,7 @@ def test_two_threads_racing_on_the_last_subtasks_gather_once():
         for thread in threads:
             thread.join(30)
         assert not errors, errors
+        drain_queue()
         task.refresh_from_db()
         assert task.status == Status.SUCCEEDED, attempt
         assert task.subtasks_done == 2
@@ -132,9 +137,9 @@ def test_subtasks_finishing_before_the_split_ends_complete_exactly_once():
 
     kind = DrainingSquares()
     task = longtask.start("test-squares", {"n": 7})
-    task.claim()
+    run = claim(task)
     with override_settings(LONGTASK_SPLIT_BATCH=2):
-        fanout.split(task, kind)
+        split.split(run, task, kind)
     drain_queue()
     task.refresh_from_db()
     assert task.status == Status.SUCCEEDED
@@ -176,43 +181,44 @@ def test_a_subtask_failing_twice_then_succeeding():
 def test_chunk_size_follows_observed_duration_and_overrides():
     kind = registry.get("test-squares")
     task = longtask.start("test-squares", {"n": 1})
-    assert fanout.chunk_size(kind, task, 10_000) is None  # nothing observed yet
+    assert enqueue.chunk_size(kind, task, 10_000) is None  # nothing observed yet
     # A slow start: chunks double from the initial size up to the cap.
-    sizes = [end - start for start, end in fanout.chunk_bounds(kind, task, 0, 1000)]
+    sizes = [end - start for start, end in enqueue.chunk_bounds(kind, task, 0, 1000)]
     assert sizes == [8, 16, 32, 64, 128, 250, 250, 250, 2]
     LongTask.objects.filter(pk=task.pk).update(
         subtasks_total=100, subtasks_done=100, subtask_seconds=1.0
     )
-    assert fanout.chunk_size(kind, task, 10_000) == 100  # 10 ms each: 1 s per chunk
+    assert enqueue.chunk_size(kind, task, 10_000) == 100  # 10 ms each: 1 s per chunk
     LongTask.objects.filter(pk=task.pk).update(subtask_seconds=0.0001)
-    assert fanout.chunk_size(kind, task, 10_000) == 500  # capped
-    assert fanout.chunk_size(kind, task, 40) == 10  # leaves work for every worker
+    assert enqueue.chunk_size(kind, task, 10_000) == 500  # capped
+    assert enqueue.chunk_size(kind, task, 40) == 10  # leaves work for every worker
     LongTask.objects.filter(pk=task.pk).update(subtask_seconds=500.0)
-    assert fanout.chunk_size(kind, task, 10_000) == 1
+    assert enqueue.chunk_size(kind, task, 10_000) == 1
 
     class Fixed(test_kinds.Squares):
         chunk_size = 7
 
-    assert fanout.chunk_size(Fixed(), task, 10_000) == 7
+    assert enqueue.chunk_size(Fixed(), task, 10_000) == 7
 
 
 def test_chunks_are_enqueued_in_bulk(django_assert_max_num_queries):
     task = longtask.start("test-squares", {"n": 3000})
-    task.claim()
+    run = claim(task)
     with django_assert_max_num_queries(40):
-        fanout.split(task, registry.get("test-squares"))
+        split.split(run, task, registry.get("test-squares"))
     chunk_jobs = broker.count() - 1  # the parent's own job is still on the queue
     assert chunk_jobs == 3 * 9  # three batches of 1000, slow-started (see above)
 
 
 def test_split_resumes_after_a_crash_without_duplicates():
     task = longtask.start("test-squares", {"n": 10})
-    task.claim()
+    run = claim(task)
     kind = registry.get("test-squares")
     with override_settings(LONGTASK_SPLIT_BATCH=4):
-        fanout._save_batch(task, kind, [{"i": i, "fail": False, "flaky": 0} for i in range(4)])
+        batch = [{"i": i, "fail": False, "flaky": 0} for i in range(4)]
+        states.save_split_batch(run, task, kind, batch)
         task.refresh_from_db()
-        fanout.split(task, kind)  # a re-run skips the 4 saved ones
+        split.split(run, task, kind)  # a re-run skips the 4 saved ones
     drain_queue()
     task.refresh_from_db()
     assert task.status == Status.SUCCEEDED
@@ -260,8 +266,8 @@ def test_quilt_end_to_end_in_process(client):
 def test_quilt_page_shows_squares_done_so_far(client):
     task = longtask.start("quilt", {"rows": 10, "cols": 10})
     runner.run(str(task.pk))
-    args = next(job["args"] for job, _ in broker.jobs() if job["func"] == fanout.CHUNK_JOB)
-    fanout.run_chunk(*args)
+    args = next(job["args"] for job, _ in broker.jobs() if job["func"] == dispatch.CHUNK_JOB)
+    chunks.run_chunk(*args)
     html = client.get(f"/tasks/{task.pk}/").content.decode()
     done = args[2] - args[1] + 1
     assert html.count('<i style="background:#') == done

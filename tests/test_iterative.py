@@ -8,12 +8,12 @@ import pytest
 from django.db import close_old_connections
 
 import longtask
-from longtask import runner
+from longtask.engine import run as runner
 from longtask.models import LongTask, Status
 from quiltsite.models import Invoice
 from quiltsite.recount import Recount
 from tests import broker
-from tests.helpers import drain_queue, wait_for
+from tests.helpers import claim, drain_queue, wait_for
 from tests.processes import group_alive, qcluster
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -70,11 +70,11 @@ def test_recount_resumes_from_the_cursor_after_a_lost_batch(monkeypatch):
     task.refresh_from_db()
     assert task.rows_done == 100 and task.status == Status.QUEUED
     # A worker claims batch 2 and dies without committing it.
-    task.claim()
+    claim(task)
     LongTask.objects.filter(pk=task.pk).update(
         heartbeat_at=task.heartbeat_at - datetime.timedelta(minutes=10)
     )
-    from longtask.recovery import sweep
+    from longtask.engine.recovery import sweep
 
     broker.clear()
     assert sweep()["tasks"] == 1

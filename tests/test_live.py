@@ -91,7 +91,8 @@ def test_coalesce_batches_events_keeps_the_last_progress_and_status_order():
 
 @pytest.mark.django_db
 def test_a_tick_costs_one_query_when_nothing_finished(django_assert_num_queries):
-    from longtask import fanout, runner
+    from longtask.engine import chunks as fanout
+    from longtask.engine import run as runner
 
     task = longtask.start("quilt", {"rows": 2, "cols": 2, "work_ms": 0})
     runner.run(str(task.pk))  # the split only: the parent stays RUNNING

@@ -11,7 +11,8 @@ from django.test import override_settings
 from django.utils import timezone
 
 import longtask
-from longtask import queues, runner
+from longtask import queues
+from longtask.engine import run as runner
 from longtask.models import LongTask, Status, SubTask
 from longtask.queues import Queue, UnknownQueue, parse_rate
 from tests.helpers import wait_for

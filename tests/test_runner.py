@@ -4,7 +4,8 @@ import pytest
 from django.db import transaction
 
 import longtask
-from longtask import progress, runner
+from longtask import progress
+from longtask.engine import run as runner
 from longtask.exceptions import InvalidParameters, UnknownKind
 from longtask.models import LongTask, Status
 from quiltsite.models import Invoice
@@ -18,12 +19,13 @@ def _empty_queues():
     yield from broker.emptied()
 
 
-def test_start_validates_saves_and_queues_on_commit(
+def test_start_validates_saves_and_queues_with_the_row(
     test_kinds_registered, django_capture_on_commit_callbacks
 ):
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
         task = longtask.start("test-count", {"n": "3"})
-    assert len(callbacks) == 1
+    # The ORM broker's job is written in the row's transaction; Redis's is pushed on commit.
+    assert len(callbacks) == (0 if broker.on_orm() else 1)
     assert task.status == Status.QUEUED and task.queue == "default"
     assert task.parameters == {"n": 3, "message": ""}
     assert broker.count() == 1
@@ -81,7 +83,7 @@ def test_duplicate_delivery_runs_nothing_twice(test_kinds_registered):
 
 def test_cancelled_task_never_runs(test_kinds_registered):
     task = longtask.start("test-count", {"n": 1})
-    assert task.cancel()
+    assert longtask.cancel(task)
     runner.run(str(task.pk))
     task.refresh_from_db()
     assert task.status == Status.CANCELLED and task.attempts == 0

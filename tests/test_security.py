@@ -20,10 +20,11 @@ from django.core.management.base import CommandError
 from django.utils import timezone
 
 import longtask
-from longtask import progress, runner
+from longtask import progress
+from longtask.engine import run as runner
 from longtask.kinds import FanOutKind, Kind, registry
 from longtask.models import LongTask, Status, SubTask
-from longtask.retry import RetryPolicy
+from longtask.retry_policy import RetryPolicy
 from quiltsite.asgi import application
 from tests.kinds import CountForm
 from tests.processes import ROOT

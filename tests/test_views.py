@@ -7,8 +7,10 @@ from django.urls import reverse
 from django.utils import timezone
 
 import longtask
-from longtask import progress, runner
+from longtask import progress
+from longtask.engine import run as runner
 from longtask.models import LongTask
+from tests.helpers import claim
 
 pytestmark = pytest.mark.django_db
 
@@ -93,7 +95,7 @@ def test_queued_page_refreshes_without_javascript(client):
 
 def test_running_page_shows_bar_message_elapsed_and_eta(client):
     task = longtask.start("report", {"month": "2026-10"})
-    task.claim()
+    claim(task)
     progress.write_progress(
         task.pk,
         {
@@ -152,7 +154,7 @@ def test_failed_page_shows_error_and_traceback_to_staff_only(client, staff, test
 
 def test_cancelled_page(client):
     task = longtask.start("report", {"month": "2026-10"})
-    task.cancel()
+    longtask.cancel(task)
     assert "cancelled" in client.get(status_url(task)).content.decode()
 
 
@@ -205,7 +207,7 @@ def test_status_survives_a_lost_cache(client):
     from django.core.cache import cache
 
     task = longtask.start("report", {"month": "2026-10"})
-    task.claim()
+    claim(task)
     cache.clear()
     assert client.get(status_url(task)).status_code == 200
     assert client.get(json_url(task)).json()["progress"]["percent"] is None

@@ -345,7 +345,7 @@ class Command(BaseCommand):
 
     def handle_cancel(self, *, ident: str, **options: Any) -> None:
         task = cli.find_task(ident)
-        cancelled = task.cancel()
+        cancelled = api.cancel(task)
         if cancelled:
             logger.info("LongTask id=%s cancel requested (command line)", task.pk)
         task.refresh_from_db(fields=["status"])

@@ -1,7 +1,7 @@
 """Run a django-q2 cluster for one longtask queue so that stopping it cannot hang.
 
 Beside the cluster it sweeps every LONGTASK_SWEEP_INTERVAL seconds for work whose
-worker died (``longtask.recovery``).
+worker died (``longtask.engine.recovery``).
 
 A signal sent to qcluster's whole process group (what a terminal's Ctrl-C and
 honcho's stop both do) has been seen to hang it, while SIGTERM to its main PID
@@ -57,7 +57,7 @@ class Command(BaseCommand):
         # Housekeeping beside the cluster: re-queue work whose worker died.
         from django.db import close_old_connections
 
-        from longtask.recovery import sweep
+        from longtask.engine.recovery import sweep
 
         try:
             sweep()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 from collections.abc import Callable
 from types import TracebackType
@@ -58,7 +60,4 @@ class Heartbeat:
 
 def node_name() -> str:
     """This worker's name in the ``worker`` columns: LONGTASK_NODE, else host:pid."""
-    import os
-    import socket
-
     return settings.NODE or f"{socket.gethostname()}:{os.getpid()}"

@@ -1,0 +1,98 @@
+"""The engine's jobs: a task's run, and chunks of a fan-out's subtasks, sized to their work."""
+
+from __future__ import annotations
+
+import datetime
+import math
+
+from longtask import dispatch, queues
+from longtask.conf import settings
+from longtask.kinds import FanOutKind, registry
+from longtask.models import LongTask
+
+#: Chunk size used before any subtask duration has been observed.
+INITIAL_CHUNK_SIZE = 8
+
+
+def task_job(task: LongTask, eta: datetime.datetime | None = None) -> None:
+    """Queue the job that runs ``task`` (call inside the transaction that asked for it)."""
+    kind = registry.find(task.kind)
+    dispatch.enqueue_many(
+        dispatch.RUN_JOB,
+        [(str(task.pk),)],
+        name=f"longtask-{task.pk}",
+        cluster=queues.cluster_for(task.queue),
+        eta=eta,
+        timeout=kind.time_limit if kind else None,
+    )
+
+
+def subtask_cluster(kind: FanOutKind) -> str | None:
+    """The django-q2 cluster that runs ``kind``'s subtasks."""
+    return queues.cluster_for(kind.subtask_queue_name())
+
+
+def chunk_ranges(task: LongTask, kind: FanOutKind, first: int, count: int) -> None:
+    """Queue chunk jobs for the subtasks [first, first + count) just saved."""
+    jobs = [(str(task.pk), start, end - 1) for start, end in chunk_bounds(kind, task, first, count)]
+    dispatch.enqueue_many(dispatch.CHUNK_JOB, jobs, cluster=subtask_cluster(kind))
+
+
+def chunk_indexes(task: LongTask, indexes: list[int], eta: datetime.datetime | None = None) -> None:
+    """Queue chunk jobs for the given subtask indexes."""
+    if not indexes:
+        return
+    kind = registry.get(task.kind)
+    assert isinstance(kind, FanOutKind)
+    size = max(1, min(settings.MAX_CHUNK_SIZE // 5, _rate_cap(kind) or settings.MAX_CHUNK_SIZE))
+    jobs = [(str(task.pk), 0, 0, indexes[i : i + size]) for i in range(0, len(indexes), size)]
+    dispatch.enqueue_many(dispatch.CHUNK_JOB, jobs, cluster=subtask_cluster(kind), eta=eta)
+
+
+def chunk_size(kind: FanOutKind, task: LongTask, batch_len: int) -> int | None:
+    """Subtasks per job: the kind's choice, else aim at CHUNK_TARGET_SECONDS per job.
+
+    None means no subtask has finished yet, so there is nothing to aim by.
+    """
+    if kind.chunk_size:
+        return kind.chunk_size
+    observed = (
+        LongTask.objects.filter(pk=task.pk).values_list("subtask_seconds", "subtasks_done").first()
+    )
+    if not (observed and observed[1]):
+        return None
+    mean = max(observed[0] / observed[1], 1e-6)
+    return max(1, min(int(settings.CHUNK_TARGET_SECONDS / mean), _cap(batch_len, kind)))
+
+
+def _rate_cap(kind: FanOutKind) -> int | None:
+    """Under a rate limit, a chunk holds about CHUNK_TARGET_SECONDS of the queue's rate."""
+    rate = queues.get_or_default(kind.subtask_queue_name()).rate
+    return max(1, math.ceil(rate * settings.CHUNK_TARGET_SECONDS)) if rate else None
+
+
+def _cap(batch_len: int, kind: FanOutKind) -> int:
+    # Leave work for every worker, whatever the estimate says.
+    spread = math.ceil(batch_len / (2 * max(1, settings.SUBTASK_PARALLELISM)))
+    return max(1, min(settings.MAX_CHUNK_SIZE, spread, _rate_cap(kind) or spread))
+
+
+def chunk_bounds(
+    kind: FanOutKind, task: LongTask, first: int, batch_len: int
+) -> list[tuple[int, int]]:
+    """Split a batch into [start, end) chunks.
+
+    Before any duration is known the chunks grow from INITIAL_CHUNK_SIZE by doubling
+    (a slow start): slow subtasks get small first chunks, quick ones soon big ones.
+    """
+    size = chunk_size(kind, task, batch_len)
+    growing = size is None
+    size = size or INITIAL_CHUNK_SIZE
+    bounds, start, end_of_batch = [], first, first + batch_len
+    while start < end_of_batch:
+        end = min(start + size, end_of_batch)
+        bounds.append((start, end))
+        start = end
+        if growing:
+            size = min(size * 2, _cap(batch_len, kind))
+    return bounds

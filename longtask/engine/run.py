@@ -1,0 +1,216 @@
+"""Running a task in a worker: claim, run the kind (or a fan-out's split or gather), record.
+
+Every write of the run is fenced by the token its claim got (``states.Run``).
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import traceback
+from collections.abc import Iterator
+from typing import Any
+
+from django.utils import timezone
+from django_q.exceptions import TimeoutException
+
+from longtask import queues
+from longtask.conf import settings
+from longtask.engine import iterative, split, states
+from longtask.engine.heartbeat import Heartbeat
+from longtask.engine.values import result_to_json
+from longtask.exceptions import Cancelled, FatalError, RetryLater, TimeLimitExceeded
+from longtask.kinds import FanOutKind, IterativeKind, Kind, registry
+from longtask.models import LongTask, SubTask
+
+logger = logging.getLogger("longtask")
+
+
+def run(task_id: str) -> None:
+    """Run the task once if it can be claimed; a duplicate delivery does nothing."""
+    task = LongTask.objects.filter(pk=task_id).first()
+    if task is None:
+        logger.warning("LongTask id=%s not found; skipping", task_id)
+        return
+    queue = queues.get_or_default(task.queue)
+    slot = _pass_limits(task, queue)
+    if slot is None:
+        return
+    try:
+        _claim_and_run(task_id, queue, slot)
+    finally:
+        queues.release_slot(queue, slot)
+
+
+def _pass_limits(task: LongTask, queue: queues.Queue) -> str | None:
+    """Take a concurrency slot and a rate token of ``queue`` for this run.
+
+    Returns the slot's lease token ("" when the queue has no concurrency limit), or
+    None when the run must not happen now: the job was then put back on the broker,
+    delayed until the limit should allow it (the task stays QUEUED; no attempt counts).
+    """
+    if queue.rate is None and queue.max_concurrency is None:
+        return ""
+    if not task.claimable_now():
+        return ""  # a duplicate delivery: the claim will refuse it without using the limits
+    slot = queues.acquire_slot_waiting(queue, settings.LIMIT_WAIT)
+    if slot is None:
+        states.defer(task, timezone.now() + datetime.timedelta(seconds=settings.LIMIT_WAIT))
+        logger.info("LongTask id=%s queue=%s at max_concurrency; deferred", task.pk, queue.name)
+        return None
+    wait = queues.wait_for_token(queue, settings.LIMIT_WAIT)
+    if wait:
+        queues.release_slot(queue, slot)
+        states.defer(task, timezone.now() + datetime.timedelta(seconds=wait))
+        logger.info(
+            "LongTask id=%s queue=%s rate-limited; deferred %.1fs", task.pk, queue.name, wait
+        )
+        return None
+    return slot
+
+
+def _claim_and_run(task_id: str, queue: queues.Queue, slot: str) -> None:
+    claimed = states.claim(task_id)
+    if claimed is None:
+        logger.info("LongTask id=%s not claimable; skipping", task_id)
+        return
+    run_, task = claimed
+    logger.info(
+        "LongTask id=%s kind=%s status=RUNNING attempt=%s", task.pk, task.kind, task.attempts
+    )
+    kind = registry.find(task.kind)
+    if kind is None:
+        states.fail(run_, task, f"unknown task kind {task.kind!r}", "", None)
+        return
+
+    def beat() -> bool:
+        queues.renew_slot(queue, slot)
+        return states.beat(run_)
+
+    with Heartbeat(beat) as heartbeat:
+        task.__dict__["_cancel_event"] = heartbeat.stopped
+        try:
+            with _time_limit(run_, task, kind):
+                result = _run_kind(run_, task, kind)
+        except iterative.BatchTaken:
+            logger.warning("LongTask id=%s lost its run (token %s); stopping", task.pk, run_.token)
+            return
+        except Cancelled:
+            states.finish_cancelled(run_, task.progress_reporter.flush())
+            logger.info("LongTask id=%s kind=%s status=CANCELLED", task.pk, task.kind)
+            return
+        except Exception as exc:
+            handle_failure(run_, task, kind, exc, traceback.format_exc())
+            return
+    if result is _NOTHING:
+        return
+    if states.succeed(run_, result, _progress_of(task, kind)):
+        after = " after fan-in" if task.fan_in_at is not None else ""
+        logger.info("LongTask id=%s kind=%s status=SUCCEEDED%s", task.pk, task.kind, after)
+
+
+_NOTHING = object()
+
+
+def _run_kind(run_: states.Run, task: LongTask, kind: Kind) -> Any:
+    """Run one step of the task; return its result, or _NOTHING when it does not end here."""
+    if isinstance(kind, FanOutKind):
+        if task.fan_in_at is None:
+            # The parent's job splits; the last subtask's recorder queues the gather.
+            split.split(run_, task, kind)
+            return _NOTHING
+        results = Results(task.pk, task.subtasks_total)
+        return result_to_json(kind.gather(task, results))
+    if isinstance(kind, IterativeKind):
+        finished, result = iterative.run_batch(run_, task, kind)
+        if not finished:
+            states.continue_later(run_, task)
+            return _NOTHING
+        return result_to_json(result)
+    return result_to_json(kind.run(task, task.parameters))
+
+
+class _time_limit:
+    """Count a run stopped at its time limit (django-q2 raises a SystemExit) as a failed attempt.
+
+    The exception is re-raised, so that django-q2 replaces the worker process as it
+    does after a timeout.
+    """
+
+    def __init__(self, run_: states.Run, task: LongTask, kind: Kind) -> None:
+        self.run, self.task, self.kind = run_, task, kind
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        if isinstance(exc, TimeoutException):
+            limit = self.kind.time_limit or "the cluster's timeout"
+            error = TimeLimitExceeded(f"the run took longer than its time limit of {limit}s")
+            handle_failure(self.run, self.task, self.kind, error, "")
+        return False
+
+
+class Results:
+    """A fan-out's subtask results in index order, read in pages rather than all at once."""
+
+    def __init__(self, parent_id: Any, total: int) -> None:
+        self.parent_id = parent_id
+        self.total = total
+
+    def __len__(self) -> int:
+        return self.total
+
+    def __iter__(self) -> Iterator[Any]:
+        rows = (
+            SubTask.objects.filter(parent_id=self.parent_id)
+            .order_by("index")
+            .values_list("result", flat=True)
+        )
+        return rows.iterator(chunk_size=2000)
+
+
+def _progress_of(task: LongTask, kind: Kind | None) -> dict[str, Any] | None:
+    if isinstance(kind, FanOutKind):
+        task.refresh_from_db()
+        return task.fanout_progress()
+    if "_progress_reporter" in task.__dict__:  # this process ran it: flush the last value
+        return task.progress_reporter.flush()
+    return task.progress_record()  # recovering another worker's task: what it last wrote
+
+
+def is_fatal(kind: Kind, exc: BaseException) -> bool:
+    """Say whether a failure may not be retried (FatalError or one of the kind's fatal ones)."""
+    return isinstance(exc, (FatalError, *kind.fatal_exceptions))
+
+
+def retry_delay(exc: BaseException) -> float | None:
+    """The delay a failure asked for with RetryLater, if any."""
+    return exc.delay if isinstance(exc, RetryLater) else None
+
+
+def handle_failure(
+    run_: states.Run, task: LongTask, kind: Kind, exc: BaseException, tb: str
+) -> None:
+    """Fail the task for good or schedule its next attempt under the kind's retry policy."""
+    error = f"{type(exc).__name__}: {exc}"
+    if isinstance(kind, FanOutKind) and task.fan_in_at is not None:
+        error = f"gather: {error}"
+    policy = kind.retry_policy()
+    age = (timezone.now() - task.created_at).total_seconds()
+    if not is_fatal(kind, exc) and not policy.gives_up(task.attempts, age):
+        delay = retry_delay(exc)
+        delay = policy.delay(task.attempts) if delay is None else delay
+        next_at = timezone.now() + datetime.timedelta(seconds=delay)
+        if states.schedule_retry(run_, task, error, tb, next_at, _progress_of(task, kind)):
+            logger.warning(
+                "LongTask id=%s kind=%s status=RETRYING attempt=%s delay=%.1fs error=%s",
+                task.pk,
+                task.kind,
+                task.attempts,
+                delay,
+                error,
+            )
+        return
+    if states.fail(run_, task, error, tb, _progress_of(task, kind)):
+        logger.error("LongTask id=%s kind=%s status=FAILED error=%s", task.pk, task.kind, error)

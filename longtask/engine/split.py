@@ -1,0 +1,49 @@
+"""A fan-out's split: save its subtasks in batches and queue their chunks, resumably."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.db import transaction
+
+from longtask.conf import settings
+from longtask.engine import enqueue, states
+from longtask.engine.values import to_json
+from longtask.kinds import FanOutKind
+from longtask.models import LongTask, SubTask
+
+logger = logging.getLogger("longtask")
+
+
+def split(run: states.Run, task: LongTask, kind: FanOutKind) -> None:
+    """Create and queue the subtasks of ``task``; resumable after a crash, a cancel or a failure.
+
+    Rows saved by an earlier attempt are kept; those still waiting are queued again
+    first (their jobs may be gone), then the split goes on from where it stopped.
+    """
+    already = task.subtasks_total
+    if already:
+        with transaction.atomic():
+            if not states.holds(run):
+                return
+            waiting = list(
+                SubTask.objects.filter(parent_id=task.pk, status__in=states.CLAIMABLE)
+                .order_by("index")
+                .values_list("index", flat=True)
+            )
+            enqueue.chunk_indexes(task, waiting)
+    if not task.split_done:
+        batch: list[dict[str, Any]] = []
+        for position, params in enumerate(kind.split(task.parameters)):
+            if position < already:
+                continue
+            batch.append(to_json(params))
+            if len(batch) >= settings.SPLIT_BATCH:
+                if not states.save_split_batch(run, task, kind, batch):
+                    return
+                batch = []
+        if batch and not states.save_split_batch(run, task, kind, batch):
+            return
+    if states.finish_split(run, task):
+        logger.info("LongTask id=%s split into %s subtasks", task.pk, task.subtasks_total)
