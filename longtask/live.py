@@ -56,6 +56,9 @@ class State:
     eta_seconds: int | None
     #: (finish_seq, subtask event), in finishing order.
     events: list[tuple[int, Frame]] = field(default_factory=list)
+    #: The cursor these events bring a reader to: the last one's place, or the task's
+    #: cursor when they are all there is (a retry frees places, so a gap is no event).
+    events_upto: int = 0
     document: dict[str, Any] | None = None
 
 
@@ -121,6 +124,8 @@ def read_tick(task_id: UUID, low: int, known: set[str]) -> State | None:
     state = _state(task, with_document=task.is_finished or known != {task.status})
     if task.subtask_cursor > low:
         state.events = _read_events(task_id, low, task.subtask_cursor, MAX_SUBTASKS_PER_TICK)
+    full = len(state.events) == MAX_SUBTASKS_PER_TICK
+    state.events_upto = state.events[-1][0] if full else task.subtask_cursor
     return state
 
 
@@ -249,8 +254,8 @@ class Watcher:
             subscriber.closed = True
             return
         events = [event for seq, event in state.events if seq > subscriber.cursor]
+        subscriber.cursor = max(subscriber.cursor, state.events_upto, *(s for s, _ in state.events))
         if events:
-            subscriber.cursor = max(seq for seq, _ in state.events)
             subscriber.queue.put_nowait(subtasks_frame(events, subscriber.cursor))
         shown = (state.progress, state.eta_seconds)
         if shown != subscriber.progress:
