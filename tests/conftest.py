@@ -20,6 +20,7 @@ TEST_KINDS = [
     test_kinds.Flaky,
     test_kinds.Loop,
     test_kinds.Sleepy,
+    test_kinds.TimeLimited,
 ]
 
 
