@@ -20,7 +20,6 @@ TEST_KINDS = [
     test_kinds.Flaky,
     test_kinds.Loop,
     test_kinds.Sleepy,
-    test_kinds.TimeLimited,
 ]
 
 

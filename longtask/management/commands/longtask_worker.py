@@ -143,9 +143,7 @@ def cluster_status(cluster: str | None, main_pid: int) -> ClusterStatus | None:
             roles = dict.fromkeys(stat.workers, "worker")
             roles.update({stat.monitor: "monitor", stat.pusher: "pusher"})
             roles[stat.sentinel] = "sentinel"
-            return ClusterStatus(
-                tuple(stat.workers), stat.task_q_size, roles, stat.reincarnations
-            )
+            return ClusterStatus(tuple(stat.workers), stat.task_q_size, roles, stat.reincarnations)
     return None
 
 
