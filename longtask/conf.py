@@ -51,6 +51,10 @@ class Settings:
     STALE_AFTER: float = 60.0
     #: Seconds between two sweeps for stale work by ``manage.py longtask_worker``.
     SWEEP_INTERVAL: float = 10.0
+    #: ``longtask_worker`` restarts its cluster when jobs wait while every worker has
+    #: been idle on the queue this long (seconds): 100 times the pusher's poll, twice
+    #: the heartbeat interval.
+    WEDGE_AFTER: float = 10.0
     #: Seconds between two reads of a watched task by the websocket's poller (embedded
     #: default, or a channel layer that stopped answering).
     LIVE_INTERVAL: float = 0.3

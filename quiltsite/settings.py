@@ -232,6 +232,8 @@ LONGTASK_MAX_QUEUED_SUBTASKS = env_int("LONGTASK_MAX_QUEUED_SUBTASKS", 100_000)
 LONGTASK_HEARTBEAT_INTERVAL = float(os.environ.get("LONGTASK_HEARTBEAT_INTERVAL", 5))
 LONGTASK_STALE_AFTER = float(os.environ.get("LONGTASK_STALE_AFTER", 60))
 LONGTASK_SWEEP_INTERVAL = float(os.environ.get("LONGTASK_SWEEP_INTERVAL", 10))
+# `longtask_worker` restarts a cluster whose workers all idle this long while jobs wait.
+LONGTASK_WEDGE_AFTER = float(os.environ.get("LONGTASK_WEDGE_AFTER", 10))
 # The longest a single job may run before django-q2 kills it (seconds).
 JOB_TIMEOUT = env_int("LONGTASK_JOB_TIMEOUT", 600)
 

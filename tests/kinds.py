@@ -148,3 +148,14 @@ class Sleepy(Kind):
         if task.attempts == 1:
             time.sleep(30)
         return "woke up in time"
+
+
+class TimeLimited(Kind):
+    """Outlives its time limit every time (django-q2 then replaces the worker process)."""
+
+    name = "test-time-limited"
+    time_limit = 1
+    retry = RetryPolicy(max_attempts=1)
+
+    def run(self, task: Any, params: dict[str, Any]) -> Any:
+        time.sleep(30)

@@ -83,3 +83,26 @@ def qcluster(
         finally:
             if process.poll() is None:
                 stop(process)
+
+
+def children(pid: int) -> list[int]:
+    """Live (not zombie) child processes of ``pid``, oldest first."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[1]) == pid:
+            found.append((int(fields[19]), int(entry.name)))  # (start time, pid)
+    return [child for _, child in sorted(found)]
+
+
+def wchan(pid: int) -> str:
+    """The kernel function ``pid`` sleeps in ("" if it is running or gone)."""
+    try:
+        return (Path("/proc") / str(pid) / "wchan").read_text()
+    except OSError:
+        return ""

@@ -32,3 +32,7 @@ if "pytest" in sys.modules and DATABASE_URL:
     # an async test's worker thread keeps PostgreSQL from dropping the test database.
     # (Worker processes started by the tests keep the site's persistent connections.)
     DATABASES["default"]["CONN_MAX_AGE"] = 0
+
+if os.environ.get("LONGTASK_TEST_APP"):
+    # Worker processes that must run test kinds: their longtasks.py registers them.
+    INSTALLED_APPS = [*INSTALLED_APPS, "tests"]

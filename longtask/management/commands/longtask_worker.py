@@ -1,13 +1,26 @@
-"""Run a django-q2 cluster for one longtask queue so that stopping it cannot hang.
+"""Run and supervise the django-q2 cluster of one longtask queue; stopping it cannot hang.
 
 Beside the cluster it sweeps every LONGTASK_SWEEP_INTERVAL seconds for work whose
 worker died (``longtask.engine.recovery``).
 
-A signal sent to qcluster's whole process group (what a terminal's Ctrl-C and
-honcho's stop both do) has been seen to hang it, while SIGTERM to its main PID
+Restarts. A django-q2 process killed while it holds one of the cluster's queue locks
+(an idle worker reading the task pipe, the monitor, a worker stopped at its time
+limit) leaves that lock held forever, and the cluster never runs another job
+(django-q2 #23, #339). So when any process of the cluster dies (a worker, including
+one replaced after a ``time_limit``, the monitor, the pusher, the sentinel), or when
+jobs wait while every worker has been idle on the queue for LONGTASK_WEDGE_AFTER
+seconds (default 10), the whole cluster is restarted: SIGTERM to qcluster, 1 s, then
+its process group is killed and a new qcluster started, with one WARNING line saying
+why. A death is acted on within 0.2 s; a restart took 1.3-2.5 s here. Jobs that were
+running are left to the sweeper (re-queued after LONGTASK_STALE_AFTER).
+
+Stopping. A signal sent to qcluster's whole process group (what a terminal's Ctrl-C
+and honcho's stop both do) has been seen to hang it, while SIGTERM to its main PID
 alone stops it in about a second. This command starts ``qcluster`` in a process
-group of its own and passes SIGINT/SIGTERM on to qcluster's main PID only; if it
-has not stopped after ``--grace`` seconds its group is killed.
+group of its own and passes SIGINT/SIGTERM on to qcluster's main PID only; running
+jobs may finish for ``--grace`` seconds, then the group is killed. It is killed at
+once on a second signal, during a restart, and when the stop is stuck (every process
+left idle on the queue for 2 s: a wedged cluster).
 """
 
 from __future__ import annotations
@@ -17,6 +30,7 @@ import ctypes
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -26,6 +40,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
 from longtask.conf import settings as longtask_settings
+from longtask.supervisor import ClusterStatus
 
 PR_SET_PDEATHSIG = 1
 
@@ -68,6 +83,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, queue: str, grace: float, **options: Any) -> None:
         from longtask.queues import cluster_for
+        from longtask.supervisor import Supervisor
 
         env = dict(os.environ)
         cluster = cluster_for(queue)
@@ -76,34 +92,73 @@ class Command(BaseCommand):
         else:
             env.pop("Q_CLUSTER_NAME", None)
         env.setdefault("DJANGO_SETTINGS_MODULE", settings.SETTINGS_MODULE)
-        child = subprocess.Popen(
-            [sys.executable, "-m", "django", "qcluster"],
-            env=env,
-            start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
-        )
-        stop_requested: list[float] = []
 
-        def forward(signum: int, frame: object) -> None:
-            if not stop_requested:
-                stop_requested.append(time.monotonic())
-                child.send_signal(signal.SIGTERM)
+        def start() -> subprocess.Popen:
+            return subprocess.Popen(
+                [sys.executable, "-m", "django", "qcluster"],
+                env=env,
+                start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            )
 
-        signal.signal(signal.SIGTERM, forward)
-        signal.signal(signal.SIGINT, forward)
         next_sweep = time.monotonic() + longtask_settings.SWEEP_INTERVAL
-        while True:
-            try:
-                code = child.wait(timeout=0.5)
-                break
-            except subprocess.TimeoutExpired:
-                if not stop_requested and time.monotonic() >= next_sweep:
-                    self._sweep()
-                    next_sweep = time.monotonic() + longtask_settings.SWEEP_INTERVAL
-                if stop_requested and time.monotonic() - stop_requested[0] > grace:
-                    self.stderr.write(f"qcluster did not stop within {grace:g}s; killing it")
-                    os.killpg(child.pid, signal.SIGKILL)
-        # Reap anything of qcluster's group still around (it should be empty by now).
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(child.pid, signal.SIGKILL)
-        sys.exit(code if code >= 0 else 0 if stop_requested else 1)
+
+        def tick() -> None:
+            nonlocal next_sweep
+            if time.monotonic() >= next_sweep:
+                self._sweep()
+                next_sweep = time.monotonic() + longtask_settings.SWEEP_INTERVAL
+
+        supervisor = Supervisor(
+            start,
+            grace=grace,
+            wedge_after=longtask_settings.WEDGE_AFTER,
+            status=lambda main_pid: cluster_status(cluster, main_pid),
+            ready_jobs=lambda: ready_jobs(cluster),
+            tick=tick,
+        )
+        signal.signal(signal.SIGTERM, lambda signum, frame: supervisor.request_stop())
+        signal.signal(signal.SIGINT, lambda signum, frame: supervisor.request_stop())
+        sys.exit(supervisor.run())
+
+
+def _broker(cluster: str | None) -> Any:
+    from django_q.brokers import get_broker
+
+    return get_broker(cluster) if cluster else get_broker()
+
+
+def cluster_status(cluster: str | None, main_pid: int) -> ClusterStatus | None:
+    """django-q2's own report of the cluster whose qcluster runs as ``main_pid`` here."""
+    from django_q.status import Stat
+
+    host = socket.gethostname()
+    try:
+        stats = Stat.get_all(_broker(cluster))
+    except Exception:  # the cache is down: no wedge can be told meanwhile
+        logging.getLogger("longtask").exception("reading django-q2's cluster status failed")
+        return None
+    for stat in stats:
+        if stat.pid == main_pid and stat.host == host and stat.workers:
+            roles = dict.fromkeys(stat.workers, "worker")
+            roles.update({stat.monitor: "monitor", stat.pusher: "pusher"})
+            roles[stat.sentinel] = "sentinel"
+            return ClusterStatus(tuple(stat.workers), stat.task_q_size, roles, stat.reincarnations)
+    return None
+
+
+def ready_jobs(cluster: str | None) -> int:
+    """Jobs the cluster's broker would hand out now (not those delayed)."""
+    from django.db import close_old_connections
+    from django_q.brokers.redis_broker import Redis
+
+    broker = _broker(cluster)
+    try:
+        if isinstance(broker, Redis):  # queue_size() also counts longtask's delayed set
+            return int(broker.connection.llen(broker.list_key))
+        return broker.queue_size()
+    except Exception:  # the broker is down: that is no wedge of this cluster
+        logging.getLogger("longtask").exception("counting the broker's ready jobs failed")
+        return 0
+    finally:
+        close_old_connections()

@@ -1,0 +1,306 @@
+"""Run a django-q2 cluster and restart it whole when one of its processes dies or it wedges."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import platform
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger("longtask")
+
+PROC = Path("/proc")
+#: Seconds between two looks at the cluster's processes: a death is acted on this late
+#: at most (a scan of /proc took 2-4 ms here with 150 processes).
+POLL_INTERVAL = 0.2
+#: Seconds between two checks for a wedge (each reads django-q2's status from the cache
+#: and, when every worker is idle, counts the broker's ready jobs).
+WEDGE_CHECK_INTERVAL = 1.0
+#: Seconds a cluster being restarted gets to stop after SIGTERM before its group is
+#: killed: an idle cluster stopped in 0.3 s here; running jobs are not waited for (the
+#: sweeper re-queues them), and a wedged cluster never stops by itself.
+RESTART_GRACE = 1.0
+#: Once a stop is asked for, every remaining cluster process idle on the cluster's
+#: queues (none running a job) for this long means the stop is stuck: kill at once. A
+#: healthy stop hands out its poison pills within 0.3 s (one broker poll of the pusher).
+STOP_STALL = 2.0
+
+# Syscall numbers (read, futex) of the architectures we know; elsewhere /proc/PID/wchan.
+_SYSCALLS = {"x86_64": (0, 202), "aarch64": (63, 98)}.get(platform.machine())
+
+
+@dataclass(frozen=True)
+class ClusterStatus:
+    """What django-q2 reports about a running cluster."""
+
+    workers: tuple[int, ...]
+    #: Jobs the pusher put on the cluster's task queue that no worker took yet.
+    queued_locally: int
+    #: Role of each process by PID ("worker", "monitor", "pusher", "sentinel").
+    roles: dict[int, str]
+    #: Processes the sentinel replaced (after a death, a timeout or a recycle).
+    reincarnations: int = 0
+
+
+def _stat(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name (field 3 onwards), None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:  # pathlib doubled a scan's 30 ms
+            return stat.read().rsplit(b")", 1)[1].decode().split()
+    except (OSError, IndexError):
+        return None
+
+
+def cpu_ticks(pid: int) -> int | None:
+    """User + system CPU time of ``pid`` in clock ticks (all its threads), None if gone."""
+    fields = _stat(pid)
+    return int(fields[11]) + int(fields[12]) if fields else None
+
+
+def live_children() -> dict[int, list[int]]:
+    """Live (not zombie) processes by parent PID."""
+    by_parent: dict[int, list[int]] = {}
+    for name in os.listdir(PROC):
+        if name.isdigit() and (fields := _stat(int(name))) and fields[0] != "Z":
+            by_parent.setdefault(int(fields[1]), []).append(int(name))
+    return by_parent
+
+
+def cluster_processes(main_pid: int) -> set[int]:
+    """qcluster's sentinel and the sentinel's children (workers, monitor, pusher).
+
+    Children of workers (a job's own subprocesses) are not the cluster's.
+    """
+    by_parent = live_children()
+    sentinels = by_parent.get(main_pid, [])
+    return {*sentinels, *(pid for sentinel in sentinels for pid in by_parent.get(sentinel, []))}
+
+
+def pipes(pid: int) -> set[str]:
+    """The pipes ``pid`` holds open ("pipe:[inode]")."""
+    found = set()
+    with contextlib.suppress(OSError):
+        for fd in (PROC / str(pid) / "fd").iterdir():
+            with contextlib.suppress(OSError):
+                if (target := os.readlink(fd)).startswith("pipe:"):
+                    found.add(target)
+    return found
+
+
+def waits_on_queue(pid: int, queue_pipes: set[str]) -> bool:
+    """Whether ``pid`` is blocked on one of the cluster's multiprocessing queues.
+
+    That is: reading one of ``queue_pipes`` (the pipes the sentinel holds), or waiting
+    for a multiprocessing lock (a futex in a /dev/shm/sem.* mapping). A job that reads
+    a pipe of its own, sleeps or waits on a thread lock is not idle.
+    """
+    try:
+        syscall = (PROC / str(pid) / "syscall").read_text().split()
+    except OSError:
+        syscall = []
+    if not syscall or not _SYSCALLS or syscall[0] == "running":
+        try:
+            wchan = (PROC / str(pid) / "wchan").read_text()
+        except OSError:
+            return False
+        return "pipe_read" in wchan or "futex" in wchan
+    if not syscall[0].isdigit() or len(syscall) < 3:
+        return False
+    number, first_arg = int(syscall[0]), int(syscall[1], 16)
+    read, futex = _SYSCALLS
+    if number == read:
+        with contextlib.suppress(OSError):
+            return os.readlink(PROC / str(pid) / "fd" / str(first_arg)) in queue_pipes
+        return False
+    if number == futex:
+        with contextlib.suppress(OSError), open(PROC / str(pid) / "maps") as maps:
+            for line in maps:
+                span, *rest = line.split()
+                # e.g. "7f0fe0fc1000-7f0fe0fc2000 rw-s 0 00:1b 4436 /dev/shm/sem.ymJyB6 (deleted)"
+                if len(rest) >= 5 and rest[4].startswith("/dev/shm/sem."):  # noqa: S108
+                    low, high = (int(bound, 16) for bound in span.split("-"))
+                    if low <= first_arg < high:
+                        return True
+    return False
+
+
+class Supervisor:
+    """Keep one qcluster running; restart it whole after a death or a wedge.
+
+    ``start`` launches ``python -m django qcluster`` in a process group of its own (the
+    group's id is its PID). ``status(main_pid)`` returns django-q2's own report of that
+    cluster (None while unknown); ``ready_jobs()`` counts jobs its broker would hand
+    out now; ``tick()`` runs between two looks (the sweeper).
+    """
+
+    def __init__(
+        self,
+        start: Callable[[], subprocess.Popen],
+        *,
+        grace: float,
+        wedge_after: float,
+        status: Callable[[int], ClusterStatus | None],
+        ready_jobs: Callable[[], int],
+        tick: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._start = start
+        self.grace = grace
+        self.wedge_after = wedge_after
+        self._status = status
+        self._ready_jobs = ready_jobs
+        self._tick = tick
+        self.restarts = 0
+        self.stop_requests = 0
+        self._stop_at: float | None = None
+        self._signalled = False
+
+    # Signal handlers only count; the loop acts within POLL_INTERVAL.
+    def request_stop(self) -> None:
+        """Ask for a stop; a second request kills the cluster at once."""
+        self.stop_requests += 1
+
+    def run(self) -> int:
+        """Supervise until qcluster exits; return the exit code for the command."""
+        self._launch()
+        while True:
+            try:
+                code = self.child.wait(POLL_INTERVAL)
+            except subprocess.TimeoutExpired:
+                code = None
+            if code is not None:
+                self._kill_group()  # reap anything of its group still around
+                if self.stop_requests:
+                    return code if code >= 0 else 0
+                return code if code >= 0 else 1
+            if self.stop_requests:
+                self._stopping()
+                continue
+            reason = self._death() or self._wedge()
+            if reason:
+                self._restart(reason)
+            else:
+                self._tick()
+
+    def _launch(self) -> None:
+        self.child = self._start()
+        self._watched: set[int] = set()
+        self._roles: dict[int, str] = {}
+        self._ticks: dict[int, int | None] = {}
+        self._idle_since: float | None = None
+        self._next_wedge_check = time.monotonic() + WEDGE_CHECK_INTERVAL
+
+    def _kill_group(self, child: subprocess.Popen | None = None) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg((child or self.child).pid, signal.SIGKILL)
+
+    def _death(self) -> str | None:
+        """Why to restart if a process of the cluster is gone since the last look."""
+        alive = cluster_processes(self.child.pid)
+        gone = self._watched - alive
+        self._watched |= alive
+        if not gone:
+            return None
+        pid = min(gone)
+        return f"its {self._roles.get(pid, 'process')} pid={pid} died"
+
+    def _wedge(self) -> str | None:
+        """Why to restart if jobs wait while every worker has idled for wedge_after."""
+        now = time.monotonic()
+        if now < self._next_wedge_check:
+            return None
+        self._next_wedge_check = now + WEDGE_CHECK_INTERVAL
+        status = self._status(self.child.pid)
+        if status is None or not status.workers:
+            self._idle_since = None
+            return None
+        self._roles.update(status.roles)
+        if status.reincarnations:  # a death too short-lived for the scans to see
+            return f"django-q2 replaced {status.reincarnations} of its processes"
+        ticks = {pid: cpu_ticks(pid) for pid in status.workers}
+        idle = self._all_idle(status.workers, ticks)
+        self._ticks = ticks
+        if idle and (status.queued_locally or self._ready_jobs()):
+            self._idle_since = self._idle_since or now
+        else:
+            self._idle_since = None
+            return None
+        if now - self._idle_since < self.wedge_after:
+            return None
+        return f"jobs waited while every worker was idle for {now - self._idle_since:.1f}s"
+
+    def _all_idle(self, pids: tuple[int, ...] | set[int], ticks: dict[int, int | None]) -> bool:
+        sentinels = live_children().get(self.child.pid, [])
+        queue_pipes = {pipe for sentinel in sentinels for pipe in pipes(sentinel)}
+        return bool(pids) and all(
+            ticks[pid] is not None
+            and ticks[pid] == self._ticks.get(pid)
+            and waits_on_queue(pid, queue_pipes)
+            for pid in pids
+        )
+
+    def _restart(self, reason: str) -> None:
+        """Stop the cluster (SIGTERM, then kill its group after RESTART_GRACE); start anew.
+
+        The new qcluster starts while the old one stops: its first 1-2 s are Django's
+        start-up, and the old pusher stops taking jobs as soon as it gets SIGTERM.
+        """
+        began = time.monotonic()
+        logger.warning("longtask_worker pid=%s restarting its cluster: %s", os.getpid(), reason)
+        old = self.child
+        with contextlib.suppress(ProcessLookupError):
+            old.send_signal(signal.SIGTERM)
+        self.restarts += 1
+        self._launch()
+        while time.monotonic() - began < RESTART_GRACE and not self.stop_requests:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                old.wait(0.05)
+                break
+        self._kill_group(old)
+        old.wait()
+        if self.stop_requests:  # mid-restart: nothing to finish, kill both at once
+            self._kill_group()
+            return
+        logger.info(
+            "longtask_worker pid=%s old cluster gone in %.2fs (restart %s)",
+            os.getpid(),
+            time.monotonic() - began,
+            self.restarts,
+        )
+
+    def _stopping(self) -> None:
+        """One step of a requested stop: forward it, or kill when stopping cannot end."""
+        now = time.monotonic()
+        if self._stop_at is None:
+            self._stop_at = now
+        if self.stop_requests > 1:
+            self._kill_group()  # a second Ctrl-C
+            return
+        if not self._signalled:
+            self._signalled = True
+            self._stall_since: float | None = None
+            self._ticks = {}
+            with contextlib.suppress(ProcessLookupError):
+                self.child.send_signal(signal.SIGTERM)
+            return
+        if now - self._stop_at > self.grace:
+            logger.warning("qcluster did not stop within %gs; killing it", self.grace)
+            self._kill_group()
+            return
+        # The sentinel waits for its workers; if none runs a job, no pill will arrive.
+        others = cluster_processes(self.child.pid) - set(live_children().get(self.child.pid, []))
+        ticks = {pid: cpu_ticks(pid) for pid in others}
+        stalled = self._all_idle(others, ticks)
+        self._ticks = ticks
+        if not stalled:
+            self._stall_since = None
+        elif self._stall_since is None:
+            self._stall_since = now
+        elif now - self._stall_since >= STOP_STALL:
+            logger.warning("qcluster's stop is stuck (no job running); killing it")
+            self._kill_group()
