@@ -183,16 +183,19 @@ def test_reconnecting_with_the_last_cursor_misses_nothing():
     assert not live._watchers
 
 
-@pytest.mark.parametrize("who", ["anonymous", "other", "owner", "staff"])
-def test_owned_task_follows_the_status_page_access_rule(client, user, other_user, staff, who):
+@pytest.mark.parametrize("who", ["anonymous", "other", "staff", "owner", "viewer"])
+def test_owned_task_follows_the_status_page_access_rule(
+    client, user, other_user, staff, viewer, who
+):
     task = longtask.start("report", {"month": "2026-10"}, owner=user)
-    visitor = {"anonymous": None, "other": other_user, "owner": user, "staff": staff}[who]
+    visitors = {"anonymous": None, "other": other_user, "staff": staff, "owner": user}
+    visitor = {**visitors, "viewer": viewer}[who]
     cookie = session_cookie(client, visitor) if visitor else ""
 
     async def scenario() -> None:
         ws = socket(f"/ws/tasks/{task.pk}/", cookie=cookie)
         assert (await ws.connect(TIMEOUT))[0]
-        if who in ("anonymous", "other"):
+        if who in ("anonymous", "other", "staff"):  # is_staff alone grants nothing
             assert await close_code(ws) == 4404
         else:
             snapshot = await ws.receive_json_from(TIMEOUT)

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from channels.testing import WebsocketCommunicator
-from django.contrib.auth.models import Permission
+from django.contrib.auth.models import AnonymousUser, Permission
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.utils import timezone
@@ -111,12 +111,63 @@ def test_every_surface_hides_an_owned_task_from_others(client, user, other_user,
 
 
 @pytest.mark.parametrize(("method", "url"), SURFACES)
-def test_staff_see_owned_tasks_and_anyone_sees_anonymous_ones(client, user, staff, method, url):
-    owned, anonymous = report_row(owner=user), report_row()
+def test_is_staff_alone_grants_nothing_on_any_surface(client, user, staff, method, url):
+    task = report_row(owner=user)
     client.force_login(staff)
-    assert getattr(client, method)(url.format(owned.pk)).status_code in (200, 303)
+    assert getattr(client, method)(url.format(task.pk)).status_code == 404
+
+
+READS = [(method, url) for method, url in SURFACES if method == "get"]
+
+
+@pytest.mark.parametrize(("method", "url"), READS)
+def test_view_permission_reads_others_tasks_and_anyone_reads_anonymous_ones(
+    client, user, viewer, method, url
+):
+    owned, anonymous = report_row(owner=user), report_row()
+    client.force_login(viewer)
+    assert getattr(client, method)(url.format(owned.pk)).status_code == 200
     client.logout()
-    assert getattr(client, method)(url.format(anonymous.pk)).status_code in (200, 303)
+    assert getattr(client, method)(url.format(anonymous.pk)).status_code == 200
+
+
+def test_cancelling_others_tasks_needs_the_change_permission(client, user, viewer, changer):
+    task = longtask.start("test-count", {"n": 1}, owner=user)
+    client.force_login(viewer)
+    assert 'action="/tasks/' not in client.get(f"/tasks/{task.pk}/").content.decode()
+    assert client.post(f"/tasks/{task.pk}/cancel/").status_code == 403
+    task.refresh_from_db()
+    assert task.cancel_requested_at is None
+    client.force_login(changer)
+    assert f'action="/tasks/{task.pk}/cancel/"' in client.get(f"/tasks/{task.pk}/").content.decode()
+    assert client.post(f"/tasks/{task.pk}/cancel/").status_code == 303
+    task.refresh_from_db()
+    assert task.status == Status.CANCELLED
+
+
+def test_owners_superusers_and_anonymous_urls_may_cancel(client, user, django_user_model):
+    root = django_user_model.objects.create_superuser("boss", password="pw-boss")
+    own, other, anonymous = (
+        longtask.start("test-count", {"n": 1}, owner=o) for o in (user, user, None)
+    )
+    client.force_login(user)
+    assert client.post(f"/tasks/{own.pk}/cancel/").status_code == 303
+    client.force_login(root)
+    assert client.post(f"/tasks/{other.pk}/cancel/").status_code == 303
+    client.logout()
+    assert client.post(f"/tasks/{anonymous.pk}/cancel/").status_code == 303
+    assert set(LongTask.objects.values_list("status", flat=True)) == {Status.CANCELLED}
+
+
+def test_visible_to_lists_what_the_access_rule_shows(user, other_user, staff, viewer, changer):
+    mine, theirs = report_row(owner=user), report_row(owner=other_user)
+    report_row()  # anonymous: reachable by URL, never listed to others
+    listed = {who: set(LongTask.objects.visible_to(who)) for who in (user, staff, viewer)}
+    assert listed[user] == {mine}
+    assert listed[staff] == set()  # is_staff alone: only their own (none)
+    assert {mine, theirs} < listed[viewer] and len(listed[viewer]) == 3
+    assert set(LongTask.objects.visible_to(changer)) == listed[viewer]
+    assert not LongTask.objects.visible_to(AnonymousUser()).exists()
 
 
 def test_cancel_by_another_user_changes_nothing(client, user, other_user):
@@ -147,12 +198,15 @@ def ws_close_code(path: str, cookie: str = "", origin: str = "http://127.0.0.1")
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_websocket_hides_an_owned_task_from_others(client, user, other_user):
+def test_the_websocket_hides_an_owned_task_from_others(client, user, other_user, staff):
     task = report_row(owner=user)
     client.force_login(other_user)
     cookie = f"sessionid={client.cookies['sessionid'].value}"
     assert ws_close_code(f"/ws/tasks/{task.pk}/", cookie) == 4404
     assert ws_close_code(f"/ws/tasks/{task.pk}/") == 4404
+    client.force_login(staff)  # is_staff without view_longtask
+    cookie = f"sessionid={client.cookies['sessionid'].value}"
+    assert ws_close_code(f"/ws/tasks/{task.pk}/", cookie) == 4404
     client.force_login(user)
     cookie = f"sessionid={client.cookies['sessionid'].value}"
     assert ws_close_code(f"/ws/tasks/{task.pk}/", cookie) == 1000  # finished: snapshot, close
@@ -221,6 +275,19 @@ def test_admin_actions_need_the_model_permissions(client, staff, user):
     client.post("/admin/longtask/longtask/", data)
     task.refresh_from_db()
     assert task.status == Status.QUEUED
+
+
+def test_the_admin_follows_the_same_rule(client, staff, user, django_user_model):
+    task = longtask.start("test-count", {"n": 1}, owner=user)
+    client.force_login(staff)  # is_staff alone: the admin shows no task
+    assert client.get("/admin/longtask/longtask/").status_code == 403
+    assert client.get(f"/admin/longtask/longtask/{task.pk}/change/").status_code == 403
+    staff.user_permissions.add(Permission.objects.get(codename="change_longtask"))
+    client.force_login(type(staff).objects.get(pk=staff.pk))
+    data = {"action": "cancel_tasks", "_selected_action": [str(task.pk)]}
+    client.post("/admin/longtask/longtask/", data)
+    task.refresh_from_db()
+    assert task.status == Status.CANCELLED
 
 
 # Abuse limits ------------------------------------------------------------------------
