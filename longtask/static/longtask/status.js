@@ -226,6 +226,15 @@
     }
   }
 
+  function signedOut() {
+    state.finished = true; // stop following: no reconnect, no polling
+    main.setAttribute("data-live", "signed-out");
+    var note = document.createElement("p");
+    note.className = "signed-out";
+    note.textContent = "Signed out: sign in again and reload this page to follow the task.";
+    main.insertBefore(note, main.firstChild);
+  }
+
   function connect() {
     if (state.finished) {
       return;
@@ -267,6 +276,10 @@
       }
       if (event.code === 4404) {
         return; // gone or not ours: nothing more will come
+      }
+      if (event.code === 4403) {
+        signedOut(); // the session ended or the permission went: retrying cannot help
+        return;
       }
       if (!heard) {
         state.failures += 1;
