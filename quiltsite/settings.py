@@ -151,13 +151,15 @@ else:
     }
 
 if REDIS_URL:
-    # Progress, sessions' cache and abuse counters in Redis, shared by every machine.
+    # Progress and abuse counters in Redis, shared by every machine. Stored as JSON, not
+    # Django's default pickle: write access to Redis must not be code execution here.
     CACHES = {
         "default": {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": REDIS_URL,
             "TIMEOUT": 7 * 24 * 3600,
             "KEY_PREFIX": "quiltsite",
+            "OPTIONS": {"serializer": "longtask.jsoncache.JSONSerializer"},
         }
     }
     # Workers push "task changed" events to the web processes' websockets.
@@ -173,15 +175,18 @@ else:
     # writes each entry atomically (temp file + rename) and keeps progress off the
     # SQLite write lock that the task rows need. Without a channel layer, the web
     # process polls the database for the websockets it serves (longtask/live.py).
+    # JSON files, not Django's pickles: write access to var/cache must not run code.
     CACHES = {
         "default": {
-            "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+            "BACKEND": "longtask.jsoncache.JSONFileBasedCache",
             "LOCATION": DATA_DIR / "cache",
             "TIMEOUT": 7 * 24 * 3600,
             "OPTIONS": {"MAX_ENTRIES": 20_000},
         }
     }
-SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
+# Sessions in the database only (JSON, signed): never in the cache, so write access to
+# the cache can neither run code nor forge a login.
+SESSION_ENGINE = "django.contrib.sessions.backends.db"
 
 # Absolute status URLs printed by `manage.py longtask` start with this.
 LONGTASK_BASE_URL = os.environ.get(
