@@ -65,6 +65,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "django.middleware.csp.ContentSecurityPolicyMiddleware",
+    "quiltsite.middleware.AdminStylesMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -74,14 +75,13 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
-# Security headers on every response (SECURITY.md). Scripts: only the site's own
-# files, never inline. Styles also allow inline: the quilt colours each square with a
-# style="background:#rrggbb" attribute (checked against a strict pattern) and the admin
-# uses style attributes; neither can run code.
+# Security headers on every response (SECURITY.md). Scripts and styles: only the site's
+# own files, never inline (the quilt colours its squares with SVG fill attributes). The
+# admin's pages alone also allow inline styles (quiltsite.middleware.AdminStylesMiddleware).
 SECURE_CSP = {
     "default-src": [CSP.SELF],
     "script-src": [CSP.SELF],
-    "style-src": [CSP.SELF, CSP.UNSAFE_INLINE],
+    "style-src": [CSP.SELF],
     "connect-src": [CSP.SELF],  # CSP level 3: 'self' covers the same host's ws:/wss:
     "object-src": [CSP.NONE],
     "base-uri": [CSP.NONE],

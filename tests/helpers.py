@@ -26,3 +26,12 @@ def drain_queue(limit: int = 100_000) -> int:
     from tests import broker
 
     return broker.drain_queue(limit)
+
+
+def quilt_squares(html: str) -> tuple[int, int]:
+    """Return (coloured, blank) squares of the quilt SVG in ``html``."""
+    import re
+
+    squares = re.findall(r'<rect x="\d+" y="\d+"[^>]*?(?: fill="(#[0-9a-f]{6})")?/>', html)
+    coloured = sum(1 for fill in squares if fill)
+    return coloured, len(squares) - coloured

@@ -441,11 +441,16 @@ def csp_of(response: Any) -> dict[str, str]:
     return dict(part.strip().split(" ", 1) for part in header.split(";") if part.strip())
 
 
-@pytest.mark.parametrize("path", ["/", "/tasks/new/report/", "/nope/", "/admin/login/"])
+@pytest.mark.parametrize(
+    "path", ["/", "/tasks/new/report/", "/nope/", "/admin/login/", "/admin/nope/"]
+)
 def test_security_headers_on_every_page(client, path):
     response = client.get(path)
     policy = csp_of(response)
     assert policy["script-src"] == "'self'"
+    # Inline styles only on the admin's own pages.
+    admin = path.startswith("/admin/")
+    assert policy["style-src"] == ("'self' 'unsafe-inline'" if admin else "'self'")
     assert policy["frame-ancestors"] == "'none'" and policy["object-src"] == "'none'"
     assert response["X-Content-Type-Options"] == "nosniff"
     assert response["Referrer-Policy"] == "same-origin"
@@ -486,9 +491,11 @@ def test_hostile_text_is_escaped_on_the_status_page(client, status):
         error=HOSTILE,
         last_progress={"current": 1, "total": 2, "message": HOSTILE, "updated_at": 0},
     )
-    html = client.get(f"/tasks/{task.pk}/").content.decode()
+    response = client.get(f"/tasks/{task.pk}/")
+    html = response.content.decode()
     assert_no_inline_script(html)
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "style=" not in html and "unsafe-inline" not in response["Content-Security-Policy"]
 
 
 def test_status_js_inserts_text_never_html():

@@ -121,7 +121,8 @@
       return;
     }
     if (event.status === "SUCCEEDED" && result && COLOR.test(String(result.color))) {
-      square.style.background = result.color;
+      // An SVG fill attribute, not a style: the page's CSP allows no inline style.
+      square.setAttribute("fill", result.color);
       square.classList.remove("failed");
     } else if (event.status === "FAILED") {
       square.classList.add("failed");
