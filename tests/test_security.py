@@ -8,6 +8,7 @@ import io
 import json
 import os
 import re
+import secrets
 import subprocess
 import sys
 from typing import Any
@@ -535,3 +536,64 @@ def test_settings_are_safe_by_default_and_read_from_the_environment(tmp_path):
     )
     assert chosen == {"debug": True, "key": "k" * 60, "hosts": ["a.example"]}
     assert "var/" in (ROOT / ".gitignore").read_text().split()  # the key stays out of git
+
+
+#: What .env.example sets for a site behind a TLS-terminating proxy.
+PRODUCTION = {
+    "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
+    "DJANGO_DEBUG": "0",
+    "DJANGO_ALLOWED_HOSTS": "tasks.example.com",
+    "DJANGO_SECURE_PROXY_SSL_HEADER": "X-Forwarded-Proto,https",
+    "DJANGO_SECURE_SSL_REDIRECT": "1",
+    "DJANGO_SESSION_COOKIE_SECURE": "1",
+    "DJANGO_CSRF_COOKIE_SECURE": "1",
+    "DJANGO_SECURE_HSTS_SECONDS": "31536000",
+    "DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS": "1",
+    "DJANGO_SECURE_HSTS_PRELOAD": "1",
+}
+
+
+def check_deploy(tmp_path: Any, **env: str) -> subprocess.CompletedProcess[str]:
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DJANGO_", "LONGTASK_")) and k not in {"DATABASE_URL", "REDIS_URL"}
+    }
+    return subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        env={**base, "DJANGO_SETTINGS_MODULE": "quiltsite.settings"}
+        | {"LONGTASK_DATA_DIR": str(tmp_path), **env},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_check_deploy_is_clean_under_the_production_variables(tmp_path):
+    done = check_deploy(tmp_path, **PRODUCTION)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "no issues" in done.stdout
+    documented = (ROOT / ".env.example").read_text()
+    for name in PRODUCTION:
+        assert f"# {name}=" in documented, name
+    bare = check_deploy(tmp_path, DJANGO_ALLOWED_HOSTS="tasks.example.com")
+    for warning in ("W004", "W008", "W012", "W016"):  # what the variables answer
+        assert f"security.{warning}" in bare.stderr
+
+
+def test_the_proxy_header_is_read_as_django_wants_it(tmp_path):
+    code = "import quiltsite.settings as s; print(s.SECURE_PROXY_SSL_HEADER)"
+    env = {
+        "LONGTASK_DATA_DIR": str(tmp_path),
+        "DJANGO_SECURE_PROXY_SSL_HEADER": "X-Forwarded-Proto,https",
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, **env},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert out.strip() == "('HTTP_X_FORWARDED_PROTO', 'https')"
