@@ -11,6 +11,7 @@ import re
 import secrets
 import subprocess
 import sys
+import time
 from typing import Any
 
 import pytest
@@ -321,6 +322,24 @@ def test_anonymous_starts_count_per_remote_addr_not_forwarded_for(client, strict
     forged = {**one, "HTTP_X_FORWARDED_FOR": "198.51.100.9"}
     assert post_count(client, **forged).status_code == 429
     assert post_count(client, REMOTE_ADDR="203.0.113.2").status_code == 303
+
+
+def test_anonymous_starts_are_limited_in_a_moving_window_across_a_minute_boundary(
+    client, settings, monkeypatch
+):
+    settings.LONGTASK_STARTS_PER_MINUTE = 20
+    settings.LONGTASK_MAX_ACTIVE_TASKS = None
+    now = [(time.time() // 60 + 1) * 60 - 10]  # 10 s before a minute's boundary
+    monkeypatch.setattr(time, "time", lambda: now[0])
+    statuses = [post_count(client).status_code for _ in range(21)]
+    assert statuses == [303] * 20 + [429]
+    now[0] += 15  # 5 s into the next minute: a fixed window would start counting afresh
+    refused = post_count(client)
+    assert refused.status_code == 429
+    assert 40 <= int(refused["Retry-After"]) <= 46  # when the first start leaves the window
+    now[0] += 46  # 61 s after the first start: the window has room again
+    assert post_count(client).status_code == 303
+    assert LongTask.objects.count() == 21
 
 
 def test_active_tasks_are_limited_per_user_and_per_ip(client, user, strict):
