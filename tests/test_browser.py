@@ -181,3 +181,34 @@ def test_the_live_quilt_needs_no_inline_style(tmp_path, chromium):
         assert page.locator("main .result .quilt > rect[fill]").count() == ROWS * COLS
         assert page.evaluate("window.__csp") == []
     assert not [text for text in console if "Content Security Policy" in text], console
+
+
+@pytest.fixture
+def signed_in_user(django_user_model) -> tuple[str, str]:
+    """A user who can log in through the admin's login page (created before Playwright runs)."""
+    django_user_model.objects.create_user("walker", password="pw-walker-1", is_staff=True)
+    return "walker", "pw-walker-1"
+
+
+def test_after_a_logout_the_live_page_says_signed_out_and_stops(tmp_path, signed_in_user, chromium):
+    username, password = signed_in_user
+    with daphne(tmp_path / "daphne.log") as base:  # no workers: the task stays queued
+        context = chromium.new_context()
+        page = context.new_page()
+        sockets: list[str] = []
+        page.on("websocket", lambda socket: sockets.append(socket.url))
+        page.goto(base + "/admin/login/?next=/")
+        page.fill("#id_username", username)
+        page.fill("#id_password", password)
+        page.click("input[type=submit]")
+        page.wait_for_url(base + "/")
+        start_quilt(page, base, work_ms=0)
+        page.wait_for_selector("main[data-live=socket]", timeout=DEADLINE_MS)
+        other = context.new_page()  # another tab of the same browser logs out
+        other.goto(base + "/admin/")
+        other.click("#logout-form button")
+        other.wait_for_url("**/logout/")
+        page.wait_for_selector("main[data-live=signed-out] .signed-out", timeout=DEADLINE_MS)
+        assert "Signed out" in page.locator("main .signed-out").inner_text()
+        assert len(sockets) == 1, sockets  # the 4403 close was not followed by a reconnect
+        context.close()
