@@ -41,6 +41,7 @@ browser:
 
 test: $(VENV)/.dev browser
 	$(VENV)/bin/ruff check .
+	$(PY) scripts/audit.py
 	$(PY) manage.py check
 	$(PY) manage.py makemigrations --check --dry-run
 	@echo "Embedded pass: the whole suite on SQLite, the ORM broker and the file cache"

@@ -32,8 +32,8 @@ of the timed part was shared between the workers and the servers.
     TARGET_RATE squares/s at N=10,000.
 
 Peak RSS is the VmHWM of every process in each cluster's process group, sampled
-until the cluster is stopped. Everything runs in a fresh data directory under
-/tmp/bench-scratch/ (removed at the end unless ``--keep``).
+until the cluster is stopped. Everything runs in a fresh private data directory,
+$TMPDIR/bench-fanout-* (removed at the end unless ``--keep``).
 
 The no-op is ``operator.truth(1)``: a C builtin importable by dotted path in any
 process (the bench module itself is not a package django-q2 could import), it
@@ -61,7 +61,6 @@ from pathlib import Path
 from typing import IO, Any
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRATCH = Path("/tmp/bench-scratch")
 RAW_FUNC = "operator.truth"
 RUN_TIMEOUT = 600.0  # each timed run
 START_TIMEOUT = 120.0  # cluster start-up and warm-up
@@ -931,8 +930,9 @@ def main(argv: list[str]) -> int:
     for n in args.n:
         quilt_shape(n)
 
-    SCRATCH.mkdir(parents=True, exist_ok=True)
-    data_dir = Path(tempfile.mkdtemp(prefix="fanout-", dir=SCRATCH))
+    # A private (0700, unguessable) directory: a fixed /tmp path another user could
+    # create first would let them plant modules the benchmark's processes import.
+    data_dir = Path(tempfile.mkdtemp(prefix="bench-fanout-"))
     os.environ.pop("Q_CLUSTER_NAME", None)
     os.environ.update(
         DJANGO_SETTINGS_MODULE="quiltsite.settings",

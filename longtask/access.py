@@ -1,10 +1,19 @@
-"""The one access rule for every surface that shows a task."""
+"""The one access rule for every surface that shows or changes a task.
+
+A task's owner may do everything with it; a task started anonymously is reachable by
+whoever holds its URL (a random UUID, shared like a secret link). Anyone else needs a
+permission, asked of ``user.has_perm`` so that superusers, groups and custom backends
+count as Django counts them: ``longtask.view_longtask`` to read a task (or
+``change_longtask``, which implies it as in the admin), ``longtask.change_longtask`` to
+cancel or retry it. ``is_staff`` alone grants nothing: it only opens the admin's door.
+"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
+from django.core.exceptions import PermissionDenied
 from django.http import Http404
 
 from longtask.models import LongTask
@@ -12,12 +21,34 @@ from longtask.models import LongTask
 if TYPE_CHECKING:
     from longtask.kinds import Kind
 
+VIEW_PERMISSION = "longtask.view_longtask"
+CHANGE_PERMISSION = "longtask.change_longtask"
+
+
+def _is_owner(user: Any, task: LongTask) -> bool:
+    return bool(user is not None and user.is_authenticated and user.pk == task.owner_id)
+
+
+def can_view_all(user: Any) -> bool:
+    """Return whether ``user`` may read every task (view or change permission)."""
+    if user is None or not user.is_authenticated:
+        return False
+    return bool(user.has_perm(VIEW_PERMISSION) or user.has_perm(CHANGE_PERMISSION))
+
+
+def can_change_all(user: Any) -> bool:
+    """Return whether ``user`` may cancel or retry every task."""
+    return bool(user is not None and user.is_authenticated and user.has_perm(CHANGE_PERMISSION))
+
 
 def can_view(user: Any, task: LongTask) -> bool:
-    """Owned tasks: their owner and staff. Anonymous tasks: whoever holds the URL."""
-    if task.owner_id is None:
-        return True
-    return bool(user.is_authenticated and (user.is_staff or user.pk == task.owner_id))
+    """Anonymous tasks: whoever holds the URL. Owned ones: the owner and viewers."""
+    return task.owner_id is None or _is_owner(user, task) or can_view_all(user)
+
+
+def can_change(user: Any, task: LongTask) -> bool:
+    """Cancel or retry: whoever may view an anonymous task, the owner, or a changer."""
+    return task.owner_id is None or _is_owner(user, task) or can_change_all(user)
 
 
 def get_visible_task(user: Any, task_id: UUID | str) -> LongTask:
@@ -25,6 +56,14 @@ def get_visible_task(user: Any, task_id: UUID | str) -> LongTask:
     task = LongTask.objects.filter(pk=task_id).first()
     if task is None or not can_view(user, task):
         raise Http404("No such task.")
+    return task
+
+
+def get_changeable_task(user: Any, task_id: UUID | str) -> LongTask:
+    """Return the task if ``user`` may cancel it: 404 if unseen, 403 if only seen."""
+    task = get_visible_task(user, task_id)
+    if not can_change(user, task):
+        raise PermissionDenied("You may not change this task.")
     return task
 
 

@@ -70,3 +70,69 @@ def check_queues(app_configs: Any, **kwargs: Any) -> list[checks.CheckMessage]:
         for name in sorted(used - set(longtask_settings.QUEUES))
     )
     return errors
+
+
+#: Seconds the Redis probe waits: an unreachable server is not this check's business.
+REDIS_PROBE_TIMEOUT = 2.0
+
+
+def _redis_urls() -> list[str]:
+    """Return the Redis URLs the cache, django-q2 and the rate limiter are configured with."""
+    from longtask.conf import settings as longtask_settings
+
+    candidates: list[Any] = []
+    for options in getattr(settings, "CACHES", {}).values():
+        if "redis" in str(options.get("BACKEND", "")).lower():
+            location = options.get("LOCATION", "")
+            candidates.extend(location if isinstance(location, list | tuple) else [location])
+    candidates.append(getattr(settings, "Q_CLUSTER", {}).get("redis"))
+    candidates.append(longtask_settings.RATE_LIMIT_STORAGE)
+    schemes = ("redis://", "rediss://", "unix://")
+    urls = [url for url in candidates if isinstance(url, str) and url.startswith(schemes)]
+    return list(dict.fromkeys(urls))
+
+
+@checks.register()
+def check_redis_credentials(app_configs: Any, **kwargs: Any) -> list[checks.CheckMessage]:
+    """A Redis that refuses the configured password stops every command at once, in one line.
+
+    Without this, workers and web processes start and then fail on every job and
+    request with a traceback, in a loop. A server that does not answer is left alone:
+    that may pass (the workers reconnect by themselves).
+    """
+    try:
+        import redis
+    except ImportError:  # no Redis client installed: no Redis configured either
+        return []
+    errors: list[checks.CheckMessage] = []
+    for url in _redis_urls():
+        client = redis.Redis.from_url(
+            url,
+            socket_connect_timeout=REDIS_PROBE_TIMEOUT,
+            socket_timeout=REDIS_PROBE_TIMEOUT,
+        )
+        try:
+            client.ping()
+        except (redis.exceptions.AuthenticationError, redis.exceptions.NoPermissionError) as exc:
+            where = _redacted(client)
+            reason = " ".join(str(exc).split())  # one line, whatever the server said
+            errors.append(
+                checks.Error(
+                    f"Redis at {where} refused the credentials of its URL: {reason}",
+                    hint="Put the server's password in the URL: redis://:PASSWORD@host:6379/0",
+                    id="longtask.E010",
+                )
+            )
+        except redis.exceptions.RedisError:
+            pass
+        finally:
+            client.close()
+    return errors
+
+
+def _redacted(client: Any) -> str:
+    """Return host:port/db of a client, never its password."""
+    kwargs = client.connection_pool.connection_kwargs
+    if kwargs.get("path"):
+        return f"unix:{kwargs['path']}"
+    return f"{kwargs.get('host')}:{kwargs.get('port')}/{kwargs.get('db', 0)}"

@@ -61,6 +61,9 @@ class Settings:
     #: With a channel layer (pushes from workers), a watched task is still read this
     #: often (seconds), in case a push was lost.
     LIVE_FALLBACK: float = 5.0
+    #: An open websocket re-reads its session and re-applies the access rule this often
+    #: (seconds): a logout, a password change or a lost permission closes it with 4403.
+    LIVE_RECHECK: float = 5.0
     #: With a channel layer, the least time between two reads of one watched task: the
     #: pushes that arrive meanwhile are served by one read (seconds).
     LIVE_PUSH_INTERVAL: float = 0.1

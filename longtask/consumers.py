@@ -20,7 +20,9 @@ access rule. Frames sent by the server (JSON text):
 Close codes: 4404 for an unknown or malformed id and for a task the user may not see
 (the same code, so ids cannot be probed; the task being deleted too), 4400 for a
 malformed ``since`` or a client message that is not a JSON object with a ``type``
-(or is over 4 KiB).
+(or is over 4 KiB), 4403 when a signed-in user's session ended (logout, password
+change) or they lost the permission to see the task: checked every LONGTASK_LIVE_RECHECK
+seconds, since a socket may stay open for hours after the one check at connect.
 """
 
 from __future__ import annotations
@@ -30,17 +32,33 @@ import contextlib
 import json
 import logging
 import uuid
+from importlib import import_module
 from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings as django_settings
+from django.contrib.auth import (
+    BACKEND_SESSION_KEY,
+    HASH_SESSION_KEY,
+    SESSION_KEY,
+    get_user_model,
+    load_backend,
+)
+from django.core.exceptions import ValidationError
+from django.utils.crypto import constant_time_compare
 
 from longtask import live
+from longtask.access import can_view
+from longtask.conf import settings
+from longtask.models import LongTask
 
 logger = logging.getLogger("longtask")
 
 NOT_FOUND = 4404
 BAD_REQUEST = 4400
+#: The session ended or the permission was lost: the client should not reconnect.
+SIGNED_OUT = 4403
 #: Longest client message read; clients only send pings, so anything longer is malformed.
 MAX_MESSAGE_LENGTH = 4096
 
@@ -59,10 +77,49 @@ def parse_since(query_string: bytes) -> int | None:
     return int(raw)
 
 
+def session_user(session_key: str | None) -> Any:
+    """Return the user a session still authenticates, or None; never changes the session.
+
+    The checks of ``django.contrib.auth.get_user``, read-only: that function also flushes
+    or cycles the session it reads, which is the HTTP request's business, not ours.
+    """
+    if not session_key:
+        return None
+    engine = import_module(django_settings.SESSION_ENGINE)
+    session = engine.SessionStore(session_key)
+    try:
+        user_id = get_user_model()._meta.pk.to_python(session[SESSION_KEY])
+        backend_path = session[BACKEND_SESSION_KEY]
+    except (KeyError, ValidationError):
+        return None
+    if backend_path not in django_settings.AUTHENTICATION_BACKENDS:
+        return None
+    user = load_backend(backend_path).get_user(user_id)
+    if user is None:
+        return None
+    if hasattr(user, "get_session_auth_hash"):
+        session_hash = session.get(HASH_SESSION_KEY)
+        hashes = [user.get_session_auth_hash(), *user.get_session_auth_fallback_hash()]
+        if not session_hash or not any(constant_time_compare(session_hash, h) for h in hashes):
+            return None  # the password changed (or the secret key, without a fallback)
+    return user
+
+
+def still_allowed(session_key: str | None, user_pk: Any, task_id: uuid.UUID) -> bool:
+    """Return whether the session still holds ``user_pk`` and they may still see the task."""
+    user = session_user(session_key)
+    if user is None or user.pk != user_pk:
+        return False
+    task = LongTask.objects.filter(pk=task_id).first()
+    # A deleted task is the watcher's to report (4404).
+    return task is None or can_view(user, task)
+
+
 class TaskConsumer(AsyncWebsocketConsumer):
     """Sends one task's snapshot and changes to one websocket client."""
 
     pump: asyncio.Task[None] | None = None
+    guard: asyncio.Task[None] | None = None
     subscriber: live.Subscriber | None = None
 
     async def connect(self) -> None:
@@ -91,7 +148,29 @@ class TaskConsumer(AsyncWebsocketConsumer):
         await self.send_frame(
             {"type": "snapshot", "cursor": since, "document": self.absolute(snapshot.document)}
         )
-        self.pump = asyncio.get_running_loop().create_task(self.follow(since, snapshot))
+        loop = asyncio.get_running_loop()
+        self.pump = loop.create_task(self.follow(since, snapshot))
+        if user.is_authenticated:
+            session = self.scope.get("session")
+            session_key = session.session_key if session is not None else None
+            self.guard = loop.create_task(self.recheck(session_key, user.pk))
+
+    async def recheck(self, session_key: str | None, user_pk: Any) -> None:
+        """Close with 4403 once the session ends or the permission to see the task is lost."""
+        try:
+            while True:
+                await asyncio.sleep(float(settings.LIVE_RECHECK))
+                allowed = await database_sync_to_async(still_allowed)(
+                    session_key, user_pk, self.task_id
+                )
+                if not allowed:
+                    logger.info("LongTask id=%s websocket closed: access ended", self.task_id)
+                    await self.close(SIGNED_OUT)
+                    return
+        except Exception:
+            logger.exception("access re-check of LongTask id=%s failed", self.task_id)
+            with contextlib.suppress(Exception):
+                await self.close(1011)
 
     async def follow(self, cursor: int, snapshot: live.State) -> None:
         """Send the subtasks finished so far, then what the task's watcher finds."""
@@ -158,14 +237,17 @@ class TaskConsumer(AsyncWebsocketConsumer):
     async def disconnect(self, code: int) -> None:
         if self.pump is not None:
             self.pump.cancel()
+        if self.guard is not None:
+            self.guard.cancel()
         if self.subscriber is not None:
             live.unsubscribe(self.subscriber)
             self.subscriber = None
 
     async def close(self, code: int | bool | None = None, reason: str | None = None) -> None:
         """Close the socket and stop following the task."""
-        if self.pump is not None and self.pump is not asyncio.current_task():
-            self.pump.cancel()
+        for task in (self.pump, self.guard):
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
         await super().close(code, reason)
 
     async def send_frame(self, frame: dict[str, Any]) -> None:

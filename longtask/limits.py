@@ -2,16 +2,21 @@
 
 The limits apply when a start names an ``Actor`` (the web views and the CLI do);
 ``longtask.start()`` called from Python without one is not limited. Users' starts
-and active tasks are counted from their LongTask rows. Anonymous visitors are
-counted per client IP in the shared cache (a fixed one-minute window for starts,
-the ids of their recent tasks for active ones), because the row has no IP column.
+and active tasks are counted from their LongTask rows (the rows of the last 60
+seconds: a moving window). Anonymous visitors are counted per client IP, because the
+row has no IP column: their starts in the ``limits`` library's moving window (in
+Redis or the database, like the queues' rate limits: never in a pickling cache), the
+ids of their recent tasks in the shared cache for active ones. A fixed per-minute
+window would let twice the limit through across a minute's boundary.
 Counting is not atomic with the start: concurrent starts may pass a limit by a few.
 """
 
 from __future__ import annotations
 
 import datetime
+import functools
 import json
+import math
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -33,6 +38,8 @@ if TYPE_CHECKING:
 IP_TASKS_KEPT = 1000
 #: How long an IP's task ids are remembered (a task active longer is no longer counted).
 IP_TASKS_TTL = 24 * 3600
+#: Seconds of the moving window of ``STARTS_PER_MINUTE``.
+START_WINDOW = 60
 
 
 @dataclass(frozen=True)
@@ -117,7 +124,7 @@ def check_start(kind: Kind, actor: Actor) -> None:
     if per_minute is not None and recent >= per_minute:
         raise LimitExceeded(
             f"Too many tasks started: at most {per_minute} a minute. Try again in a minute.",
-            retry_after=60,
+            retry_after=_retry_after(actor, per_minute),
         )
     if max_active is not None and active >= max_active:
         raise LimitExceeded(
@@ -133,14 +140,9 @@ def record_start(task: LongTask, actor: Actor) -> None:
     if actor.exempt or actor.authenticated:
         return
     ip = actor.client_ip or "unknown"
+    if (per_minute := settings.STARTS_PER_MINUTE) is not None:
+        _start_limiter().hit(_start_item(per_minute), ip)
     cache = _cache()
-    key = _window_key(ip)
-    # add() then incr(): incr() of a missing key raises, and the window must expire.
-    cache.add(key, 0, timeout=120)
-    try:
-        cache.incr(key)
-    except ValueError:  # expired between the two calls
-        cache.set(key, 1, timeout=120)
     ids = cache.get(_tasks_key(ip)) or []
     cache.set(_tasks_key(ip), [*ids, str(task.pk)][-IP_TASKS_KEPT:], timeout=IP_TASKS_TTL)
 
@@ -159,7 +161,10 @@ def _ip_counts(ip: str, per_minute: int | None, max_active: int | None) -> tuple
     from longtask.models import LongTask
 
     cache = _cache()
-    recent = int(cache.get(_window_key(ip)) or 0) if per_minute is not None else 0
+    recent = 0
+    if per_minute is not None:
+        stats = _start_limiter().get_window_stats(_start_item(per_minute), ip)
+        recent = per_minute - stats.remaining
     active = 0
     if max_active is not None and (ids := cache.get(_tasks_key(ip))):
         rows = LongTask.objects.active().filter(pk__in=ids).values_list("pk", flat=True)
@@ -188,9 +193,33 @@ def _cache() -> Any:
     return caches[settings.CACHE_ALIAS]
 
 
-def _window_key(ip: str) -> str:
-    # A fixed window: the counter of the current minute, dropped after it.
-    return f"{settings.KEY_PREFIX}:limits:starts:{ip}:{int(time.time() // 60)}"
+def _start_limiter() -> Any:
+    """Return the moving-window limiter of anonymous starts, on the queues' storage."""
+    return _limiter_on(settings.RATE_LIMIT_STORAGE)
+
+
+@functools.cache
+def _limiter_on(uri: str | None) -> Any:
+    from limits.storage import storage_from_string
+    from limits.strategies import MovingWindowRateLimiter
+
+    from longtask.queues import database_storage
+
+    return MovingWindowRateLimiter(storage_from_string(uri) if uri else database_storage())
+
+
+def _start_item(per_minute: int) -> Any:
+    from limits import RateLimitItemPerSecond
+
+    return RateLimitItemPerSecond(per_minute, START_WINDOW, namespace="longtask-starts")
+
+
+def _retry_after(actor: Actor, per_minute: int) -> int:
+    """Seconds until the oldest start leaves the window (a minute for users' rows)."""
+    if actor.authenticated:
+        return START_WINDOW
+    stats = _start_limiter().get_window_stats(_start_item(per_minute), actor.client_ip or "unknown")
+    return max(1, min(START_WINDOW, math.ceil(stats.reset_time - time.time())))
 
 
 def _tasks_key(ip: str) -> str:

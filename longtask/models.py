@@ -45,7 +45,9 @@ class LongTaskQuerySet(models.QuerySet["LongTask"]):
 
     def visible_to(self, user: Any) -> LongTaskQuerySet:
         """Return the tasks ``user`` may list (anonymous tasks are reachable only by URL)."""
-        if user.is_authenticated and user.is_staff:
+        from longtask.access import can_view_all  # access imports this module
+
+        if can_view_all(user):
             return self.all()
         if user.is_authenticated:
             return self.filter(owner=user)

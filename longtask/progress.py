@@ -1,8 +1,11 @@
 """Live progress: workers write it to the shared cache, pages and endpoints read it.
 
 The stored record is ``{current, total, message, updated_at, rate}``; ``rate`` is a
-smoothed count per second from which the ETA is computed. Values are stored as
-JSON text, so nothing a task writes is ever unpickled from the cache.
+smoothed count per second from which the ETA is computed. The record is stored as
+JSON text, but how the cache stores that text is the cache backend's choice: Django's
+file and Redis caches pickle it, and unpickle whatever they find under the key. Use a
+cache that stores JSON (``longtask.jsoncache``, as the demo site does) so that write
+access to the cache is not code execution in the web and worker processes.
 """
 
 from __future__ import annotations

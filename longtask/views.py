@@ -14,7 +14,13 @@ from django.utils.http import content_disposition_header
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from longtask import api, limits, progress
-from longtask.access import can_start, get_visible_task
+from longtask.access import (
+    can_change,
+    can_start,
+    can_view_all,
+    get_changeable_task,
+    get_visible_task,
+)
 from longtask.conf import settings
 from longtask.documents import finished_subtasks, status_document
 from longtask.exceptions import (
@@ -123,8 +129,11 @@ def status(request: HttpRequest, task_id: UUID) -> HttpResponse:
         "progress": progress.payload(record),
         "eta_seconds": None if task.is_finished else progress.eta_seconds(record, time.time()),
         "refresh_seconds": settings.REFRESH_SECONDS,
-        "show_traceback": request.user.is_staff,
-        "can_cancel": not task.is_finished and not task.cancel_requested_at,
+        # The traceback is the site's internals: for those who may read every task.
+        "show_traceback": can_view_all(request.user),
+        "can_cancel": (
+            not task.is_finished and not task.cancel_requested_at and can_change(request.user, task)
+        ),
         # Where status.js follows the task live (a websocket path, no URL name to reverse).
         "live_url": websocket_path(task.pk),
     }
@@ -151,8 +160,8 @@ def status_json(request: HttpRequest, task_id: UUID) -> JsonResponse:
 
 @require_POST
 def cancel(request: HttpRequest, task_id: UUID) -> HttpResponse:
-    """Cancel a task (its owner, staff, or anyone holding an anonymous task's URL)."""
-    task = get_visible_task(request.user, task_id)
+    """Cancel a task (its owner, a user with change_longtask, or an anonymous task's URL)."""
+    task = get_changeable_task(request.user, task_id)
     api.cancel(task)
     return redirect_303(task.get_absolute_url())
 

@@ -65,6 +65,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "django.middleware.csp.ContentSecurityPolicyMiddleware",
+    "quiltsite.middleware.AdminStylesMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -74,14 +75,13 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
-# Security headers on every response (SECURITY.md). Scripts: only the site's own
-# files, never inline. Styles also allow inline: the quilt colours each square with a
-# style="background:#rrggbb" attribute (checked against a strict pattern) and the admin
-# uses style attributes; neither can run code.
+# Security headers on every response (SECURITY.md). Scripts and styles: only the site's
+# own files, never inline (the quilt colours its squares with SVG fill attributes). The
+# admin's pages alone also allow inline styles (quiltsite.middleware.AdminStylesMiddleware).
 SECURE_CSP = {
     "default-src": [CSP.SELF],
     "script-src": [CSP.SELF],
-    "style-src": [CSP.SELF, CSP.UNSAFE_INLINE],
+    "style-src": [CSP.SELF],
     "connect-src": [CSP.SELF],  # CSP level 3: 'self' covers the same host's ws:/wss:
     "object-src": [CSP.NONE],
     "base-uri": [CSP.NONE],
@@ -89,6 +89,23 @@ SECURE_CSP = {
     "frame-ancestors": [CSP.NONE],
 }
 SECURE_CONTENT_TYPE_NOSNIFF = True
+# Behind a TLS-terminating proxy (.env.example, "Production"). Off by default: the
+# embedded default serves plain HTTP on 127.0.0.1, and HSTS cannot be taken back.
+SECURE_HSTS_SECONDS = env_int("DJANGO_SECURE_HSTS_SECONDS", 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS")
+SECURE_HSTS_PRELOAD = env_bool("DJANGO_SECURE_HSTS_PRELOAD")
+SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT")
+SESSION_COOKIE_SECURE = env_bool("DJANGO_SESSION_COOKIE_SECURE")
+CSRF_COOKIE_SECURE = env_bool("DJANGO_CSRF_COOKIE_SECURE")
+# "HEADER,value", e.g. "X-Forwarded-Proto,https": the header your proxy always sets
+# (and strips from clients); a request carrying it with that value is HTTPS.
+SECURE_PROXY_SSL_HEADER = None
+if _proxy_header := os.environ.get("DJANGO_SECURE_PROXY_SSL_HEADER", "").strip():
+    _name, _, _value = _proxy_header.partition(",")
+    SECURE_PROXY_SSL_HEADER = (
+        "HTTP_" + _name.strip().upper().replace("-", "_").removeprefix("HTTP_"),
+        _value.strip(),
+    )
 SECURE_REFERRER_POLICY = "same-origin"
 SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
@@ -151,13 +168,15 @@ else:
     }
 
 if REDIS_URL:
-    # Progress, sessions' cache and abuse counters in Redis, shared by every machine.
+    # Progress and abuse counters in Redis, shared by every machine. Stored as JSON, not
+    # Django's default pickle: write access to Redis must not be code execution here.
     CACHES = {
         "default": {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": REDIS_URL,
             "TIMEOUT": 7 * 24 * 3600,
             "KEY_PREFIX": "quiltsite",
+            "OPTIONS": {"serializer": "longtask.jsoncache.JSONSerializer"},
         }
     }
     # Workers push "task changed" events to the web processes' websockets.
@@ -173,15 +192,18 @@ else:
     # writes each entry atomically (temp file + rename) and keeps progress off the
     # SQLite write lock that the task rows need. Without a channel layer, the web
     # process polls the database for the websockets it serves (longtask/live.py).
+    # JSON files, not Django's pickles: write access to var/cache must not run code.
     CACHES = {
         "default": {
-            "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+            "BACKEND": "longtask.jsoncache.JSONFileBasedCache",
             "LOCATION": DATA_DIR / "cache",
             "TIMEOUT": 7 * 24 * 3600,
             "OPTIONS": {"MAX_ENTRIES": 20_000},
         }
     }
-SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
+# Sessions in the database only (JSON, signed): never in the cache, so write access to
+# the cache can neither run code nor forge a login.
+SESSION_ENGINE = "django.contrib.sessions.backends.db"
 
 # Absolute status URLs printed by `manage.py longtask` start with this.
 LONGTASK_BASE_URL = os.environ.get(

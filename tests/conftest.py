@@ -66,3 +66,25 @@ def other_user(django_user_model):
 @pytest.fixture
 def staff(django_user_model):
     return django_user_model.objects.create_user("root", password="pw-root", is_staff=True)
+
+
+def user_with(django_user_model, username: str, *codenames: str, **fields):
+    """Return a new user holding the given ``longtask`` permissions."""
+    from django.contrib.auth.models import Permission
+
+    user = django_user_model.objects.create_user(username, password=f"pw-{username}", **fields)
+    for codename in codenames:
+        user.user_permissions.add(Permission.objects.get(codename=codename))
+    return user
+
+
+@pytest.fixture
+def viewer(django_user_model):
+    """A staff user who may read every task (view_longtask) but not cancel it."""
+    return user_with(django_user_model, "viewer", "view_longtask", is_staff=True)
+
+
+@pytest.fixture
+def changer(django_user_model):
+    """A user who may read, cancel and retry every task (change_longtask), not staff."""
+    return user_with(django_user_model, "changer", "change_longtask")

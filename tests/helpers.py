@@ -35,3 +35,12 @@ def claim(task: Any) -> Any:
     claimed = states.claim(task.pk)
     task.refresh_from_db()
     return claimed[0] if claimed else None
+
+
+def quilt_squares(html: str) -> tuple[int, int]:
+    """Return (coloured, blank) squares of the quilt SVG in ``html``."""
+    import re
+
+    squares = re.findall(r'<rect x="\d+" y="\d+"[^>]*?(?: fill="(#[0-9a-f]{6})")?/>', html)
+    coloured = sum(1 for fill in squares if fill)
+    return coloured, len(squares) - coloured

@@ -47,7 +47,7 @@ OBSERVER = """() => {
     if (bar && bar.position >= 0) {
       seen.maxPercent = Math.max(seen.maxPercent, Math.floor((100 * bar.value) / bar.max));
     }
-    const squares = main.querySelectorAll(".live .quilt i[style]").length;
+    const squares = main.querySelectorAll(".live .quilt > rect[fill]").length;
     if (seen.counts[seen.counts.length - 1] !== squares) seen.counts.push(squares);
   };
   new MutationObserver(record).observe(main, {
@@ -106,7 +106,7 @@ def test_live_page_fills_the_quilt_and_shows_the_result_without_reload(tmp_path,
         page = chromium.new_page(viewport={"width": 900, "height": 1000})
         page.on("pageerror", lambda error: errors.append(str(error)))
         start_quilt(page, base, work_ms=60)
-        assert page.locator("main .live .quilt i").count() == ROWS * COLS
+        assert page.locator("main .live .quilt > rect").count() == ROWS * COLS
         page.evaluate("window.__marker = 'still here'")
         page.evaluate(OBSERVER)
         with workers(tmp_path):  # only now: the page watches the whole run
@@ -118,7 +118,7 @@ def test_live_page_fills_the_quilt_and_shows_the_result_without_reload(tmp_path,
         assert seen["maxPercent"] == 100, seen
         assert max(seen["counts"]) == ROWS * COLS, seen  # every square, live
         assert any(0 < n < ROWS * COLS for n in seen["counts"]), f"never partly filled: {seen}"
-        assert page.locator("main .result .quilt i[style]").count() == ROWS * COLS
+        assert page.locator("main .result .quilt > rect[fill]").count() == ROWS * COLS
         assert page.locator("main .task-status").inner_text().startswith("Succeeded")
         assert "Succeeded" in page.title()
         assert page.locator("noscript").count() == 1  # the head was not replaced
@@ -135,7 +135,7 @@ def test_without_websockets_the_page_polls_the_json_to_the_result(tmp_path, chro
         page.wait_for_selector("main .result .quilt", timeout=DEADLINE_MS)
         assert page.evaluate("window.__marker") == "still here", "the page was reloaded"
         assert page.locator("main").get_attribute("data-live") == "polling"
-        assert page.locator("main .result .quilt i[style]").count() == ROWS * COLS
+        assert page.locator("main .result .quilt > rect[fill]").count() == ROWS * COLS
 
 
 def test_without_javascript_the_meta_refresh_reaches_the_result(tmp_path, chromium):
@@ -148,7 +148,67 @@ def test_without_javascript_the_meta_refresh_reaches_the_result(tmp_path, chromi
         first = page.content()
         page.wait_for_selector("main .result .quilt", timeout=DEADLINE_MS)
         assert 'http-equiv="refresh"' in first or "Succeeded" in first
-        assert page.locator("main .result .quilt i[style]").count() == ROWS * COLS
+        assert page.locator("main .result .quilt > rect[fill]").count() == ROWS * COLS
         assert page.locator("main .task-status").inner_text().startswith("Succeeded")
         assert len(loads) >= 3, loads  # the form, the status page, at least one refresh
+        context.close()
+
+
+# Every CSP violation the page sees, recorded from inside it before any script runs.
+CSP_RECORDER = """
+window.__csp = [];
+document.addEventListener("securitypolicyviolation", (event) => {
+  window.__csp.push(event.violatedDirective + " " + (event.blockedURI || "inline"));
+});
+"""
+
+
+def test_the_live_quilt_needs_no_inline_style(tmp_path, chromium):
+    console: list[str] = []
+    with daphne(tmp_path / "daphne.log") as base:
+        page = chromium.new_page()
+        page.add_init_script(CSP_RECORDER)
+        page.on("console", lambda message: console.append(message.text))
+        start_quilt(page, base, work_ms=60)
+        policy = page.evaluate(
+            "fetch(location.href).then(r => r.headers.get('content-security-policy'))"
+        )
+        assert "unsafe-inline" not in policy and "style-src 'self'" in policy
+        with workers(tmp_path):
+            # Running: some squares painted live, by status.js, before the end.
+            page.wait_for_selector("main .live .quilt > rect[fill]", timeout=DEADLINE_MS)
+            page.wait_for_selector("main .result .quilt", timeout=DEADLINE_MS)
+        assert page.locator("main .result .quilt > rect[fill]").count() == ROWS * COLS
+        assert page.evaluate("window.__csp") == []
+    assert not [text for text in console if "Content Security Policy" in text], console
+
+
+@pytest.fixture
+def signed_in_user(django_user_model) -> tuple[str, str]:
+    """A user who can log in through the admin's login page (created before Playwright runs)."""
+    django_user_model.objects.create_user("walker", password="pw-walker-1", is_staff=True)
+    return "walker", "pw-walker-1"
+
+
+def test_after_a_logout_the_live_page_says_signed_out_and_stops(tmp_path, signed_in_user, chromium):
+    username, password = signed_in_user
+    with daphne(tmp_path / "daphne.log") as base:  # no workers: the task stays queued
+        context = chromium.new_context()
+        page = context.new_page()
+        sockets: list[str] = []
+        page.on("websocket", lambda socket: sockets.append(socket.url))
+        page.goto(base + "/admin/login/?next=/")
+        page.fill("#id_username", username)
+        page.fill("#id_password", password)
+        page.click("input[type=submit]")
+        page.wait_for_url(base + "/")
+        start_quilt(page, base, work_ms=0)
+        page.wait_for_selector("main[data-live=socket]", timeout=DEADLINE_MS)
+        other = context.new_page()  # another tab of the same browser logs out
+        other.goto(base + "/admin/")
+        other.click("#logout-form button")
+        other.wait_for_url("**/logout/")
+        page.wait_for_selector("main[data-live=signed-out] .signed-out", timeout=DEADLINE_MS)
+        assert "Signed out" in page.locator("main .signed-out").inner_text()
+        assert len(sockets) == 1, sockets  # the 4403 close was not followed by a reconnect
         context.close()

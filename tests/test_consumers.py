@@ -186,16 +186,19 @@ def test_reconnecting_with_the_last_cursor_misses_nothing():
     assert not live._watchers
 
 
-@pytest.mark.parametrize("who", ["anonymous", "other", "owner", "staff"])
-def test_owned_task_follows_the_status_page_access_rule(client, user, other_user, staff, who):
+@pytest.mark.parametrize("who", ["anonymous", "other", "staff", "owner", "viewer"])
+def test_owned_task_follows_the_status_page_access_rule(
+    client, user, other_user, staff, viewer, who
+):
     task = longtask.start("report", {"month": "2026-10"}, owner=user)
-    visitor = {"anonymous": None, "other": other_user, "owner": user, "staff": staff}[who]
+    visitors = {"anonymous": None, "other": other_user, "staff": staff, "owner": user}
+    visitor = {**visitors, "viewer": viewer}[who]
     cookie = session_cookie(client, visitor) if visitor else ""
 
     async def scenario() -> None:
         ws = socket(f"/ws/tasks/{task.pk}/", cookie=cookie)
         assert (await ws.connect(TIMEOUT))[0]
-        if who in ("anonymous", "other"):
+        if who in ("anonymous", "other", "staff"):  # is_staff alone grants nothing
             assert await close_code(ws) == 4404
         else:
             snapshot = await ws.receive_json_from(TIMEOUT)
@@ -268,3 +271,85 @@ def test_a_deleted_task_closes_its_sockets_with_4404():
 
     run(scenario)
     assert not live._watchers
+
+
+# Access re-checked while the socket is open -----------------------------------------------
+
+
+def lose_nothing(user: Any, client: Any) -> None:
+    """The control: nothing changes, so the socket stays open."""
+
+
+def log_out(user: Any, client: Any) -> None:
+    client.logout()
+
+
+def change_password(user: Any, client: Any) -> None:
+    user.set_password("pw-new")  # a new session auth hash: other sessions end
+    user.save()
+
+
+def lose_permission(user: Any, client: Any) -> None:
+    user.user_permissions.clear()
+
+
+@pytest.mark.parametrize("change", [lose_nothing, log_out, change_password, lose_permission])
+def test_an_open_socket_closes_4403_when_access_ends(
+    client, user, viewer, settings, monkeypatch, change
+):
+    from longtask import consumers
+
+    settings.LONGTASK_LIVE_RECHECK = 0.02
+    checks = []
+    real = consumers.still_allowed
+
+    def counted(*args: Any) -> bool:
+        checks.append(real(*args))
+        return checks[-1]
+
+    # raising=False: on a consumer without re-checks the test fails on its own terms (no checks).
+    monkeypatch.setattr(consumers, "still_allowed", counted, raising=False)
+    task = longtask.start("report", {"month": "2026-10"}, owner=user)  # queued: stays open
+    cookie = session_cookie(client, viewer)
+
+    async def scenario() -> None:
+        ws = socket(f"/ws/tasks/{task.pk}/", cookie=cookie)
+        assert (await ws.connect(TIMEOUT))[0]
+        assert (await ws.receive_json_from(TIMEOUT))["type"] == "snapshot"
+        await until(lambda: len(checks) >= 2)  # re-checks run and pass before the change
+        assert all(checks)
+        await database_sync_to_async(change)(viewer, client)
+        if change is lose_nothing:
+            seen = len(checks)
+            await until(lambda: len(checks) >= seen + 3)
+            await ws.send_json_to({"type": "ping"})
+            assert await ws.receive_json_from(TIMEOUT) == {"type": "pong"}
+            await ws.disconnect()
+        else:
+            assert await close_code(ws) == 4403
+
+    run(scenario)
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Yield to the event loop until ``condition`` holds (fail after TIMEOUT seconds)."""
+    deadline = asyncio.get_running_loop().time() + TIMEOUT
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+def test_the_session_check_never_changes_the_session(client, user):
+    from django.contrib.sessions.models import Session
+
+    from longtask import consumers
+
+    client.force_login(user)
+    key = client.cookies["sessionid"].value
+    before = Session.objects.get(pk=key).session_data
+    assert consumers.session_user(key) == user
+    user.set_password("pw-new")
+    user.save()
+    assert consumers.session_user(key) is None
+    assert Session.objects.get(pk=key).session_data == before  # not flushed: HTTP's job
+    assert consumers.session_user(None) is None and consumers.session_user("nope") is None

@@ -8,13 +8,15 @@ import io
 import json
 import os
 import re
+import secrets
 import subprocess
 import sys
+import time
 from typing import Any
 
 import pytest
 from channels.testing import WebsocketCommunicator
-from django.contrib.auth.models import Permission
+from django.contrib.auth.models import AnonymousUser, Permission
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.utils import timezone
@@ -112,12 +114,63 @@ def test_every_surface_hides_an_owned_task_from_others(client, user, other_user,
 
 
 @pytest.mark.parametrize(("method", "url"), SURFACES)
-def test_staff_see_owned_tasks_and_anyone_sees_anonymous_ones(client, user, staff, method, url):
-    owned, anonymous = report_row(owner=user), report_row()
+def test_is_staff_alone_grants_nothing_on_any_surface(client, user, staff, method, url):
+    task = report_row(owner=user)
     client.force_login(staff)
-    assert getattr(client, method)(url.format(owned.pk)).status_code in (200, 303)
+    assert getattr(client, method)(url.format(task.pk)).status_code == 404
+
+
+READS = [(method, url) for method, url in SURFACES if method == "get"]
+
+
+@pytest.mark.parametrize(("method", "url"), READS)
+def test_view_permission_reads_others_tasks_and_anyone_reads_anonymous_ones(
+    client, user, viewer, method, url
+):
+    owned, anonymous = report_row(owner=user), report_row()
+    client.force_login(viewer)
+    assert getattr(client, method)(url.format(owned.pk)).status_code == 200
     client.logout()
-    assert getattr(client, method)(url.format(anonymous.pk)).status_code in (200, 303)
+    assert getattr(client, method)(url.format(anonymous.pk)).status_code == 200
+
+
+def test_cancelling_others_tasks_needs_the_change_permission(client, user, viewer, changer):
+    task = longtask.start("test-count", {"n": 1}, owner=user)
+    client.force_login(viewer)
+    assert 'action="/tasks/' not in client.get(f"/tasks/{task.pk}/").content.decode()
+    assert client.post(f"/tasks/{task.pk}/cancel/").status_code == 403
+    task.refresh_from_db()
+    assert task.cancel_requested_at is None
+    client.force_login(changer)
+    assert f'action="/tasks/{task.pk}/cancel/"' in client.get(f"/tasks/{task.pk}/").content.decode()
+    assert client.post(f"/tasks/{task.pk}/cancel/").status_code == 303
+    task.refresh_from_db()
+    assert task.status == Status.CANCELLED
+
+
+def test_owners_superusers_and_anonymous_urls_may_cancel(client, user, django_user_model):
+    root = django_user_model.objects.create_superuser("boss", password="pw-boss")
+    own, other, anonymous = (
+        longtask.start("test-count", {"n": 1}, owner=o) for o in (user, user, None)
+    )
+    client.force_login(user)
+    assert client.post(f"/tasks/{own.pk}/cancel/").status_code == 303
+    client.force_login(root)
+    assert client.post(f"/tasks/{other.pk}/cancel/").status_code == 303
+    client.logout()
+    assert client.post(f"/tasks/{anonymous.pk}/cancel/").status_code == 303
+    assert set(LongTask.objects.values_list("status", flat=True)) == {Status.CANCELLED}
+
+
+def test_visible_to_lists_what_the_access_rule_shows(user, other_user, staff, viewer, changer):
+    mine, theirs = report_row(owner=user), report_row(owner=other_user)
+    report_row()  # anonymous: reachable by URL, never listed to others
+    listed = {who: set(LongTask.objects.visible_to(who)) for who in (user, staff, viewer)}
+    assert listed[user] == {mine}
+    assert listed[staff] == set()  # is_staff alone: only their own (none)
+    assert {mine, theirs} < listed[viewer] and len(listed[viewer]) == 3
+    assert set(LongTask.objects.visible_to(changer)) == listed[viewer]
+    assert not LongTask.objects.visible_to(AnonymousUser()).exists()
 
 
 def test_cancel_by_another_user_changes_nothing(client, user, other_user):
@@ -148,12 +201,15 @@ def ws_close_code(path: str, cookie: str = "", origin: str = "http://127.0.0.1")
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_websocket_hides_an_owned_task_from_others(client, user, other_user):
+def test_the_websocket_hides_an_owned_task_from_others(client, user, other_user, staff):
     task = report_row(owner=user)
     client.force_login(other_user)
     cookie = f"sessionid={client.cookies['sessionid'].value}"
     assert ws_close_code(f"/ws/tasks/{task.pk}/", cookie) == 4404
     assert ws_close_code(f"/ws/tasks/{task.pk}/") == 4404
+    client.force_login(staff)  # is_staff without view_longtask
+    cookie = f"sessionid={client.cookies['sessionid'].value}"
+    assert ws_close_code(f"/ws/tasks/{task.pk}/", cookie) == 4404
     client.force_login(user)
     cookie = f"sessionid={client.cookies['sessionid'].value}"
     assert ws_close_code(f"/ws/tasks/{task.pk}/", cookie) == 1000  # finished: snapshot, close
@@ -224,6 +280,19 @@ def test_admin_actions_need_the_model_permissions(client, staff, user):
     assert task.status == Status.QUEUED
 
 
+def test_the_admin_follows_the_same_rule(client, staff, user, django_user_model):
+    task = longtask.start("test-count", {"n": 1}, owner=user)
+    client.force_login(staff)  # is_staff alone: the admin shows no task
+    assert client.get("/admin/longtask/longtask/").status_code == 403
+    assert client.get(f"/admin/longtask/longtask/{task.pk}/change/").status_code == 403
+    staff.user_permissions.add(Permission.objects.get(codename="change_longtask"))
+    client.force_login(type(staff).objects.get(pk=staff.pk))
+    data = {"action": "cancel_tasks", "_selected_action": [str(task.pk)]}
+    client.post("/admin/longtask/longtask/", data)
+    task.refresh_from_db()
+    assert task.status == Status.CANCELLED
+
+
 # Abuse limits ------------------------------------------------------------------------
 
 
@@ -254,6 +323,24 @@ def test_anonymous_starts_count_per_remote_addr_not_forwarded_for(client, strict
     forged = {**one, "HTTP_X_FORWARDED_FOR": "198.51.100.9"}
     assert post_count(client, **forged).status_code == 429
     assert post_count(client, REMOTE_ADDR="203.0.113.2").status_code == 303
+
+
+def test_anonymous_starts_are_limited_in_a_moving_window_across_a_minute_boundary(
+    client, settings, monkeypatch
+):
+    settings.LONGTASK_STARTS_PER_MINUTE = 20
+    settings.LONGTASK_MAX_ACTIVE_TASKS = None
+    now = [(time.time() // 60 + 1) * 60 - 10]  # 10 s before a minute's boundary
+    monkeypatch.setattr(time, "time", lambda: now[0])
+    statuses = [post_count(client).status_code for _ in range(21)]
+    assert statuses == [303] * 20 + [429]
+    now[0] += 15  # 5 s into the next minute: a fixed window would start counting afresh
+    refused = post_count(client)
+    assert refused.status_code == 429
+    assert 40 <= int(refused["Retry-After"]) <= 46  # when the first start leaves the window
+    now[0] += 46  # 61 s after the first start: the window has room again
+    assert post_count(client).status_code == 303
+    assert LongTask.objects.count() == 21
 
 
 def test_active_tasks_are_limited_per_user_and_per_ip(client, user, strict):
@@ -375,11 +462,16 @@ def csp_of(response: Any) -> dict[str, str]:
     return dict(part.strip().split(" ", 1) for part in header.split(";") if part.strip())
 
 
-@pytest.mark.parametrize("path", ["/", "/tasks/new/report/", "/nope/", "/admin/login/"])
+@pytest.mark.parametrize(
+    "path", ["/", "/tasks/new/report/", "/nope/", "/admin/login/", "/admin/nope/"]
+)
 def test_security_headers_on_every_page(client, path):
     response = client.get(path)
     policy = csp_of(response)
     assert policy["script-src"] == "'self'"
+    # Inline styles only on the admin's own pages.
+    admin = path.startswith("/admin/")
+    assert policy["style-src"] == ("'self' 'unsafe-inline'" if admin else "'self'")
     assert policy["frame-ancestors"] == "'none'" and policy["object-src"] == "'none'"
     assert response["X-Content-Type-Options"] == "nosniff"
     assert response["Referrer-Policy"] == "same-origin"
@@ -420,9 +512,11 @@ def test_hostile_text_is_escaped_on_the_status_page(client, status):
         error=HOSTILE,
         last_progress={"current": 1, "total": 2, "message": HOSTILE, "updated_at": 0},
     )
-    html = client.get(f"/tasks/{task.pk}/").content.decode()
+    response = client.get(f"/tasks/{task.pk}/")
+    html = response.content.decode()
     assert_no_inline_script(html)
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "style=" not in html and "unsafe-inline" not in response["Content-Security-Policy"]
 
 
 def test_status_js_inserts_text_never_html():
@@ -462,3 +556,64 @@ def test_settings_are_safe_by_default_and_read_from_the_environment(tmp_path):
     )
     assert chosen == {"debug": True, "key": "k" * 60, "hosts": ["a.example"]}
     assert "var/" in (ROOT / ".gitignore").read_text().split()  # the key stays out of git
+
+
+#: What .env.example sets for a site behind a TLS-terminating proxy.
+PRODUCTION = {
+    "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
+    "DJANGO_DEBUG": "0",
+    "DJANGO_ALLOWED_HOSTS": "tasks.example.com",
+    "DJANGO_SECURE_PROXY_SSL_HEADER": "X-Forwarded-Proto,https",
+    "DJANGO_SECURE_SSL_REDIRECT": "1",
+    "DJANGO_SESSION_COOKIE_SECURE": "1",
+    "DJANGO_CSRF_COOKIE_SECURE": "1",
+    "DJANGO_SECURE_HSTS_SECONDS": "31536000",
+    "DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS": "1",
+    "DJANGO_SECURE_HSTS_PRELOAD": "1",
+}
+
+
+def check_deploy(tmp_path: Any, **env: str) -> subprocess.CompletedProcess[str]:
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DJANGO_", "LONGTASK_")) and k not in {"DATABASE_URL", "REDIS_URL"}
+    }
+    return subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        env={**base, "DJANGO_SETTINGS_MODULE": "quiltsite.settings"}
+        | {"LONGTASK_DATA_DIR": str(tmp_path), **env},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_check_deploy_is_clean_under_the_production_variables(tmp_path):
+    done = check_deploy(tmp_path, **PRODUCTION)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "no issues" in done.stdout
+    documented = (ROOT / ".env.example").read_text()
+    for name in PRODUCTION:
+        assert f"# {name}=" in documented, name
+    bare = check_deploy(tmp_path, DJANGO_ALLOWED_HOSTS="tasks.example.com")
+    for warning in ("W004", "W008", "W012", "W016"):  # what the variables answer
+        assert f"security.{warning}" in bare.stderr
+
+
+def test_the_proxy_header_is_read_as_django_wants_it(tmp_path):
+    code = "import quiltsite.settings as s; print(s.SECURE_PROXY_SSL_HEADER)"
+    env = {
+        "LONGTASK_DATA_DIR": str(tmp_path),
+        "DJANGO_SECURE_PROXY_SSL_HEADER": "X-Forwarded-Proto,https",
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, **env},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert out.strip() == "('HTTP_X_FORWARDED_PROTO', 'https')"

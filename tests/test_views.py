@@ -141,13 +141,17 @@ def test_succeeded_page_shows_result_download_and_marks_viewed(client):
     assert lines[1].startswith("2026-02-01,") and lines[-1].startswith("total,")
 
 
-def test_failed_page_shows_error_and_traceback_to_staff_only(client, staff, test_kinds_registered):
+def test_failed_page_shows_the_traceback_to_viewers_only(
+    client, staff, viewer, test_kinds_registered
+):
     task = longtask.start("test-boom", {})
     runner.run(str(task.pk))
     html = client.get(status_url(task)).content.decode()
     assert "RuntimeError: it broke on two lines" in html
     assert "Traceback" not in html
-    client.force_login(staff)
+    client.force_login(staff)  # is_staff alone, no view_longtask
+    assert "Traceback" not in client.get(status_url(task)).content.decode()
+    client.force_login(viewer)
     assert "Traceback" in client.get(status_url(task)).content.decode()
     assert client.get(f"/tasks/{task.pk}/download/").status_code == 404
 
@@ -184,16 +188,18 @@ def test_json_document_shape(client, test_kinds_registered):
 
 
 @pytest.mark.parametrize("suffix", ["", ".json", "/download/"])
-def test_owned_tasks_are_hidden_from_others(client, user, other_user, staff, suffix):
+def test_owned_tasks_are_hidden_from_others(client, user, other_user, staff, viewer, suffix):
     task = longtask.start("report", {"month": "2026-02", "work_ms": 0}, owner=user)
     runner.run(str(task.pk))
     url = f"/tasks/{task.pk}{suffix}" if suffix == ".json" else f"/tasks/{task.pk}{suffix or '/'}"
     assert client.get(url).status_code == 404  # anonymous
     client.force_login(other_user)
     assert client.get(url).status_code == 404
+    client.force_login(staff)  # is_staff without view_longtask
+    assert client.get(url).status_code == 404
     client.force_login(user)
     assert client.get(url).status_code == 200
-    client.force_login(staff)
+    client.force_login(viewer)
     assert client.get(url).status_code == 200
 
 

@@ -121,7 +121,8 @@
       return;
     }
     if (event.status === "SUCCEEDED" && result && COLOR.test(String(result.color))) {
-      square.style.background = result.color;
+      // An SVG fill attribute, not a style: the page's CSP allows no inline style.
+      square.setAttribute("fill", result.color);
       square.classList.remove("failed");
     } else if (event.status === "FAILED") {
       square.classList.add("failed");
@@ -226,6 +227,15 @@
     }
   }
 
+  function signedOut() {
+    state.finished = true; // stop following: no reconnect, no polling
+    main.setAttribute("data-live", "signed-out");
+    var note = document.createElement("p");
+    note.className = "signed-out";
+    note.textContent = "Signed out: sign in again and reload this page to follow the task.";
+    main.insertBefore(note, main.firstChild);
+  }
+
   function connect() {
     if (state.finished) {
       return;
@@ -267,6 +277,10 @@
       }
       if (event.code === 4404) {
         return; // gone or not ours: nothing more will come
+      }
+      if (event.code === 4403) {
+        signedOut(); // the session ended or the permission went: retrying cannot help
+        return;
       }
       if (!heard) {
         state.failures += 1;
