@@ -32,7 +32,7 @@ def required() -> bool:
 
 def cannot_audit(reason: str) -> int:
     if required():
-        print(f"FAILED: the dependency audit is required (LONGTASK_REQUIRE_AUDIT=1) but cannot run: {reason}")
+        print(f"FAILED: the dependency audit is required but cannot run: {reason}")
         return 1
     print(f"SKIPPED the dependency audit (pip-audit): {reason}")
     return 0
