@@ -92,6 +92,8 @@ def enqueue_many(
             [OrmQ(key=broker.list_key, payload=pack, lock=now) for pack in packs]
         )
     elif hasattr(broker.connection, "rpush"):
+        # A job with an eta goes to the delayed set even if the eta passes before the
+        # commit: the broker moves due jobs onto the list at its next dequeue.
         transaction.on_commit(lambda: _push(broker, packs, eta))
     else:  # another broker: its own enqueue, after the commit
         transaction.on_commit(lambda: [broker.enqueue(pack) for pack in packs])
@@ -99,7 +101,7 @@ def enqueue_many(
 
 
 def _push(broker: Any, packs: list[Any], eta: datetime.datetime | None) -> None:
-    if eta and eta > timezone.now():
+    if eta:
         broker.connection.zadd(delayed_key(broker.list_key), dict.fromkeys(packs, eta.timestamp()))
     else:
         broker.connection.rpush(broker.list_key, *packs)
