@@ -46,7 +46,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 EXAMPLES = int(os.environ.get("LONGTASK_MODEL_EXAMPLES", "60"))
 FANOUTS = ["test-squares", "test-squares-tolerant"]
 #: Few tasks, so that the rules often meet on the same one.
-MAX_TASKS = 3
+MAX_TASKS = 2
 #: How far a "later" sweep moves the clock: past STALE_AFTER (60 s) for every run.
 LATER = datetime.timedelta(seconds=3600)
 
@@ -110,6 +110,15 @@ class EngineModel(RuleBasedStateMachine):
         self.params[str(task.pk)] = {"kind": "test-flaky"}
 
     # Workers ---------------------------------------------------------------------------
+
+    def drain(self, limit: int) -> None:
+        for _ in range(limit):
+            jobs = broker._entries(heads_only=True)
+            if not jobs:
+                return
+            if broker._take(jobs[0]):
+                self._gather_claim(jobs[0].package)
+                broker.run(jobs[0].package)
 
     def _gather_claim(self, package: dict[str, Any]) -> None:
         if package["func"] == "longtask.jobs.run_task":
@@ -208,7 +217,7 @@ class EngineModel(RuleBasedStateMachine):
         recovery.sweep(now=timezone.now() + self.offset)
 
     def sweep_later_and_take_over(self) -> None:
-        """The sweeper re-queues the frozen runs and other workers claim them at once."""
+        """The sweeper re-queues the frozen runs and chunks; other workers claim them at once."""
         self.sweep_later()
         for run, fanout in list(self.zombie_runs):
             row = LongTask.objects.get(pk=run.task_id)
@@ -217,6 +226,10 @@ class EngineModel(RuleBasedStateMachine):
                 if row.fan_in_at is not None:
                     self.gather_claims[str(run.task_id)] += 1
                 self.zombie_runs.append((claimed[0], fanout))
+        for task_id, chunk in list(self.zombie_chunks):
+            taken = states.claim_subtasks(task_id, 0, 10, [row[1] for row in chunk.rows])
+            if taken.rows:
+                self.zombie_chunks.append((task_id, taken))
 
     def cancel(self, data: st.DataObject) -> None:
         longtask.cancel(LongTask.objects.get(pk=data.draw(st.sampled_from(self.tasks))))
@@ -227,8 +240,11 @@ class EngineModel(RuleBasedStateMachine):
     # The rules: few, so that hypothesis often strings the interesting ones together.
 
     @precondition(lambda self: self.tasks)
-    @rule(data=st.data(), action=st.sampled_from(["deliver", "deliver", "twice", "lose"]))
+    @rule(data=st.data(), action=st.sampled_from(["deliver", "deliver", "twice", "lose", "drain"]))
     def job(self, data: st.DataObject, action: str) -> None:
+        if action == "drain":  # idle workers run everything queued, and what that queues
+            self.drain(limit=500)
+            return
         {"deliver": self.deliver, "twice": self.deliver_twice, "lose": self.lose_job}[action](data)
 
     @precondition(lambda self: self.tasks)
@@ -245,8 +261,11 @@ class EngineModel(RuleBasedStateMachine):
         else:
             self.zombie_task_writes(data, action)
 
-    @rule(action=st.sampled_from(["now", "later", "take_over"]))
+    @rule(action=st.sampled_from(["now", "later", "take_over", "settle"]))
     def sweep(self, action: str) -> None:
+        if action == "settle":  # workers and sweepers run until every task has ended
+            self.settle()
+            return
         {
             "now": self.sweep_now,
             "later": self.sweep_later,
@@ -291,16 +310,20 @@ class EngineModel(RuleBasedStateMachine):
         ).exclude(pk__in=held)
         assert not orphans.exists(), "a RETRYING subtask under a finished parent"
 
-    def teardown(self) -> None:
-        """Liveness: with the rules stopped, idle workers and sweeps finish every task."""
+    def settle(self) -> None:
+        """Frozen workers are gone for good; idle workers and sweeps run until all has ended."""
         self.zombie_runs.clear()
         self.zombie_chunks.clear()
         for _round in range(40):
-            broker.drain_queue(limit=5000)
+            self.drain(limit=5000)
             if not LongTask.objects.exclude(status__in=FINISHED_STATUSES).exists():
                 break
             self.offset += LATER
             recovery.sweep(now=timezone.now() + self.offset)
+
+    def teardown(self) -> None:
+        """Liveness: with the rules stopped, idle workers and sweeps finish every task."""
+        self.settle()
         stuck = list(
             LongTask.objects.exclude(status__in=FINISHED_STATUSES).values_list("kind", "status")
         )
