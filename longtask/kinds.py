@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -71,6 +71,9 @@ class Kind:
     def run(self, task: LongTask, params: dict[str, Any]) -> Any:
         """Do the work, calling ``task.progress(...)`` as it goes; return a JSON-able result."""
         raise NotImplementedError
+
+    def on_finished(self, task: LongTask) -> None:
+        """Called once a run or the sweeper has finished the task for good (any outcome)."""
 
     def display_progress(self, task: LongTask) -> SafeString | str:
         """Render extra HTML for the status page while the task runs (e.g. partial results)."""
@@ -161,10 +164,20 @@ class IterativeKind(Kind):
 
 
 class KindRegistry:
-    """The kinds known to this process, by name."""
+    """The kinds known to this process, by name.
+
+    A resolver answers for every name under its prefix (``task:`` runs any
+    django.tasks function), so such kinds need no registration; they are found by
+    ``find`` (the engine, pages) but never started by name (``get``: the web, the CLI).
+    """
 
     def __init__(self) -> None:
         self._kinds: dict[str, Kind] = {}
+        self._resolvers: dict[str, Callable[[str], Kind | None]] = {}
+
+    def add_resolver(self, prefix: str, resolve: Callable[[str], Kind | None]) -> None:
+        """Let ``resolve(name)`` answer for the kind names starting with ``prefix``."""
+        self._resolvers[prefix] = resolve
 
     def register(self, kind_class: type[Kind]) -> type[Kind]:
         name = kind_class.name
@@ -186,8 +199,13 @@ class KindRegistry:
             raise UnknownKind(name) from None
 
     def find(self, name: str) -> Kind | None:
-        """Return the kind registered as ``name``, or None (e.g. a kind since removed)."""
-        return self._kinds.get(name)
+        """Return the kind registered (or resolved) as ``name``, or None (e.g. since removed)."""
+        kind = self._kinds.get(name)
+        if kind is None:
+            for prefix, resolve in self._resolvers.items():
+                if name.startswith(prefix):
+                    return resolve(name)
+        return kind
 
     def __contains__(self, name: object) -> bool:
         return name in self._kinds

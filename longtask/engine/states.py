@@ -136,7 +136,11 @@ def claim(task_id: UUID | str) -> tuple[Run, LongTask] | None:
     if not moved:
         return None
     transaction.on_commit(lambda: push.notify(task_id))
-    return Run(task_id, token), LongTask.objects.get(pk=task_id)
+    task = LongTask.objects.get(pk=task_id)
+    # Not a status: one attempt's worker, for django.tasks' worker_ids (fenced all the same).
+    task.runs = [*task.runs, {"worker": task.worker, "at": now.isoformat()}]
+    LongTask.objects.filter(pk=task_id, token=token).update(runs=task.runs)
+    return Run(task_id, token), task
 
 
 def beat(run: Run) -> bool:
@@ -165,7 +169,14 @@ def succeed(run: Run, result: Any, progress: dict[str, Any] | None) -> bool:
     )
 
 
-def fail(run: Run, task: LongTask, error: str, tb: str, progress: dict[str, Any] | None) -> bool:
+def fail(
+    run: Run,
+    task: LongTask,
+    error: str,
+    tb: str,
+    progress: dict[str, Any] | None,
+    exception: str = "",
+) -> bool:
     """Fail the task for good; its subtasks still waiting are skipped with it."""
     error = one_line(error)
     with transaction.atomic():
@@ -173,7 +184,7 @@ def fail(run: Run, task: LongTask, error: str, tb: str, progress: dict[str, Any]
             "fail",
             run.task_id,
             run,
-            history=[*task.history, task.event("failed", error)],
+            history=[*task.history, task.event("failed", error, exception)],
             error=error,
             traceback=tb,
             last_progress=progress,
@@ -191,6 +202,7 @@ def schedule_retry(
     tb: str,
     next_at: datetime.datetime,
     progress: dict[str, Any] | None,
+    exception: str = "",
 ) -> bool:
     """Put the task in RETRYING until ``next_at`` and queue that attempt's job with it."""
     error = one_line(error)
@@ -199,7 +211,7 @@ def schedule_retry(
             "schedule_retry",
             run.task_id,
             run,
-            history=[*task.history, task.event("attempt failed", error)],
+            history=[*task.history, task.event("attempt failed", error, exception)],
             error=error,
             traceback=tb,
             last_progress=progress,
