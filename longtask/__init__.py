@@ -23,9 +23,11 @@ __all__ = [
     "RetryPolicy",
     "UnknownKind",
     "cancel",
+    "cancelled",
     "current_subtask",
     "register",
     "retry",
+    "set_progress",
     "start",
 ]
 
@@ -36,6 +38,8 @@ _LAZY = {
     "IterativeKind": "longtask.kinds",
     "current_subtask": "longtask.engine.chunks",
     "cancel": "longtask.api",
+    "cancelled": "longtask.api",
+    "set_progress": "longtask.api",
     "RetryPolicy": "longtask.retry_policy",
     "FatalError": "longtask.exceptions",
     "RetryLater": "longtask.exceptions",
