@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import re
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -13,11 +14,12 @@ from django.tasks import TaskResultStatus, default_task_backend, task_backends
 from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist, TaskResultMismatch
 from django.tasks.signals import task_enqueued, task_finished, task_started
 from django.test import override_settings
+from django.urls import reverse
 from django.utils import timezone
 
 import longtask
 from longtask import api
-from longtask.backends import LongTaskBackend, LongTaskTask
+from longtask.backends import STATUS_MAP, LongTaskBackend, LongTaskTask
 from longtask.engine import recovery
 from longtask.engine.heartbeat import node_name
 from longtask.exceptions import Cancelled
@@ -25,6 +27,7 @@ from longtask.models import LongTask, Status
 from tests import broker
 from tests import tasks_sample as sample
 from tests.helpers import claim, drain_queue
+from tests.processes import ROOT
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -334,6 +337,17 @@ def test_the_status_page_and_json_show_a_task(client):
     page = client.get(row.get_absolute_url())
     assert page.status_code == 200
     assert "tests.tasks_sample.with_progress" in page.content.decode()
+    data = client.get(reverse("longtask:status_json", args=[row.pk])).json()
+    assert data["status"] == "SUCCEEDED" and data["result"] == 2
+
+
+def test_the_readme_mapping_table_is_the_code_s():
+    table = (ROOT / "README.md").read_text().split("## Using django.tasks")[1].split("\n## ")[0]
+    documented = {}
+    for statuses, mapped in re.findall(r"^\| (`[A-Z`, ]+`) \| `([A-Z]+)` \|", table, re.M):
+        for status in re.findall(r"`([A-Z]+)`", statuses):
+            documented[status] = mapped
+    assert documented == {status.value: mapped.value for status, mapped in STATUS_MAP.items()}
 
 
 @override_settings(
