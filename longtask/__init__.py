@@ -29,6 +29,7 @@ __all__ = [
     "retry",
     "set_progress",
     "start",
+    "using_owner",
 ]
 
 _LAZY = {
@@ -40,6 +41,7 @@ _LAZY = {
     "cancel": "longtask.api",
     "cancelled": "longtask.api",
     "set_progress": "longtask.api",
+    "using_owner": "longtask.api",
     "RetryPolicy": "longtask.retry_policy",
     "FatalError": "longtask.exceptions",
     "RetryLater": "longtask.exceptions",

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextvars
 import datetime
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from django.db import IntegrityError, transaction
@@ -159,3 +161,21 @@ def cancelled() -> bool:
     """Say whether the running task has been asked to stop (False outside a task's run)."""
     task = current_task()
     return task is not None and task.cancelled
+
+
+_owner: contextvars.ContextVar[Any] = contextvars.ContextVar("longtask_owner", default=None)
+
+
+@contextmanager
+def using_owner(user: Any) -> Iterator[None]:
+    """Make ``user`` the owner of the django.tasks tasks enqueued in the block."""
+    token = _owner.set(user)
+    try:
+        yield
+    finally:
+        _owner.reset(token)
+
+
+def current_owner() -> Any:
+    """The owner set by ``using_owner`` around this code, or None."""
+    return _owner.get()

@@ -186,6 +186,7 @@ class LongTaskBackend(BaseTaskBackend):
         row = api.start(
             FunctionKind(task),
             {"args": args, "kwargs": kwargs},
+            owner=api.current_owner(),
             queue=task.queue_name,
             run_after=task.run_after,
         )

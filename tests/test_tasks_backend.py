@@ -356,3 +356,18 @@ def test_the_readme_mapping_table_is_the_code_s():
 def test_a_backend_without_queues_accepts_any_longtask_queue():
     backend = task_backends["default"]
     assert backend.queues == set() and backend.check() == []
+
+
+def test_using_owner_gives_the_task_an_owner_who_sees_it(client, django_user_model):
+    owner = django_user_model.objects.create_user("owner", password="pw")
+    django_user_model.objects.create_user("other", password="pw")
+    with longtask.using_owner(owner):
+        owned = sample.noop_task.enqueue()
+    unowned = sample.noop_task.enqueue()
+    assert LongTask.objects.get(pk=owned.id).owner == owner
+    assert LongTask.objects.get(pk=unowned.id).owner is None
+    url = reverse("longtask:status", args=[owned.id])
+    client.login(username="other", password="pw")
+    assert client.get(url).status_code == 404
+    client.login(username="owner", password="pw")
+    assert client.get(url).status_code == 200
