@@ -23,14 +23,13 @@ from django.utils.module_loading import import_string
 
 from longtask import api
 from longtask.conf import settings
-from longtask.kinds import Kind, registry
+from longtask.kinds import TASK_KIND_PREFIX, Kind, registry
 from longtask.models import LongTask, Status
 from longtask.retry_policy import RetryPolicy
 
 logger = logging.getLogger("longtask")
 
-#: Kind names of django.tasks functions: ``task:`` and the function's module path.
-KIND_PREFIX = "task:"
+KIND_PREFIX = TASK_KIND_PREFIX
 #: Django's semantics by default: a task that raises has failed, once.
 ONE_ATTEMPT = RetryPolicy(max_attempts=1)
 #: Longest kind name the ``kind`` column holds.

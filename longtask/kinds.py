@@ -23,6 +23,10 @@ if TYPE_CHECKING:
     from longtask.models import LongTask
 
 
+#: Kind names of django.tasks functions start with this, then the function's module path.
+TASK_KIND_PREFIX = "task:"
+
+
 @dataclass(frozen=True)
 class Download:
     """A result offered as a file."""

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from asgiref.sync import async_to_sync
+from django.contrib.auth.models import Permission
 from django.tasks import TaskResultStatus, default_task_backend, task_backends
 from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist, TaskResultMismatch
 from django.tasks.signals import task_enqueued, task_finished, task_started
@@ -330,10 +331,14 @@ def test_retry_runs_a_failed_task_again_with_the_same_arguments():
     assert result.status == TaskResultStatus.SUCCESSFUL and result.attempts == 4
 
 
-def test_the_status_page_and_json_show_a_task(client):
+def test_the_status_page_and_json_show_a_task_to_viewers_only(client, django_user_model):
     result = sample.with_progress.enqueue(2)
     drain_queue()
     row = LongTask.objects.get(pk=result.id)
+    assert client.get(row.get_absolute_url()).status_code == 404  # no owner: not open by URL
+    viewer = django_user_model.objects.create_user("viewer", password="pw")
+    viewer.user_permissions.add(Permission.objects.get(codename="view_longtask"))
+    client.login(username="viewer", password="pw")
     page = client.get(row.get_absolute_url())
     assert page.status_code == 200
     assert "tests.tasks_sample.with_progress" in page.content.decode()
