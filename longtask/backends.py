@@ -69,6 +69,8 @@ def kind_name(task: Task) -> str:
 class FunctionKind(Kind):
     """The kind that runs one django.tasks function, found by its module path."""
 
+    keeps_runs = True
+
     def __init__(self, task: Task) -> None:
         self.task = task
         # Instance attributes override Kind's class-level declarations.

@@ -61,6 +61,9 @@ class Kind:
     login_required: ClassVar[bool] = False
     #: Permission ("app_label.codename") needed to start this kind; implies a login.
     permission: ClassVar[str | None] = None
+    #: Keep each attempt's worker and start in the row's ``runs`` (django.tasks' worker_ids).
+    #: Off by default: an iterative kind's every batch is a run, and the list would grow.
+    keeps_runs: ClassVar[bool] = False
 
     def retry_policy(self) -> RetryPolicy:
         return self.retry or RetryPolicy.default()

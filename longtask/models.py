@@ -87,7 +87,8 @@ class LongTask(models.Model):
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     #: The worker (LONGTASK_NODE, else host:pid) that claimed the latest attempt.
     worker = models.CharField(max_length=200, blank=True)
-    #: Every attempt's worker and start, oldest first: [{"worker", "at"}] (kept across retries).
+    #: Each attempt's worker and start, oldest first: [{"worker", "at"}], kept across retries,
+    #: for kinds with ``keeps_runs`` (django.tasks functions).
     runs = models.JSONField(default=list, blank=True)
     #: The fencing token of the run that holds the task ("" when no run does): every
     #: write a worker makes is conditional on it, so a run that lost the task (it was

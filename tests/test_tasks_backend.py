@@ -21,7 +21,7 @@ from django.utils import timezone
 import longtask
 from longtask import api
 from longtask.backends import STATUS_MAP, LongTaskBackend, LongTaskTask
-from longtask.engine import recovery
+from longtask.engine import recovery, states
 from longtask.engine.heartbeat import node_name
 from longtask.exceptions import Cancelled
 from longtask.models import LongTask, Status
@@ -294,10 +294,16 @@ def test_a_cancelled_task_is_failed_and_its_errors_say_so():
     assert queued.worker_ids == [] and running.attempts == 1
 
 
+def claim_and_die(result_id: str) -> None:
+    """Start an attempt as a worker does, up to the kind's run; then the worker "dies"."""
+    task = LongTask.objects.get(pk=result_id)
+    states.record_run(claim(task), task)
+
+
 def test_a_lost_worker_is_recovered_with_a_second_worker_id():
     result = sample.flaky_task.enqueue()
     broker.clear()
-    claim(LongTask.objects.get(pk=result.id))  # then the worker "dies"
+    claim_and_die(result.id)
     stale = timezone.now() - datetime.timedelta(minutes=5)
     LongTask.objects.filter(pk=result.id).update(heartbeat_at=stale)
     assert recovery.sweep()["tasks"] == 1
@@ -311,7 +317,7 @@ def test_a_lost_worker_is_recovered_with_a_second_worker_id():
 def test_a_lost_worker_fails_a_task_without_retries():
     result = sample.noop_task.enqueue()
     broker.clear()
-    claim(LongTask.objects.get(pk=result.id))
+    claim_and_die(result.id)
     stale = timezone.now() - datetime.timedelta(minutes=5)
     LongTask.objects.filter(pk=result.id).update(heartbeat_at=stale)
     recovery.sweep()

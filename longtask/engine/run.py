@@ -83,6 +83,8 @@ def _claim_and_run(task_id: str, queue: queues.Queue, slot: str) -> None:
     if kind is None:
         states.fail(run_, task, f"unknown task kind {task.kind!r}", "", None)
         return
+    if kind.keeps_runs:
+        states.record_run(run_, task)
 
     def beat() -> bool:
         queues.renew_slot(queue, slot)

@@ -136,11 +136,18 @@ def claim(task_id: UUID | str) -> tuple[Run, LongTask] | None:
     if not moved:
         return None
     transaction.on_commit(lambda: push.notify(task_id))
-    task = LongTask.objects.get(pk=task_id)
-    # Not a status: one attempt's worker, for django.tasks' worker_ids (fenced all the same).
-    task.runs = [*task.runs, {"worker": task.worker, "at": now.isoformat()}]
-    LongTask.objects.filter(pk=task_id, token=token).update(runs=task.runs)
-    return Run(task_id, token), task
+    return Run(task_id, token), LongTask.objects.get(pk=task_id)
+
+
+def record_run(run: Run, task: LongTask) -> bool:
+    """Append the claimed attempt's worker and start to ``runs`` (fenced by the run's token)."""
+    entry = {"worker": task.worker, "at": (task.heartbeat_at or timezone.now()).isoformat()}
+    task.runs = [*task.runs, entry]
+    return bool(
+        LongTask.objects.filter(pk=run.task_id, status=RUNNING, token=run.token).update(
+            runs=task.runs
+        )
+    )
 
 
 def beat(run: Run) -> bool:
