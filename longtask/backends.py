@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import logging
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
@@ -27,9 +26,6 @@ from longtask.kinds import TASK_KIND_PREFIX, Kind, registry
 from longtask.models import LongTask, Status
 from longtask.retry_policy import RetryPolicy
 
-logger = logging.getLogger("longtask")
-
-KIND_PREFIX = TASK_KIND_PREFIX
 #: Django's semantics by default: a task that raises has failed, once.
 ONE_ATTEMPT = RetryPolicy(max_attempts=1)
 #: Longest kind name the ``kind`` column holds.
@@ -63,7 +59,7 @@ class LongTaskTask(Task):
 
 
 def kind_name(task: Task) -> str:
-    return f"{KIND_PREFIX}{task.module_path}"
+    return f"{TASK_KIND_PREFIX}{task.module_path}"
 
 
 class FunctionKind(Kind):
@@ -103,7 +99,7 @@ class FunctionKind(Kind):
 def find_task(name: str) -> Task | None:
     """Import the django.tasks Task a ``task:`` kind name points at, or None."""
     try:
-        found = import_string(name.removeprefix(KIND_PREFIX))
+        found = import_string(name.removeprefix(TASK_KIND_PREFIX))
     except ImportError:
         return None
     return found if isinstance(found, Task) else None
@@ -114,15 +110,18 @@ def resolve_kind(name: str) -> FunctionKind | None:
     return FunctionKind(task) if task is not None else None
 
 
-registry.add_resolver(KIND_PREFIX, resolve_kind)
+registry.add_resolver(TASK_KIND_PREFIX, resolve_kind)
 
 
 def _errors(row: LongTask) -> list[TaskError]:
-    """One TaskError per failed attempt; only the latest keeps its whole traceback."""
+    """One TaskError per failed attempt; only the latest keeps its whole traceback.
+
+    ``traceback`` always belongs to the latest failure (a user's retry clears it).
+    """
     failures = [e for e in row.history if e.get("event") in FAILURE_EVENTS]
     errors = []
     for position, entry in enumerate(failures):
-        latest = position == len(failures) - 1 and row.traceback and row.error
+        latest = position == len(failures) - 1 and row.traceback
         errors.append(
             TaskError(
                 exception_class_path=entry.get("exception") or UNKNOWN_EXCEPTION,
@@ -197,7 +196,7 @@ class LongTaskBackend(BaseTaskBackend):
 
     def get_result(self, result_id: str) -> TaskResult:
         try:
-            row = LongTask.objects.get(pk=result_id, kind__startswith=KIND_PREFIX)
+            row = LongTask.objects.get(pk=result_id, kind__startswith=TASK_KIND_PREFIX)
         except (LongTask.DoesNotExist, ValidationError, ValueError):
             raise TaskResultDoesNotExist(result_id) from None
         task = find_task(row.kind)

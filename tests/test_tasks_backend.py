@@ -247,7 +247,8 @@ def test_retries_are_opt_in_and_keep_one_error_and_worker_per_attempt():
     assert result.status == TaskResultStatus.SUCCESSFUL and result.return_value == 3
     assert result.attempts == 3 and result.worker_ids == [node_name()] * 3
     assert [e.exception_class for e in result.errors] == [ConnectionError, ConnectionError]
-    assert "not yet" in result.errors[0].traceback
+    assert result.errors[0].traceback == "ConnectionError: not yet"  # earlier: the error line
+    assert result.errors[1].traceback.startswith("Traceback (most recent call last)")
 
 
 def test_a_retrying_task_is_ready():
