@@ -123,3 +123,11 @@ def wait_for_file(path: str) -> str:
         time.sleep(0.05)  # polling a file the test writes, not synchronisation of the test
     with open(path) as handle:
         return handle.read()
+
+
+@task(time_limit=7)
+def over_time() -> None:
+    """Act out django-q2 stopping a job at its time limit (it raises this in the worker)."""
+    from django_q.exceptions import TimeoutException
+
+    raise TimeoutException("timed out")

@@ -17,13 +17,14 @@ from django.tasks.signals import task_enqueued, task_finished, task_started
 from django.test import override_settings
 from django.urls import reverse
 from django.utils import timezone
+from django_q.exceptions import TimeoutException
 
 import longtask
 from longtask import api
 from longtask.backends import STATUS_MAP, LongTaskBackend, LongTaskTask
 from longtask.engine import recovery, states
 from longtask.engine.heartbeat import node_name
-from longtask.exceptions import Cancelled
+from longtask.exceptions import Cancelled, TimeLimitExceeded
 from longtask.models import LongTask, Status
 from tests import broker
 from tests import tasks_sample as sample
@@ -267,6 +268,17 @@ def test_fatal_exceptions_fail_at_once():
     result.refresh()
     assert result.status == TaskResultStatus.FAILED and result.attempts == 1
     assert result.errors[0].exception_class is KeyError
+
+
+def test_a_time_limit_goes_with_the_job_and_fails_the_attempt():
+    result = sample.over_time.enqueue()
+    [job] = broker.jobs()
+    assert job.package["timeout"] == 7
+    with pytest.raises(TimeoutException):  # django-q2 then replaces the worker process
+        drain_queue()
+    result.refresh()
+    assert result.status == TaskResultStatus.FAILED and result.attempts == 1
+    assert result.errors[0].exception_class is TimeLimitExceeded
 
 
 def test_progress_reaches_the_row():
