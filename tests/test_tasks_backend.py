@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime
+import io
+import json
 import re
 import uuid
 from collections.abc import Iterator
@@ -11,6 +13,7 @@ from typing import Any
 import pytest
 from asgiref.sync import async_to_sync
 from django.contrib.auth.models import Permission
+from django.core.management import call_command
 from django.tasks import TaskResultStatus, default_task_backend, task_backends
 from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist, TaskResultMismatch
 from django.tasks.signals import task_enqueued, task_finished, task_started
@@ -395,3 +398,21 @@ def test_using_owner_gives_the_task_an_owner_who_sees_it(client, django_user_mod
     assert client.get(url).status_code == 404
     client.login(username="owner", password="pw")
     assert client.get(url).status_code == 200
+
+
+def test_the_cli_shows_retries_and_the_admin_lists_a_task(admin_client):
+    sample.FLAKY["fail"] = 3
+    result = sample.flaky_task.enqueue()
+    drain_queue()
+    out = io.StringIO()
+    call_command("longtask", "show", result.id, "--json", stdout=out)
+    shown = json.loads(out.getvalue())
+    assert shown["kind"] == "task:tests.tasks_sample.flaky_task" and shown["status"] == "FAILED"
+    call_command("longtask", "retry", result.id, stdout=io.StringIO())
+    drain_queue()
+    result.refresh()
+    assert result.status == TaskResultStatus.SUCCESSFUL
+    changelist = admin_client.get(reverse("admin:longtask_longtask_changelist"))
+    assert result.id in changelist.content.decode()
+    change = admin_client.get(reverse("admin:longtask_longtask_change", args=[result.id]))
+    assert change.status_code == 200
