@@ -14,6 +14,7 @@ import pytest
 from asgiref.sync import async_to_sync
 from django.contrib.auth.models import Permission
 from django.core.management import call_command
+from django.db import transaction
 from django.tasks import TaskResultStatus, default_task_backend, task_backends
 from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist, TaskResultMismatch
 from django.tasks.signals import task_enqueued, task_finished, task_started
@@ -416,3 +417,19 @@ def test_the_cli_shows_retries_and_the_admin_lists_a_task(admin_client):
     assert result.id in changelist.content.decode()
     change = admin_client.get(reverse("admin:longtask_longtask_change", args=[result.id]))
     assert change.status_code == 200
+
+
+def test_an_enqueue_rolled_back_leaves_no_task_job_or_signal():
+    seen: list[Any] = []
+
+    def receive(sender: Any, task_result: Any, **kwargs: Any) -> None:
+        seen.append(task_result)
+
+    task_enqueued.connect(receive)
+    try:
+        with pytest.raises(RuntimeError), transaction.atomic():
+            sample.noop_task.enqueue()
+            raise RuntimeError("changed my mind")
+    finally:
+        task_enqueued.disconnect(receive)
+    assert not LongTask.objects.exists() and broker.count() == 0 and seen == []
