@@ -433,3 +433,13 @@ def test_an_enqueue_rolled_back_leaves_no_task_job_or_signal():
     finally:
         task_enqueued.disconnect(receive)
     assert not LongTask.objects.exists() and broker.count() == 0 and seen == []
+
+
+def test_the_demo_sites_count_to_task_reports_progress_and_finishes():
+    from quiltsite.tasks import count_to
+
+    result = count_to.enqueue(3, step_ms=0)
+    drain_queue()
+    result.refresh()
+    assert result.return_value == {"counted": 3}
+    assert LongTask.objects.get(pk=result.id).last_progress["message"] == "counted 3 of 3"
