@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import logging
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
@@ -25,6 +26,8 @@ from longtask.conf import settings
 from longtask.kinds import TASK_KIND_PREFIX, Kind, registry
 from longtask.models import LongTask, Status
 from longtask.retry_policy import RetryPolicy
+
+logger = logging.getLogger("longtask")
 
 #: Django's semantics by default: a task that raises has failed, once.
 ONE_ATTEMPT = RetryPolicy(max_attempts=1)
@@ -93,7 +96,14 @@ class FunctionKind(Kind):
 
     def on_finished(self, task: LongTask) -> None:
         row = LongTask.objects.get(pk=task.pk)
-        task_finished.send(sender=LongTaskBackend, task_result=to_task_result(row, self.task))
+        result = to_task_result(row, self.task)
+        # The outcome is recorded already: a receiver that raises must not look like a
+        # failure of the job (or of the sweep that finished it).
+        for receiver, error in task_finished.send_robust(LongTaskBackend, task_result=result):
+            if isinstance(error, Exception):
+                logger.error(
+                    "LongTask id=%s task_finished receiver %r raised %r", row.pk, receiver, error
+                )
 
 
 def find_task(name: str) -> Task | None:

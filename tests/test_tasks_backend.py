@@ -443,3 +443,18 @@ def test_the_demo_sites_count_to_task_reports_progress_and_finishes():
     result.refresh()
     assert result.return_value == {"counted": 3}
     assert LongTask.objects.get(pk=result.id).last_progress["message"] == "counted 3 of 3"
+
+
+def test_a_task_finished_receiver_that_raises_changes_nothing(caplog):
+    def receive(sender: Any, task_result: Any, **kwargs: Any) -> None:
+        raise RuntimeError("receiver broke")
+
+    task_finished.connect(receive)
+    try:
+        result = sample.calculate_meaning_of_life.enqueue()
+        drain_queue()
+    finally:
+        task_finished.disconnect(receive)
+    result.refresh()
+    assert result.status == TaskResultStatus.SUCCESSFUL and result.return_value == 42
+    assert "receiver broke" in caplog.text
