@@ -5,6 +5,7 @@ Run from the project root (nothing else heavy at the same time)::
     .venv/bin/python bench/fanout.py                 # quilts of 10,000 and 40,000, raw at 10,000
     .venv/bin/python bench/fanout.py --n 10000 --raw-n 10000 --raw-n 40000 --keep
     .venv/bin/python bench/fanout.py --services --n 10000 --raw-n 10000
+    .venv/bin/python bench/fanout.py --n 0 --raw-n 10000 --tasks-n 10000   # django.tasks vs raw
 
 By default everything runs on the embedded default (SQLite, django-q2's ORM broker;
 DATABASE_URL and REDIS_URL are ignored). With ``--services`` both runs use PostgreSQL
@@ -30,6 +31,10 @@ of the timed part was shared between the workers and the servers.
     own settings (parents cluster 1 worker, subtask cluster 2 workers); timed from
     the call until the task is SUCCEEDED. On services the quilt should also reach
     TARGET_RATE squares/s at N=10,000.
+(c) django.tasks: N ``quiltsite.tasks.noop.enqueue()`` calls through LongTaskBackend
+    (--raw-batch per transaction, from the bench process) run by a cluster of as many
+    workers as (a); timed from the first enqueue until N tasks have finished. Goal: no
+    slower than (a).
 
 Peak RSS is the VmHWM of every process in each cluster's process group, sampled
 until the cluster is stopped. Everything runs in a fresh private data directory,
@@ -799,6 +804,67 @@ def run_quilt(bench: Bench, n: int, parent_workers: int, subtask_workers: int) -
     return Run(n, seconds, rss, notes)
 
 
+# (c) django.tasks through LongTaskBackend --------------------------------------------
+
+
+def run_tasks(bench: Bench, n: int, workers: int, batch: int) -> Run:
+    from django.db import transaction
+
+    from longtask.api import delete_finished
+    from longtask.models import FINISHED_STATUSES, LongTask, Status
+    from quiltsite.tasks import noop
+
+    print(f"(c) django.tasks, N={n}: starting the cluster ...", flush=True)
+    cpu = CpuWatch(bench.sampler.services)
+    cluster = bench.qcluster(f"tasks-{n}", bench.env(LONGTASK_WORKERS=str(workers)))
+    try:
+        warm = noop.enqueue()
+        wait_until(
+            lambda: LongTask.objects.filter(pk=warm.id, status=Status.SUCCEEDED).exists(),
+            START_TIMEOUT,
+            "a warm-up task",
+            cluster,
+        )
+        delete_finished(LongTask.objects.all())
+        print(f"    cluster up; timing {n} enqueue() calls ...", flush=True)
+        cpu.mark([cluster.pgid], bench.sampler)
+        began = time.monotonic()
+        for start in range(0, n, batch):
+            with transaction.atomic():
+                for _ in range(min(batch, n - start)):
+                    noop.enqueue()
+        enqueued = time.monotonic() - began
+        finished = LongTask.objects.filter(status__in=FINISHED_STATUSES)
+        wait_until(lambda: finished.count() >= n, RUN_TIMEOUT, f"{n} tasks to finish", cluster)
+        seconds = time.monotonic() - began
+        rss = Rss.of(bench.sampler.peaks([cluster.pgid]))
+        noisy = cpu.foreign_note(f"tasks N={n}", [cluster.pgid])
+        usage = cpu.usage_note(f"tasks N={n}", [cluster.pgid], bench.sampler)
+    finally:
+        bench.stop(cluster)
+    failed = LongTask.objects.exclude(status=Status.SUCCEEDED).count()
+    if failed:
+        raise BenchError(f"tasks: {failed} did not succeed")
+    notes = [f"tasks N={n}: all enqueued after {enqueued:.1f}s (by the bench process)"]
+    notes += ([usage] if usage else []) + log_problems([cluster.log]) + ([noisy] if noisy else [])
+    print(f"    {n} SUCCEEDED in {seconds:.1f}s ({n / seconds:.0f}/s)", flush=True)
+    delete_finished(LongTask.objects.all())
+    return Run(n, seconds, rss, notes)
+
+
+def tasks_report(raw: dict[int, Run], tasks: dict[int, Run]) -> str:
+    """One line per size: django.tasks through longtask against raw django-q2."""
+    lines = []
+    for n, run in sorted(tasks.items()):
+        line = f"django.tasks N={n}: {run.seconds:.1f}s ({run.rate:.0f}/s), RSS {run.rss}"
+        if n in raw:
+            ratio = run.seconds / raw[n].seconds
+            verdict_ = "MET" if ratio <= 1 else "MISSED"
+            line += f"; vs raw {raw[n].seconds:.1f}s: x{ratio:.2f} -> {verdict_} (<= x1.00)"
+        lines.append(line)
+    return "\n".join(lines)
+
+
 # Report ---------------------------------------------------------------------------
 
 
@@ -904,6 +970,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=500,
         help="async_task calls per transaction (1: autocommit each)",
     )
+    parser.add_argument(
+        "--tasks-n",
+        type=int,
+        action="append",
+        help="django.tasks no-op runs through LongTaskBackend (10000); 0 skips them",
+    )
     parser.add_argument("--parent-workers", type=int, default=1)
     parser.add_argument("--subtask-workers", type=int, default=2)
     parser.add_argument("--enqueue-raw", type=int, help=argparse.SUPPRESS)
@@ -911,6 +983,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.n = [n for n in (args.n or [10_000, 40_000]) if n > 0]
     args.raw_n = [n for n in (args.raw_n or [10_000]) if n > 0]
+    args.tasks_n = [n for n in (args.tasks_n or [10_000]) if n > 0]
     return args
 
 
@@ -961,6 +1034,7 @@ def main(argv: list[str]) -> int:
     bench = Bench(data_dir, sampler, services=services)
     raw: dict[int, Run] = {}
     quilt: dict[int, Run] = {}
+    tasks: dict[int, Run] = {}
     status = 0
     try:
         import logging
@@ -984,6 +1058,8 @@ def main(argv: list[str]) -> int:
         sampler.start()
         for n in args.raw_n:
             raw[n] = run_raw(bench, n, args)
+        for n in args.tasks_n:
+            tasks[n] = run_tasks(bench, n, args.raw_workers, args.raw_batch)
         for n in args.n:
             quilt[n] = run_quilt(bench, n, args.parent_workers, args.subtask_workers)
     except BenchError as exc:
@@ -1011,10 +1087,13 @@ def main(argv: list[str]) -> int:
             except Exception as exc:  # reported; the figures still print
                 print(f"could not drop {services.pg_db} / flush Redis db: {exc}", file=sys.stderr)
                 status = status or 1
-    if raw or quilt:
+    if raw or quilt or tasks:
         print()
         print(report(raw, quilt, services=bool(services)))
-        notes = [note for run in [*raw.values(), *quilt.values()] for note in run.notes]
+        if tasks:
+            print(tasks_report(raw, tasks))
+        runs = [*raw.values(), *tasks.values(), *quilt.values()]
+        notes = [note for run in runs for note in run.notes]
         if notes:
             print("notes:\n  " + "\n  ".join(notes))
     if services and args.keep:

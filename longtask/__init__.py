@@ -23,10 +23,13 @@ __all__ = [
     "RetryPolicy",
     "UnknownKind",
     "cancel",
+    "cancelled",
     "current_subtask",
     "register",
     "retry",
+    "set_progress",
     "start",
+    "using_owner",
 ]
 
 _LAZY = {
@@ -36,6 +39,9 @@ _LAZY = {
     "IterativeKind": "longtask.kinds",
     "current_subtask": "longtask.engine.chunks",
     "cancel": "longtask.api",
+    "cancelled": "longtask.api",
+    "set_progress": "longtask.api",
+    "using_owner": "longtask.api",
     "RetryPolicy": "longtask.retry_policy",
     "FatalError": "longtask.exceptions",
     "RetryLater": "longtask.exceptions",

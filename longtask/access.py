@@ -1,7 +1,9 @@
 """The one access rule for every surface that shows or changes a task.
 
 A task's owner may do everything with it; a task started anonymously is reachable by
-whoever holds its URL (a random UUID, shared like a secret link). Anyone else needs a
+whoever holds its URL (a random UUID, shared like a secret link), but a django.tasks
+function enqueued by code without an owner is not: nobody started it on the web, and its
+arguments may be anybody's. Anyone else needs a
 permission, asked of ``user.has_perm`` so that superusers, groups and custom backends
 count as Django counts them: ``longtask.view_longtask`` to read a task (or
 ``change_longtask``, which implies it as in the admin), ``longtask.change_longtask`` to
@@ -16,6 +18,7 @@ from uuid import UUID
 from django.core.exceptions import PermissionDenied
 from django.http import Http404
 
+from longtask.kinds import TASK_KIND_PREFIX
 from longtask.models import LongTask
 
 if TYPE_CHECKING:
@@ -23,6 +26,10 @@ if TYPE_CHECKING:
 
 VIEW_PERMISSION = "longtask.view_longtask"
 CHANGE_PERMISSION = "longtask.change_longtask"
+
+
+def _open_by_url(task: LongTask) -> bool:
+    return task.owner_id is None and not task.kind.startswith(TASK_KIND_PREFIX)
 
 
 def _is_owner(user: Any, task: LongTask) -> bool:
@@ -43,12 +50,12 @@ def can_change_all(user: Any) -> bool:
 
 def can_view(user: Any, task: LongTask) -> bool:
     """Anonymous tasks: whoever holds the URL. Owned ones: the owner and viewers."""
-    return task.owner_id is None or _is_owner(user, task) or can_view_all(user)
+    return _open_by_url(task) or _is_owner(user, task) or can_view_all(user)
 
 
 def can_change(user: Any, task: LongTask) -> bool:
     """Cancel or retry: whoever may view an anonymous task, the owner, or a changer."""
-    return task.owner_id is None or _is_owner(user, task) or can_change_all(user)
+    return _open_by_url(task) or _is_owner(user, task) or can_change_all(user)
 
 
 def get_visible_task(user: Any, task_id: UUID | str) -> LongTask:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextvars
 import datetime
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from django.db import IntegrityError, transaction
@@ -13,6 +15,7 @@ from django.utils import timezone
 
 from longtask import limits, progress, queues
 from longtask.engine import enqueue, states
+from longtask.engine.current import current_task
 from longtask.kinds import Kind, registry
 from longtask.models import FINISHED_STATUSES, LongTask, SubTask
 
@@ -30,8 +33,11 @@ def start(
     queue: str | None = None,
     dedup_window: datetime.timedelta | None = None,
     actor: Actor | None = None,
+    run_after: datetime.datetime | None = None,
 ) -> LongTask:
     """Validate ``params``, save a LongTask and queue it once the transaction commits.
+
+    With ``run_after`` its job is delivered no earlier than then.
 
     Raises ``UnknownKind`` or ``InvalidParameters``; nothing is saved then. With a
     ``name`` that a task already has, that task is returned and nothing is started
@@ -65,10 +71,10 @@ def start(
                 owner=owner,
                 name=name or None,
                 queue=queue,
-                due_at=timezone.now(),
+                due_at=run_after or timezone.now(),
             )
             # In this transaction: on the ORM broker the job commits with the row.
-            enqueue.task_job(task)
+            enqueue.task_job(task, eta=run_after)
     except IntegrityError:
         if name:  # lost a race with a concurrent start under the same name
             existing = LongTask.objects.get(name=name)
@@ -139,3 +145,37 @@ def delete_finished(queryset: QuerySet[LongTask]) -> tuple[int, int]:
             progress.delete_progress(pk)
     logger.info("LongTask deleted tasks=%s subtasks=%s (finished only)", tasks, subtasks)
     return tasks, subtasks
+
+
+def set_progress(current: float, total: float | None = None, message: str = "") -> None:
+    """Report the running task's progress; does nothing outside a task's run.
+
+    Raises ``longtask.Cancelled`` once the task has been cancelled, like ``task.progress``.
+    """
+    task = current_task()
+    if task is not None:
+        task.progress(current, total, message)
+
+
+def cancelled() -> bool:
+    """Say whether the running task has been asked to stop (False outside a task's run)."""
+    task = current_task()
+    return task is not None and task.cancelled
+
+
+_owner: contextvars.ContextVar[Any] = contextvars.ContextVar("longtask_owner", default=None)
+
+
+@contextmanager
+def using_owner(user: Any) -> Iterator[None]:
+    """Make ``user`` the owner of the django.tasks tasks enqueued in the block."""
+    token = _owner.set(user)
+    try:
+        yield
+    finally:
+        _owner.reset(token)
+
+
+def current_owner() -> Any:
+    """The owner set by ``using_owner`` around this code, or None."""
+    return _owner.get()

@@ -12,4 +12,7 @@ class LongtaskConfig(AppConfig):
     def ready(self) -> None:
         # Like admin.py: every installed app's longtasks.py registers its kinds.
         autodiscover_modules("longtasks")
-        from longtask import checks  # noqa: F401  (registers the system checks)
+        from longtask import (
+            backends,  # noqa: F401  (resolves the kinds of django.tasks functions)
+            checks,  # noqa: F401  (registers the system checks)
+        )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -21,6 +21,10 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from longtask.models import LongTask
+
+
+#: Kind names of django.tasks functions start with this, then the function's module path.
+TASK_KIND_PREFIX = "task:"
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,9 @@ class Kind:
     login_required: ClassVar[bool] = False
     #: Permission ("app_label.codename") needed to start this kind; implies a login.
     permission: ClassVar[str | None] = None
+    #: Keep each attempt's worker and start in the row's ``runs`` (django.tasks' worker_ids).
+    #: Off by default: an iterative kind's every batch is a run, and the list would grow.
+    keeps_runs: ClassVar[bool] = False
 
     def retry_policy(self) -> RetryPolicy:
         return self.retry or RetryPolicy.default()
@@ -71,6 +78,9 @@ class Kind:
     def run(self, task: LongTask, params: dict[str, Any]) -> Any:
         """Do the work, calling ``task.progress(...)`` as it goes; return a JSON-able result."""
         raise NotImplementedError
+
+    def on_finished(self, task: LongTask) -> None:
+        """Called once a run or the sweeper has finished the task for good (any outcome)."""
 
     def display_progress(self, task: LongTask) -> SafeString | str:
         """Render extra HTML for the status page while the task runs (e.g. partial results)."""
@@ -161,10 +171,20 @@ class IterativeKind(Kind):
 
 
 class KindRegistry:
-    """The kinds known to this process, by name."""
+    """The kinds known to this process, by name.
+
+    A resolver answers for every name under its prefix (``task:`` runs any
+    django.tasks function), so such kinds need no registration; they are found by
+    ``find`` (the engine, pages) but never started by name (``get``: the web, the CLI).
+    """
 
     def __init__(self) -> None:
         self._kinds: dict[str, Kind] = {}
+        self._resolvers: dict[str, Callable[[str], Kind | None]] = {}
+
+    def add_resolver(self, prefix: str, resolve: Callable[[str], Kind | None]) -> None:
+        """Let ``resolve(name)`` answer for the kind names starting with ``prefix``."""
+        self._resolvers[prefix] = resolve
 
     def register(self, kind_class: type[Kind]) -> type[Kind]:
         name = kind_class.name
@@ -186,8 +206,13 @@ class KindRegistry:
             raise UnknownKind(name) from None
 
     def find(self, name: str) -> Kind | None:
-        """Return the kind registered as ``name``, or None (e.g. a kind since removed)."""
-        return self._kinds.get(name)
+        """Return the kind registered (or resolved) as ``name``, or None (e.g. since removed)."""
+        kind = self._kinds.get(name)
+        if kind is None:
+            for prefix, resolve in self._resolvers.items():
+                if name.startswith(prefix):
+                    return resolve(name)
+        return kind
 
     def __contains__(self, name: object) -> bool:
         return name in self._kinds

@@ -76,7 +76,8 @@ class LongTask(models.Model):
     error = models.CharField(max_length=ERROR_MAX_LENGTH, blank=True)
     traceback = models.TextField(blank=True)
     attempts = models.PositiveIntegerField(default=0)
-    #: Past failures and retries, oldest first: [{"event", "attempt", "error", "at"}].
+    #: Past failures and retries, oldest first: [{"event", "attempt", "error", "at"}],
+    #: failures with the exception's class path too ("exception").
     history = models.JSONField(default=list, blank=True)
     #: The last progress record, persisted when the task ends (live progress is in the cache).
     last_progress = models.JSONField(null=True, blank=True)
@@ -86,6 +87,9 @@ class LongTask(models.Model):
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     #: The worker (LONGTASK_NODE, else host:pid) that claimed the latest attempt.
     worker = models.CharField(max_length=200, blank=True)
+    #: Each attempt's worker and start, oldest first: [{"worker", "at"}], kept across retries,
+    #: for kinds with ``keeps_runs`` (django.tasks functions).
+    runs = models.JSONField(default=list, blank=True)
     #: The fencing token of the run that holds the task ("" when no run does): every
     #: write a worker makes is conditional on it, so a run that lost the task (it was
     #: re-queued while slow but alive) can no longer change it.
@@ -246,14 +250,17 @@ class LongTask(models.Model):
             .exists()
         )
 
-    def event(self, event: str, error: str) -> dict[str, Any]:
-        """One entry of ``history``."""
-        return {
+    def event(self, event: str, error: str, exception: str = "") -> dict[str, Any]:
+        """One entry of ``history``; ``exception`` is the failure's class path, if known."""
+        entry = {
             "event": event,
             "attempt": self.attempts,
             "error": error,
             "at": timezone.now().isoformat(),
         }
+        if exception:
+            entry["exception"] = exception
+        return entry
 
     def mark_result_viewed(self) -> bool:
         """Record the first time the result was shown; later views change nothing."""

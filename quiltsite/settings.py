@@ -237,6 +237,13 @@ def _queues(spec: str) -> dict[str, dict[str, object]]:
 
 
 LONGTASK_QUEUES = _queues(os.environ.get("LONGTASK_QUEUES", ""))
+# django.tasks: a plain @task runs as a LongTask (status page, progress, recovery).
+TASKS = {
+    "default": {
+        "BACKEND": "longtask.backends.LongTaskBackend",
+        "QUEUES": sorted(LONGTASK_QUEUES),
+    }
+}
 # The rate limits' moving windows: in Redis when there is one, else in the database.
 LONGTASK_RATE_LIMIT_STORAGE = REDIS_URL or None
 # This worker's name in the admin's `worker` column (default: host:pid).

@@ -100,7 +100,10 @@ def _recover_run(now: datetime.datetime, task: LongTask) -> int:
             states.fail(run, task, f"unknown task kind {task.kind!r}", "", task.last_progress)
         )
     if task.cancel_requested_at:
-        return int(states.finish_cancelled(run, task.progress_record()))
+        cancelled = states.finish_cancelled(run, task.progress_record())
+        if cancelled:
+            kind.on_finished(task)
+        return int(cancelled)
     seconds = (now - task.heartbeat_at).total_seconds() if task.heartbeat_at else 0
     handle_failure(run, task, kind, RuntimeError(WORKER_LOST.format(seconds=seconds)), "")
     return 1

@@ -17,6 +17,7 @@ from django_q.exceptions import TimeoutException
 from longtask import queues
 from longtask.conf import settings
 from longtask.engine import iterative, split, states
+from longtask.engine.current import running
 from longtask.engine.heartbeat import Heartbeat
 from longtask.engine.values import result_to_json
 from longtask.exceptions import Cancelled, FatalError, RetryLater, TimeLimitExceeded
@@ -82,6 +83,8 @@ def _claim_and_run(task_id: str, queue: queues.Queue, slot: str) -> None:
     if kind is None:
         states.fail(run_, task, f"unknown task kind {task.kind!r}", "", None)
         return
+    if kind.keeps_runs:
+        states.record_run(run_, task)
 
     def beat() -> bool:
         queues.renew_slot(queue, slot)
@@ -90,16 +93,21 @@ def _claim_and_run(task_id: str, queue: queues.Queue, slot: str) -> None:
     with Heartbeat(beat) as heartbeat:
         task.__dict__["_cancel_event"] = heartbeat.stopped
         try:
-            with _time_limit(run_, task, kind):
+            with _time_limit(run_, task, kind), running(task):
                 result = _run_kind(run_, task, kind)
         except iterative.BatchTaken:
             logger.warning("LongTask id=%s lost its run (token %s); stopping", task.pk, run_.token)
             return
         except Cancelled:
-            states.finish_cancelled(run_, task.progress_reporter.flush())
-            logger.info("LongTask id=%s kind=%s status=CANCELLED", task.pk, task.kind)
+            if states.finish_cancelled(run_, task.progress_reporter.flush()):
+                logger.info("LongTask id=%s kind=%s status=CANCELLED", task.pk, task.kind)
+                kind.on_finished(task)
             return
-        except Exception as exc:
+        except TimeoutException:
+            raise  # counted by _time_limit; django-q2 replaces the worker process
+        except (Exception, SystemExit) as exc:
+            # A SystemExit (exit() in the task's code) fails the attempt like any error,
+            # rather than stopping the worker with the task left RUNNING until recovery.
             handle_failure(run_, task, kind, exc, traceback.format_exc())
             return
     if result is _NOTHING:
@@ -107,6 +115,7 @@ def _claim_and_run(task_id: str, queue: queues.Queue, slot: str) -> None:
     if states.succeed(run_, result, _progress_of(task, kind)):
         after = " after fan-in" if task.fan_in_at is not None else ""
         logger.info("LongTask id=%s kind=%s status=SUCCEEDED%s", task.pk, task.kind, after)
+        kind.on_finished(task)
 
 
 _NOTHING = object()
@@ -189,11 +198,17 @@ def retry_delay(exc: BaseException) -> float | None:
     return exc.delay if isinstance(exc, RetryLater) else None
 
 
+def exception_path(exc: BaseException) -> str:
+    """The dotted path of ``exc``'s class, as django.tasks' TaskError keeps it."""
+    return f"{type(exc).__module__}.{type(exc).__qualname__}"
+
+
 def handle_failure(
     run_: states.Run, task: LongTask, kind: Kind, exc: BaseException, tb: str
 ) -> None:
     """Fail the task for good or schedule its next attempt under the kind's retry policy."""
     error = f"{type(exc).__name__}: {exc}"
+    path = exception_path(exc)
     if isinstance(kind, FanOutKind) and task.fan_in_at is not None:
         error = f"gather: {error}"
     policy = kind.retry_policy()
@@ -202,7 +217,9 @@ def handle_failure(
         delay = retry_delay(exc)
         delay = policy.delay(task.attempts) if delay is None else delay
         next_at = timezone.now() + datetime.timedelta(seconds=delay)
-        if states.schedule_retry(run_, task, error, tb, next_at, _progress_of(task, kind)):
+        if states.schedule_retry(
+            run_, task, error, tb, next_at, _progress_of(task, kind), exception=path
+        ):
             logger.warning(
                 "LongTask id=%s kind=%s status=RETRYING attempt=%s delay=%.1fs error=%s",
                 task.pk,
@@ -212,5 +229,6 @@ def handle_failure(
                 error,
             )
         return
-    if states.fail(run_, task, error, tb, _progress_of(task, kind)):
+    if states.fail(run_, task, error, tb, _progress_of(task, kind), exception=path):
         logger.error("LongTask id=%s kind=%s status=FAILED error=%s", task.pk, task.kind, error)
+        kind.on_finished(task)

@@ -139,6 +139,17 @@ def claim(task_id: UUID | str) -> tuple[Run, LongTask] | None:
     return Run(task_id, token), LongTask.objects.get(pk=task_id)
 
 
+def record_run(run: Run, task: LongTask) -> bool:
+    """Append the claimed attempt's worker and start to ``runs`` (fenced by the run's token)."""
+    entry = {"worker": task.worker, "at": (task.heartbeat_at or timezone.now()).isoformat()}
+    task.runs = [*task.runs, entry]
+    return bool(
+        LongTask.objects.filter(pk=run.task_id, status=RUNNING, token=run.token).update(
+            runs=task.runs
+        )
+    )
+
+
 def beat(run: Run) -> bool:
     """Move the run's heartbeat; False once it should stop (cancel asked, or fenced off)."""
     return bool(
@@ -165,7 +176,14 @@ def succeed(run: Run, result: Any, progress: dict[str, Any] | None) -> bool:
     )
 
 
-def fail(run: Run, task: LongTask, error: str, tb: str, progress: dict[str, Any] | None) -> bool:
+def fail(
+    run: Run,
+    task: LongTask,
+    error: str,
+    tb: str,
+    progress: dict[str, Any] | None,
+    exception: str = "",
+) -> bool:
     """Fail the task for good; its subtasks still waiting are skipped with it."""
     error = one_line(error)
     with transaction.atomic():
@@ -173,7 +191,7 @@ def fail(run: Run, task: LongTask, error: str, tb: str, progress: dict[str, Any]
             "fail",
             run.task_id,
             run,
-            history=[*task.history, task.event("failed", error)],
+            history=[*task.history, task.event("failed", error, exception)],
             error=error,
             traceback=tb,
             last_progress=progress,
@@ -191,6 +209,7 @@ def schedule_retry(
     tb: str,
     next_at: datetime.datetime,
     progress: dict[str, Any] | None,
+    exception: str = "",
 ) -> bool:
     """Put the task in RETRYING until ``next_at`` and queue that attempt's job with it."""
     error = one_line(error)
@@ -199,7 +218,7 @@ def schedule_retry(
             "schedule_retry",
             run.task_id,
             run,
-            history=[*task.history, task.event("attempt failed", error)],
+            history=[*task.history, task.event("attempt failed", error, exception)],
             error=error,
             traceback=tb,
             last_progress=progress,

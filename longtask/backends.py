@@ -1,0 +1,230 @@
+"""A django.tasks backend: every ``@task`` enqueued becomes a LongTask run by longtask's workers."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import logging
+from dataclasses import dataclass, replace
+from functools import partial
+from typing import Any
+
+from django.core import checks
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.tasks import Task, TaskContext, TaskResult, TaskResultStatus
+from django.tasks.backends.base import BaseTaskBackend
+from django.tasks.base import TaskError
+from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
+from django.tasks.signals import task_enqueued, task_finished, task_started
+from django.utils.dateparse import parse_datetime
+from django.utils.json import normalize_json
+from django.utils.module_loading import import_string
+
+from longtask import api
+from longtask.conf import settings
+from longtask.kinds import TASK_KIND_PREFIX, Kind, registry
+from longtask.models import LongTask, Status
+from longtask.retry_policy import RetryPolicy
+
+logger = logging.getLogger("longtask")
+
+#: Django's semantics by default: a task that raises has failed, once.
+ONE_ATTEMPT = RetryPolicy(max_attempts=1)
+#: Longest kind name the ``kind`` column holds.
+KIND_MAX_LENGTH = LongTask._meta.get_field("kind").max_length or 100
+
+STATUS_MAP = {
+    Status.QUEUED: TaskResultStatus.READY,
+    Status.RETRYING: TaskResultStatus.READY,
+    Status.RUNNING: TaskResultStatus.RUNNING,
+    Status.SUCCEEDED: TaskResultStatus.SUCCESSFUL,
+    Status.FAILED: TaskResultStatus.FAILED,
+    Status.CANCELLED: TaskResultStatus.FAILED,
+}
+#: The history events that end a failed attempt.
+FAILURE_EVENTS = frozenset({"attempt failed", "failed"})
+#: Class path of a failure recorded without one (e.g. by a kind removed since).
+UNKNOWN_EXCEPTION = "longtask.exceptions.LongTaskError"
+CANCELLED_EXCEPTION = "longtask.exceptions.Cancelled"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LongTaskTask(Task):
+    """A django.tasks Task with longtask's opt-in extras, given as ``@task(...)`` kwargs."""
+
+    #: Retries of a failed attempt; None means one attempt, as in Django.
+    retry: RetryPolicy | None = None
+    #: Seconds an attempt may run before it is stopped and counted as failed.
+    time_limit: int | None = None
+    #: Exceptions that fail the task at once even when retries are left.
+    fatal_exceptions: tuple[type[BaseException], ...] = ()
+
+
+def kind_name(task: Task) -> str:
+    return f"{TASK_KIND_PREFIX}{task.module_path}"
+
+
+class FunctionKind(Kind):
+    """The kind that runs one django.tasks function, found by its module path."""
+
+    keeps_runs = True
+
+    def __init__(self, task: Task) -> None:
+        self.task = task
+        # Instance attributes override Kind's class-level declarations.
+        self.name = kind_name(task)  # type: ignore[misc]
+        self.title = f"task: {task.module_path}"  # type: ignore[misc]
+        self.retry = getattr(task, "retry", None) or ONE_ATTEMPT  # type: ignore[misc]
+        self.time_limit = getattr(task, "time_limit", None)  # type: ignore[misc]
+        self.fatal_exceptions = tuple(getattr(task, "fatal_exceptions", ()))  # type: ignore[misc]
+
+    def clean_parameters(self, data: Any) -> dict[str, Any]:
+        """Keep the call's arguments as JSON: ``{"args": [...], "kwargs": {...}}``."""
+        return {
+            "args": normalize_json(list(data.get("args", []))),
+            "kwargs": normalize_json(dict(data.get("kwargs", {}))),
+        }
+
+    def run(self, task: LongTask, params: dict[str, Any]) -> Any:
+        result = to_task_result(task, self.task)
+        task_started.send(sender=LongTaskBackend, task_result=result)
+        args = params.get("args", [])
+        if self.task.takes_context:
+            args = [TaskContext(task_result=result), *args]
+        return normalize_json(self.task.call(*args, **params.get("kwargs", {})))
+
+    def on_finished(self, task: LongTask) -> None:
+        row = LongTask.objects.get(pk=task.pk)
+        result = to_task_result(row, self.task)
+        # The outcome is recorded already: a receiver that raises must not look like a
+        # failure of the job (or of the sweep that finished it).
+        for receiver, error in task_finished.send_robust(LongTaskBackend, task_result=result):
+            if isinstance(error, Exception):
+                logger.error(
+                    "LongTask id=%s task_finished receiver %r raised %r", row.pk, receiver, error
+                )
+
+
+def find_task(name: str) -> Task | None:
+    """Import the django.tasks Task a ``task:`` kind name points at, or None."""
+    try:
+        found = import_string(name.removeprefix(TASK_KIND_PREFIX))
+    except ImportError:
+        return None
+    return found if isinstance(found, Task) else None
+
+
+def resolve_kind(name: str) -> FunctionKind | None:
+    task = find_task(name)
+    return FunctionKind(task) if task is not None else None
+
+
+registry.add_resolver(TASK_KIND_PREFIX, resolve_kind)
+
+
+def _errors(row: LongTask) -> list[TaskError]:
+    """One TaskError per failed attempt; only the latest keeps its whole traceback.
+
+    ``traceback`` always belongs to the latest failure (a user's retry clears it).
+    """
+    failures = [e for e in row.history if e.get("event") in FAILURE_EVENTS]
+    errors = []
+    for position, entry in enumerate(failures):
+        latest = position == len(failures) - 1 and row.traceback
+        errors.append(
+            TaskError(
+                exception_class_path=entry.get("exception") or UNKNOWN_EXCEPTION,
+                traceback=row.traceback if latest else entry.get("error", ""),
+            )
+        )
+    if row.status == Status.CANCELLED:
+        errors.append(
+            TaskError(
+                exception_class_path=CANCELLED_EXCEPTION,
+                traceback=f"Cancelled: task {row.pk} was cancelled",
+            )
+        )
+    return errors
+
+
+def _parse(value: str | None) -> datetime.datetime | None:
+    return parse_datetime(value) if value else None
+
+
+def to_task_result(row: LongTask, task: Task) -> TaskResult:
+    """The django.tasks view of a LongTask row."""
+    runs = row.runs or []
+    result = TaskResult(
+        task=task,
+        id=str(row.pk),
+        status=STATUS_MAP[row.status],
+        enqueued_at=row.created_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        last_attempted_at=_parse(runs[-1].get("at")) if runs else None,
+        args=row.parameters.get("args", []),
+        kwargs=row.parameters.get("kwargs", {}),
+        backend=task.backend,
+        errors=_errors(row),
+        worker_ids=[run.get("worker", "") for run in runs],
+    )
+    if row.status == Status.SUCCEEDED:
+        object.__setattr__(result, "_return_value", row.result)
+    return result
+
+
+class LongTaskBackend(BaseTaskBackend):
+    """Runs django.tasks functions as durable LongTasks on longtask's queues."""
+
+    task_class = LongTaskTask
+    supports_defer = True
+    supports_async_task = True
+    supports_get_result = True
+    # Jobs are delivered in queue order: a priority would not change which runs first.
+    supports_priority = False
+
+    def validate_task(self, task: Task) -> None:
+        super().validate_task(task)
+        if len(kind_name(task)) > KIND_MAX_LENGTH:
+            raise InvalidTask(f"Task path {task.module_path!r} is too long to store.")
+        if task.queue_name not in settings.QUEUES:
+            raise InvalidTask(f"Queue {task.queue_name!r} is not a longtask queue.")
+
+    def enqueue(self, task: Task, args: Any, kwargs: Any) -> TaskResult:
+        self.validate_task(task)
+        row = api.start(
+            FunctionKind(task),
+            {"args": args, "kwargs": kwargs},
+            owner=api.current_owner(),
+            queue=task.queue_name,
+            run_after=task.run_after,
+        )
+        result = to_task_result(row, task)
+        transaction.on_commit(partial(task_enqueued.send, type(self), task_result=result))
+        return result
+
+    def get_result(self, result_id: str) -> TaskResult:
+        try:
+            row = LongTask.objects.get(pk=result_id, kind__startswith=TASK_KIND_PREFIX)
+        except (LongTask.DoesNotExist, ValidationError, ValueError):
+            raise TaskResultDoesNotExist(result_id) from None
+        task = find_task(row.kind)
+        if task is None:
+            raise TaskResultDoesNotExist(f"{result_id}: {row.kind!r} is not a Task (any more)")
+        # A queue no longer among this backend's keeps the function's default.
+        with contextlib.suppress(InvalidTask):
+            task = replace(task, queue_name=row.queue, backend=self.alias)
+        return to_task_result(row, task)
+
+    def check(self, **kwargs: Any) -> list[checks.CheckMessage]:
+        unknown = sorted(set(self.queues) - set(settings.QUEUES))
+        if not unknown:
+            return []
+        return [
+            checks.Error(
+                f"TASKS[{self.alias!r}]['QUEUES'] names {unknown}, not in LONGTASK_QUEUES",
+                hint="Name longtask's queues only (LONGTASK_QUEUES defines them).",
+                id="longtask.E020",
+            )
+        ]
