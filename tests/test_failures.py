@@ -252,6 +252,7 @@ def test_sweep_leaves_beating_tasks_alone():
     task = longtask.start("test-count", {"n": 1})
     claim(task)
     assert recovery.sweep() == {
+        "unblocked": 0,
         "tasks": 0,
         "subtasks": 0,
         "requeued": 0,
