@@ -38,7 +38,7 @@ def run(task_id: str) -> None:
     if slot is None:
         return
     try:
-        _claim_and_run(task_id, queue, slot)
+        _claim_and_run(task_id, queue, slot, task.kind)
     finally:
         queues.release_slot(queue, slot)
 
@@ -70,8 +70,9 @@ def _pass_limits(task: LongTask, queue: queues.Queue) -> str | None:
     return slot
 
 
-def _claim_and_run(task_id: str, queue: queues.Queue, slot: str) -> None:
-    claimed = states.claim(task_id)
+def _claim_and_run(task_id: str, queue: queues.Queue, slot: str, kind_name: str) -> None:
+    known = registry.find(kind_name)
+    claimed = states.claim(task_id, keep_runs=bool(known and known.keeps_runs))
     if claimed is None:
         logger.info("LongTask id=%s not claimable; skipping", task_id)
         return
@@ -83,8 +84,6 @@ def _claim_and_run(task_id: str, queue: queues.Queue, slot: str) -> None:
     if kind is None:
         states.fail(run_, task, f"unknown task kind {task.kind!r}", "", None)
         return
-    if kind.keeps_runs:
-        states.record_run(run_, task)
 
     def beat() -> bool:
         queues.renew_slot(queue, slot)

@@ -121,22 +121,30 @@ def _move_task(name: str, task_id: UUID | str, run: Run | None, **changes: Any) 
 # Tasks ----------------------------------------------------------------------------
 
 
-def claim(task_id: UUID | str) -> tuple[Run, LongTask] | None:
-    """Mark a queued task RUNNING under a new token; None if it is not claimable now."""
+def claim(task_id: UUID | str, *, keep_runs: bool = False) -> tuple[Run, LongTask] | None:
+    """Mark a queued task RUNNING under a new token; None if it is not claimable now.
+
+    With ``keep_runs`` the attempt is added to ``runs`` in the same transaction, so a
+    worker killed right after its claim still leaves its entry.
+    """
     now, token = timezone.now(), new_token()
-    moved = _task_rows("claim", task_id, None).update(
-        status=RUNNING,
-        token=token,
-        attempts=F("attempts") + 1,
-        started_at=Coalesce(F("started_at"), now),
-        heartbeat_at=now,
-        next_attempt_at=None,
-        worker=node_name(),
-    )
-    if not moved:
-        return None
-    transaction.on_commit(lambda: push.notify(task_id))
-    return Run(task_id, token), LongTask.objects.get(pk=task_id)
+    with transaction.atomic():
+        moved = _task_rows("claim", task_id, None).update(
+            status=RUNNING,
+            token=token,
+            attempts=F("attempts") + 1,
+            started_at=Coalesce(F("started_at"), now),
+            heartbeat_at=now,
+            next_attempt_at=None,
+            worker=node_name(),
+        )
+        if not moved:
+            return None
+        transaction.on_commit(lambda: push.notify(task_id))
+        run, task = Run(task_id, token), LongTask.objects.get(pk=task_id)
+        if keep_runs:
+            record_run(run, task)
+    return run, task
 
 
 def record_run(run: Run, task: LongTask) -> bool:
@@ -592,6 +600,12 @@ def record(parent_id: UUID | str, kind: FanOutKind, outcomes: list[Outcome]) -> 
             ).values_list("pk", "token", "created_at")
             if token == tokens[pk]
         }
+        if len(live) < len(tokens):
+            logger.warning(
+                "LongTask id=%s: %s subtask outcome(s) refused (their run no longer holds them)",
+                parent_id,
+                len(tokens) - len(live),
+            )
         seq = parent.subtask_cursor
         finished: dict[str, list[list[Any]]] = {SUCCEEDED: [], FAILED: []}
         retrying: dict[datetime.datetime, list[Outcome]] = {}
