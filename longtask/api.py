@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("longtask")
 
+
 def start(
     kind: str | Kind,
     params: Mapping[str, Any] | None = None,
