@@ -7,7 +7,8 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from django.conf import settings
@@ -23,8 +24,8 @@ def process_env(**extra: str) -> dict[str, str]:
         DJANGO_SETTINGS_MODULE="tests.settings",
         LONGTASK_DATA_DIR=str(settings.DATA_DIR),
         PYTHONUNBUFFERED="1",
-        **extra,
     )
+    env.update(extra)  # may replace any of those (another settings module, say)
     return env
 
 
@@ -80,9 +81,18 @@ def qcluster(
         )
         try:
             yield process
-        finally:
-            if process.poll() is None:
+        except BaseException:  # a failed stop must not hide the block's failure
+            with suppress(AssertionError):
                 stop(process)
+            raise
+        if process.poll() is None:
+            stop(process)
+
+
+def stop_all(processes: list[subprocess.Popen]) -> None:
+    """Stop the processes all at once (each as ``stop`` does)."""
+    with ThreadPoolExecutor(len(processes)) as pool:
+        list(pool.map(stop, processes))
 
 
 def children(pid: int) -> list[int]:

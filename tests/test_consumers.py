@@ -116,9 +116,7 @@ def test_snapshot_progress_and_final_status_of_a_plain_task():
         }
         assert shown["eta_seconds"] in (14, 15)
 
-        await database_sync_to_async(states.succeed)(
-            run_, {"rows": []}, {**record, "current": 20}
-        )
+        await database_sync_to_async(states.succeed)(run_, {"rows": []}, {**record, "current": 20})
         frames = await frames_until(ws, final)
         assert frames[-1]["status"] == "SUCCEEDED"
         assert frames[-1]["document"]["result"] == {"rows": []}

@@ -24,14 +24,11 @@ from __future__ import annotations
 
 import datetime
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import ExitStack
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -46,7 +43,7 @@ from quiltsite.models import Invoice
 from tests import broker
 from tests.conftest import services
 from tests.helpers import wait_for
-from tests.processes import ROOT, process_env, stop
+from tests.processes import qcluster, stop_all
 from tests.tcpproxy import Proxy, is_loopback
 
 pytestmark = [services, pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -244,32 +241,8 @@ def cut_off(pg: Proxy, redis: Proxy, partition: Partition) -> tuple[list[Session
 # Processes and logs ------------------------------------------------------------------------
 
 
-@contextmanager
-def node(log_path: Path, command: tuple[str, ...], **env: str) -> Iterator[subprocess.Popen]:
-    """Run ``manage.py COMMAND`` for the block; a failed stop never hides the block's failure."""
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "manage.py", *command],
-            cwd=ROOT,
-            env=process_env(**env),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            yield process
-        except BaseException:
-            with suppress(AssertionError):
-                stop(process)
-            raise
-        if process.poll() is None:
-            stop(process)
-
-
-def stop_all(processes: list[subprocess.Popen]) -> None:
-    """Stop the workers all at once (each as ``tests.processes.stop`` does)."""
-    with ThreadPoolExecutor(len(processes)) as pool:
-        list(pool.map(stop, processes))
+def worker(log_path: Path, command: tuple[str, ...], **env: str) -> Any:
+    return qcluster(log_path, command=command, **env)
 
 
 def fresh(task: LongTask) -> LongTask:
@@ -312,9 +285,9 @@ def test_a_partitioned_node_is_taken_over_and_its_stale_writes_are_refused(tmp_p
         }
         node_b = {"LONGTASK_NODE": "node-b", **RECOVERY}
         workers = [
-            stack.enter_context(node(logs["node-a-tasks"], TASK_WORKER, **node_a)),
-            stack.enter_context(node(logs["node-a-subtasks"], SUBTASK_WORKER, **node_a)),
-            stack.enter_context(node(logs["node-b-subtasks"], SUBTASK_WORKER, **node_b)),
+            stack.enter_context(worker(logs["node-a-tasks"], TASK_WORKER, **node_a)),
+            stack.enter_context(worker(logs["node-a-subtasks"], SUBTASK_WORKER, **node_a)),
+            stack.enter_context(worker(logs["node-b-subtasks"], SUBTASK_WORKER, **node_b)),
         ]
         # The report runs on node-a (node-b's task worker starts once node-a has it).
         wait_for(
@@ -322,7 +295,7 @@ def test_a_partitioned_node_is_taken_over_and_its_stale_writes_are_refused(tmp_p
             60,
             "node-a to run the report",
         )
-        workers.append(stack.enter_context(node(logs["node-b-tasks"], TASK_WORKER, **node_b)))
+        workers.append(stack.enter_context(worker(logs["node-b-tasks"], TASK_WORKER, **node_b)))
         # Whatever happens, the partition heals before the workers are stopped.
         stack.callback(redis.restore)
         stack.callback(pg.restore)

@@ -18,12 +18,9 @@ from __future__ import annotations
 
 import datetime
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +36,7 @@ from longtask.kinds import FanOutKind, Kind, registry
 from longtask.models import LongTask, Status, SubTask
 from tests import broker
 from tests.helpers import wait_for
-from tests.processes import ROOT, process_env, stop
+from tests.processes import ROOT, qcluster, stop_all
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -144,34 +141,10 @@ def worker_settings(where: Path) -> dict[str, str]:
     }
 
 
-@contextmanager
-def node(log_path: Path, name: str, queue: str, **env: str) -> Iterator[subprocess.Popen]:
+def node(log_path: Path, name: str, queue: str, **env: str) -> Any:
     """Run ``manage.py longtask_worker --queue QUEUE`` as node ``name`` for the block."""
-    environment = process_env(LONGTASK_NODE=name, **RECOVERY)
-    environment.update(env)  # may replace DJANGO_SETTINGS_MODULE
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "manage.py", "longtask_worker", "--queue", queue],
-            cwd=ROOT,
-            env=environment,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            yield process
-        except BaseException:  # a failed stop must not hide the block's failure
-            with suppress(AssertionError):
-                stop(process)
-            raise
-        if process.poll() is None:
-            stop(process)
-
-
-def stop_all(processes: list[subprocess.Popen]) -> None:
-    """Stop the workers all at once (each as ``tests.processes.stop`` does)."""
-    with ThreadPoolExecutor(len(processes)) as pool:
-        list(pool.map(stop, processes))
+    command = ("longtask_worker", "--queue", queue)
+    return qcluster(log_path, command=command, **{"LONGTASK_NODE": name, **RECOVERY, **env})
 
 
 def fresh(task: LongTask) -> LongTask:
