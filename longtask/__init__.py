@@ -42,7 +42,7 @@ _LAZY = {
     "cancelled": "longtask.api",
     "set_progress": "longtask.api",
     "using_owner": "longtask.api",
-    "RetryPolicy": "longtask.retry_policy",
+    "RetryPolicy": "longtask.kinds",
     "FatalError": "longtask.exceptions",
     "RetryLater": "longtask.exceptions",
     "Cancelled": "longtask.exceptions",

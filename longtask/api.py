@@ -13,14 +13,16 @@ from django.db import IntegrityError, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from longtask import limits, progress, queues
+from longtask import progress
+from longtask.dispatch import queues
 from longtask.engine import enqueue, states
 from longtask.engine.current import current_task
+from longtask.guards import abuse, sizes
 from longtask.kinds import Kind, registry
 from longtask.models import FINISHED_STATUSES, LongTask, SubTask
 
 if TYPE_CHECKING:
-    from longtask.limits import Actor
+    from longtask.guards.abuse import Actor
 
 logger = logging.getLogger("longtask")
 
@@ -52,16 +54,16 @@ def start(
     kind = registry.get(kind) if isinstance(kind, str) else kind
     queue = queues.get(queue or kind.queue).name  # UnknownQueue before anything is saved
     if actor is not None:
-        limits.check_allowed(kind, actor)
+        abuse.check_allowed(kind, actor)
     parameters = kind.clean_parameters(params or {})
     if actor is not None:
-        limits.check_parameters_size(parameters)
+        sizes.check_parameters_size(parameters)
     existing = LongTask.objects.filter(name=name).first() if name else None
     if existing is not None and not _release_name(existing, dedup_window):
         existing.deduplicated = True
         return existing
     if actor is not None:
-        limits.check_start(kind, actor)
+        abuse.check_start(kind, actor)
     if owner is not None and not owner.is_authenticated:
         owner = None
     try:
@@ -84,7 +86,7 @@ def start(
         raise
     task.deduplicated = False
     if actor is not None:
-        limits.record_start(task, actor)
+        abuse.record_start(task, actor)
     logger.info("LongTask id=%s kind=%s status=%s", task.pk, task.kind, task.status)
     return task
 

@@ -23,9 +23,8 @@ from django.utils.module_loading import import_string
 
 from longtask import api
 from longtask.conf import settings
-from longtask.kinds import TASK_KIND_PREFIX, Kind, registry
+from longtask.kinds import TASK_KIND_PREFIX, Kind, RetryPolicy, registry
 from longtask.models import LongTask, Status
-from longtask.retry_policy import RetryPolicy
 
 logger = logging.getLogger("longtask")
 

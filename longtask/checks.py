@@ -7,6 +7,8 @@ from typing import Any
 from django.conf import settings
 from django.core import checks
 
+from longtask.dispatch import queues
+
 
 @checks.register()
 def check_time_limits(app_configs: Any, **kwargs: Any) -> list[checks.CheckMessage]:
@@ -31,7 +33,6 @@ def check_time_limits(app_configs: Any, **kwargs: Any) -> list[checks.CheckMessa
 @checks.register()
 def check_queues(app_configs: Any, **kwargs: Any) -> list[checks.CheckMessage]:
     """Every queue must parse, and be served by a cluster that Q_CLUSTER defines."""
-    from longtask import queues
     from longtask.conf import settings as longtask_settings
     from longtask.kinds import FanOutKind, registry
 

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from longtask import views
+from longtask.web import views
 
 app_name = "longtask"
 

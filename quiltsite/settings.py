@@ -307,7 +307,7 @@ Q_CLUSTER = {
 if REDIS_URL:
     Q_CLUSTER["redis"] = REDIS_URL  # django-q2's Redis broker: a list per cluster...
     # ...plus delayed delivery for retry delays and rate limits (longtask/redis_broker.py).
-    Q_CLUSTER["broker_class"] = "longtask.redis_broker.RedisBroker"
+    Q_CLUSTER["broker_class"] = "longtask.dispatch.redis.RedisBroker"
 else:
     Q_CLUSTER["orm"] = "default"  # the ORM broker: the queue is a table in the same database
 

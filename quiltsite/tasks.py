@@ -1,7 +1,7 @@
 """The demo's django.tasks functions: run by longtask's workers through LongTaskBackend.
 
-    from quiltsite.tasks import count_to
-    result = count_to.enqueue(50, step_ms=100)   # /tasks/<result.id>/ shows its progress
+from quiltsite.tasks import count_to
+result = count_to.enqueue(50, step_ms=100)   # /tasks/<result.id>/ shows its progress
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import time
 from django.tasks import task
 
 import longtask
-from longtask.retry_policy import RetryPolicy
+from longtask.kinds import RetryPolicy
 
 
 @task()

@@ -1,7 +1,7 @@
 """Broker-agnostic access to django-q2's queues, for tests.
 
 The embedded pass uses django-q2's ORM broker (the ``OrmQ`` table); the services pass
-uses ``longtask.redis_broker.RedisBroker`` (a Redis list per cluster, ``django_q:<cluster>:q``,
+uses ``longtask.dispatch.redis.RedisBroker`` (a Redis list per cluster, ``django_q:<cluster>:q``,
 plus a sorted set of delayed jobs beside it, ``django_q:<cluster>:q:delayed``, scored by
 due time). These helpers read, count, clear and run the jobs the same way on both.
 
@@ -58,7 +58,7 @@ def cluster_of(queue: str | None = None) -> str:
     """The django-q2 cluster serving the longtask queue ``queue`` (None: the default one)."""
     from django_q.conf import Conf
 
-    from longtask.queues import cluster_for
+    from longtask.dispatch.queues import cluster_for
 
     return cluster_for(queue) or Conf.CLUSTER_NAME
 

@@ -9,8 +9,7 @@ from django import forms
 
 from longtask import current_subtask
 from longtask.exceptions import FatalError, RetryLater
-from longtask.kinds import FanOutKind, Kind
-from longtask.retry_policy import RetryPolicy
+from longtask.kinds import FanOutKind, Kind, RetryPolicy
 
 
 class CountForm(forms.Form):

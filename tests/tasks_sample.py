@@ -9,7 +9,7 @@ from typing import Any
 from django.tasks import TaskContext, task
 
 import longtask
-from longtask.retry_policy import RetryPolicy
+from longtask.kinds import RetryPolicy
 
 #: Attempts of ``flaky_task`` that still fail, and calls seen, per test.
 FLAKY: dict[str, int] = {"fail": 0, "calls": 0}

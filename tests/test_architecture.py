@@ -8,8 +8,14 @@ from tests.processes import ROOT
 
 PACKAGE = ROOT / "longtask"
 #: Modules above the engine: it must never import them.
-ABOVE_ENGINE = ("longtask.api", "longtask.views", "longtask.cli", "longtask.admin", "longtask.live")
-ABOVE_ENGINE += ("longtask.consumers", "longtask.management", "longtask.access")
+ABOVE_ENGINE = (
+    "longtask.api",
+    "longtask.web.views",
+    "longtask.cli",
+    "longtask.admin",
+    "longtask.live.watcher",
+)
+ABOVE_ENGINE += ("longtask.live.consumers", "longtask.management", "longtask.guards.access")
 
 
 def _modules() -> list[tuple[str, ast.Module]]:

@@ -14,8 +14,10 @@ from channels.testing import WebsocketCommunicator
 from django.utils import timezone
 
 import longtask
-from longtask import live, progress
+from longtask import progress
 from longtask.engine import states
+from longtask.live import consumers
+from longtask.live import watcher as live
 from longtask.models import LongTask, SubTask
 from quiltsite.asgi import application
 from tests import broker
@@ -295,7 +297,6 @@ def lose_permission(user: Any, client: Any) -> None:
 def test_an_open_socket_closes_4403_when_access_ends(
     client, user, viewer, settings, monkeypatch, change
 ):
-    from longtask import consumers
 
     settings.LONGTASK_LIVE_RECHECK = 0.02
     checks = []
@@ -339,8 +340,6 @@ async def until(condition: Callable[[], bool]) -> None:
 
 def test_the_session_check_never_changes_the_session(client, user):
     from django.contrib.sessions.models import Session
-
-    from longtask import consumers
 
     client.force_login(user)
     key = client.cookies["sessionid"].value

@@ -21,12 +21,13 @@ from django.utils import timezone
 from django_q.exceptions import TimeoutException
 
 import longtask
-from longtask import api, live, queues
+from longtask import api
+from longtask.dispatch import queues
 from longtask.engine import chunks, recovery, split, states
 from longtask.engine import run as runner
-from longtask.kinds import FanOutKind, Kind, registry
+from longtask.kinds import FanOutKind, Kind, RetryPolicy, registry
+from longtask.live import watcher as live
 from longtask.models import LongTask, Status, SubTask
-from longtask.retry_policy import RetryPolicy
 from tests import broker
 from tests import kinds as test_kinds
 from tests.helpers import claim, drain_queue, wait_for

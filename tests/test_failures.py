@@ -15,8 +15,8 @@ import longtask
 from longtask import dispatch
 from longtask.engine import chunks, recovery, states
 from longtask.engine import run as runner
+from longtask.kinds import RetryPolicy
 from longtask.models import LongTask, Status, SubTask
-from longtask.retry_policy import RetryPolicy
 from tests import broker
 from tests.helpers import claim, drain_queue, wait_for
 

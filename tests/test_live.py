@@ -18,7 +18,7 @@ import pytest
 from django.db import close_old_connections
 
 import longtask
-from longtask import live
+from longtask.live import watcher as live
 from longtask.models import LongTask, Status
 from tests.helpers import wait_for
 from tests.processes import ROOT, process_env, qcluster, stop

@@ -51,7 +51,7 @@ def test_rate_estimator_smooths_and_resets():
 
 def test_reporter_throttles_but_never_loses_the_last_value(monkeypatch):
     writes = []
-    monkeypatch.setattr(progress, "write_progress", lambda task_id, record: writes.append(record))
+    monkeypatch.setattr(progress.reporter, "write_progress", lambda task_id, record: writes.append(record))
     clock = FakeClock()
     reporter = ProgressReporter("t", interval=10.0, clock=clock)
     reporter.update(1, 100, "first")
@@ -85,7 +85,7 @@ def test_held_back_value_is_written_by_the_timer():
 
 
 def test_long_messages_are_cut(monkeypatch):
-    monkeypatch.setattr(progress, "write_progress", lambda task_id, record: None)
+    monkeypatch.setattr(progress.reporter, "write_progress", lambda task_id, record: None)
     reporter = ProgressReporter("t")
     reporter.update(1, 2, "x" * 10_000)
     assert len(reporter.record["message"]) == progress.MESSAGE_MAX_LENGTH

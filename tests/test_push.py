@@ -10,7 +10,9 @@ from asgiref.sync import sync_to_async
 from django.test import override_settings
 
 import longtask
-from longtask import live, progress, push
+from longtask import progress
+from longtask.live import watcher as live
+from longtask.progress import push
 from tests.conftest import services
 
 pytestmark = [services, pytest.mark.django_db(transaction=True)]

@@ -11,10 +11,10 @@ from django.test import override_settings
 from django.utils import timezone
 
 import longtask
-from longtask import queues
+from longtask.dispatch import concurrency, queues, ratelimit
+from longtask.dispatch.queues import Queue, UnknownQueue, parse_rate
 from longtask.engine import run as runner
 from longtask.models import LongTask, Status, SubTask
-from longtask.queues import Queue, UnknownQueue, parse_rate
 from tests.helpers import wait_for
 from tests.processes import qcluster
 
@@ -68,7 +68,7 @@ def test_a_start_picks_its_queue_and_unknown_queues_are_refused(test_kinds_regis
 
 @pytest.mark.django_db
 def test_the_database_window_admits_exactly_the_burst_then_frees_with_time():
-    storage = queues.database_storage()
+    storage = ratelimit.database_storage()
     assert all(storage.acquire_entry("k", 3, 1) for _ in range(3))
     assert not storage.acquire_entry("k", 3, 1)
     start, count = storage.get_moving_window("k", 3, 1)
@@ -85,7 +85,7 @@ def test_a_rate_limited_run_is_deferred_not_run_and_not_counted(
 ):
     first = longtask.start("test-count", {"n": 1}, queue="slow")
     second = longtask.start("test-count", {"n": 1}, queue="slow")
-    queues._limiter.cache_clear()
+    ratelimit._limiter.cache_clear()
     runner.run(str(first.pk))  # takes the hour's only start
     first.refresh_from_db()
     assert first.status == Status.SUCCEEDED
@@ -106,28 +106,28 @@ def test_a_rate_limited_run_is_deferred_not_run_and_not_counted(
 @pytest.mark.django_db
 def test_concurrency_slots_are_leased_released_and_expire():
     single = queues.get("single")
-    token = queues.acquire_slot(single)
+    token = concurrency.acquire_slot(single)
     assert token
-    assert queues.acquire_slot(single) is None  # the one slot is taken
-    queues.release_slot(single, token)
-    second = queues.acquire_slot(single)
+    assert concurrency.acquire_slot(single) is None  # the one slot is taken
+    concurrency.release_slot(single, token)
+    second = concurrency.acquire_slot(single)
     assert second and second != token
     with override_settings(LONGTASK_STALE_AFTER=-1):
-        queues.renew_slot(single, second)  # a lease whose worker stopped renewing it...
-    assert queues.acquire_slot(single)  # ...has expired, and its slot is free again
-    assert queues.acquire_slot(queues.get("default")) == ""  # no limit: nothing to lease
+        concurrency.renew_slot(single, second)  # a lease whose worker stopped renewing it...
+    assert concurrency.acquire_slot(single)  # ...has expired, and its slot is free again
+    assert concurrency.acquire_slot(queues.get("default")) == ""  # no limit: nothing to lease
 
 
 @override_settings(LONGTASK_QUEUES=QUEUES)
 @pytest.mark.django_db
 def test_a_full_queue_defers_the_run_without_claiming(test_kinds_registered):
     task = longtask.start("test-count", {"n": 1}, queue="single")
-    holder = queues.acquire_slot(queues.get("single"))
+    holder = concurrency.acquire_slot(queues.get("single"))
     with override_settings(LONGTASK_LIMIT_WAIT=0.2):
         runner.run(str(task.pk))
     task.refresh_from_db()
     assert (task.status, task.attempts) == (Status.QUEUED, 0)
-    queues.release_slot(queues.get("single"), holder)
+    concurrency.release_slot(queues.get("single"), holder)
     runner.run(str(task.pk))
     task.refresh_from_db()
     assert task.status == Status.SUCCEEDED

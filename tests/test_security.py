@@ -24,9 +24,9 @@ from django.utils import timezone
 import longtask
 from longtask import progress
 from longtask.engine import run as runner
-from longtask.kinds import FanOutKind, Kind, registry
+from longtask.guards.access import visible_tasks
+from longtask.kinds import FanOutKind, Kind, RetryPolicy, registry
 from longtask.models import LongTask, Status, SubTask
-from longtask.retry_policy import RetryPolicy
 from quiltsite.asgi import application
 from tests.kinds import CountForm
 from tests.processes import ROOT
@@ -165,12 +165,12 @@ def test_owners_superusers_and_anonymous_urls_may_cancel(client, user, django_us
 def test_visible_to_lists_what_the_access_rule_shows(user, other_user, staff, viewer, changer):
     mine, theirs = report_row(owner=user), report_row(owner=other_user)
     report_row()  # anonymous: reachable by URL, never listed to others
-    listed = {who: set(LongTask.objects.visible_to(who)) for who in (user, staff, viewer)}
+    listed = {who: set(visible_tasks(who)) for who in (user, staff, viewer)}
     assert listed[user] == {mine}
     assert listed[staff] == set()  # is_staff alone: only their own (none)
     assert {mine, theirs} < listed[viewer] and len(listed[viewer]) == 3
-    assert set(LongTask.objects.visible_to(changer)) == listed[viewer]
-    assert not LongTask.objects.visible_to(AnonymousUser()).exists()
+    assert set(visible_tasks(changer)) == listed[viewer]
+    assert not visible_tasks(AnonymousUser()).exists()
 
 
 def test_cancel_by_another_user_changes_nothing(client, user, other_user):

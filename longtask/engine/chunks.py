@@ -18,13 +18,15 @@ from dataclasses import dataclass
 
 from django.utils import timezone
 
-from longtask import dispatch, limits, queues
+from longtask import dispatch
 from longtask.conf import settings
+from longtask.dispatch import concurrency, queues, ratelimit
 from longtask.engine import states
 from longtask.engine.heartbeat import Heartbeat
 from longtask.engine.run import is_fatal, retry_delay
 from longtask.engine.values import to_json
 from longtask.exceptions import ResultTooLarge
+from longtask.guards import sizes
 from longtask.kinds import FanOutKind, registry
 from longtask.models import LongTask, Status, one_line
 
@@ -78,7 +80,7 @@ class Recorder:
 def _limit_result(outcome: states.Outcome) -> None:
     """Turn a too-large subtask result into a failure that is not retried (it would recur)."""
     try:
-        limits.check_result_size(limits.json_size(outcome.result))
+        sizes.check_result_size(sizes.json_size(outcome.result))
     except ResultTooLarge as exc:
         outcome.result = None
         outcome.error = f"{type(exc).__name__}: {exc}"
@@ -95,7 +97,7 @@ def run_chunk(parent_id: str, first: int, last: int, indexes: Sequence[int] | No
         logger.error("LongTask id=%s: kind %r is not a fan-out here", parent_id, parent.kind)
         return
     queue = queues.get_or_default(kind.subtask_queue_name())
-    slot = queues.acquire_slot_waiting(queue, settings.LIMIT_WAIT)
+    slot = concurrency.acquire_slot_waiting(queue, settings.LIMIT_WAIT)
     if slot is None:  # the queue is at max_concurrency: try this chunk again shortly
         later = timezone.now() + datetime.timedelta(seconds=settings.LIMIT_WAIT)
         dispatch.enqueue_many(
@@ -110,7 +112,7 @@ def run_chunk(parent_id: str, first: int, last: int, indexes: Sequence[int] | No
         if claimed.rows:
             _run_claimed(kind, queue, slot, parent_id, claimed)
     finally:
-        queues.release_slot(queue, slot)
+        concurrency.release_slot(queue, slot)
 
 
 def _run_claimed(
@@ -121,7 +123,7 @@ def _run_claimed(
 
     def beat() -> bool:
         # False once the parent stopped, or every subtask of ours was taken from us.
-        queues.renew_slot(queue, slot)
+        concurrency.renew_slot(queue, slot)
         ours = states.beat_subtasks(claimed.token, pks)
         running = LongTask.objects.filter(pk=parent_id, status=Status.RUNNING).exists()
         return bool(ours) and running
@@ -151,7 +153,7 @@ def _run_rows(
             recorder.flush()
             states.stop_subtasks(parent_id, claimed.token, pks[position:])
             return
-        wait = queues.wait_for_token(queue, settings.LIMIT_WAIT, heartbeat.stopped)
+        wait = ratelimit.wait_for_token(queue, settings.LIMIT_WAIT, heartbeat.stopped)
         if wait:  # rate-limited for longer than a worker should idle: give the rest back
             recorder.flush()
             eta = timezone.now() + datetime.timedelta(seconds=wait)

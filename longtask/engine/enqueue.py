@@ -5,8 +5,9 @@ from __future__ import annotations
 import datetime
 import math
 
-from longtask import dispatch, queues
+from longtask import dispatch
 from longtask.conf import settings
+from longtask.dispatch import queues
 from longtask.kinds import FanOutKind, registry
 from longtask.models import LongTask
 

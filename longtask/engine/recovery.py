@@ -34,8 +34,9 @@ from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from longtask import dispatch, queues
+from longtask import dispatch
 from longtask.conf import settings
+from longtask.dispatch import queues
 from longtask.engine import enqueue, states
 from longtask.engine.run import handle_failure
 from longtask.kinds import FanOutKind, registry

@@ -14,8 +14,8 @@ from typing import Any
 from django.utils import timezone
 from django_q.exceptions import TimeoutException
 
-from longtask import queues
 from longtask.conf import settings
+from longtask.dispatch import concurrency, queues, ratelimit
 from longtask.engine import iterative, split, states
 from longtask.engine.current import running
 from longtask.engine.heartbeat import Heartbeat
@@ -40,7 +40,7 @@ def run(task_id: str) -> None:
     try:
         _claim_and_run(task_id, queue, slot, task.kind)
     finally:
-        queues.release_slot(queue, slot)
+        concurrency.release_slot(queue, slot)
 
 
 def _pass_limits(task: LongTask, queue: queues.Queue) -> str | None:
@@ -54,14 +54,14 @@ def _pass_limits(task: LongTask, queue: queues.Queue) -> str | None:
         return ""
     if not task.claimable_now():
         return ""  # a duplicate delivery: the claim will refuse it without using the limits
-    slot = queues.acquire_slot_waiting(queue, settings.LIMIT_WAIT)
+    slot = concurrency.acquire_slot_waiting(queue, settings.LIMIT_WAIT)
     if slot is None:
         states.defer(task, timezone.now() + datetime.timedelta(seconds=settings.LIMIT_WAIT))
         logger.info("LongTask id=%s queue=%s at max_concurrency; deferred", task.pk, queue.name)
         return None
-    wait = queues.wait_for_token(queue, settings.LIMIT_WAIT)
+    wait = ratelimit.wait_for_token(queue, settings.LIMIT_WAIT)
     if wait:
-        queues.release_slot(queue, slot)
+        concurrency.release_slot(queue, slot)
         states.defer(task, timezone.now() + datetime.timedelta(seconds=wait))
         logger.info(
             "LongTask id=%s queue=%s rate-limited; deferred %.1fs", task.pk, queue.name, wait
@@ -86,7 +86,7 @@ def _claim_and_run(task_id: str, queue: queues.Queue, slot: str, kind_name: str)
         return
 
     def beat() -> bool:
-        queues.renew_slot(queue, slot)
+        concurrency.renew_slot(queue, slot)
         return states.beat(run_)
 
     with Heartbeat(beat) as heartbeat:

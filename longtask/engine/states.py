@@ -31,11 +31,11 @@ from django.db.models import F, Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from longtask import push
 from longtask.engine import enqueue
 from longtask.engine.heartbeat import node_name
 from longtask.kinds import FanOutKind, Kind
 from longtask.models import LongTask, Status, SubTask, one_line
+from longtask.progress import push
 
 logger = logging.getLogger("longtask")
 

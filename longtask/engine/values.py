@@ -7,7 +7,7 @@ from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
 
-from longtask import limits
+from longtask.guards import sizes
 
 
 def to_json(value: Any) -> Any:
@@ -18,5 +18,5 @@ def to_json(value: Any) -> Any:
 def result_to_json(value: Any) -> Any:
     """Return a result as plain JSON data; raise ResultTooLarge if it is over the limit."""
     text = json.dumps(value, cls=DjangoJSONEncoder)
-    limits.check_result_size(len(text))  # ASCII-escaped: characters are bytes
+    sizes.check_result_size(len(text))  # ASCII-escaped: characters are bytes
     return json.loads(text)

@@ -9,7 +9,6 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
@@ -18,112 +17,229 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name='LongTask',
+            name="LongTask",
             fields=[
-                ('id', models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False)),
-                ('kind', models.CharField(max_length=100)),
-                ('name', models.CharField(blank=True, max_length=200, null=True, unique=True)),
-                ('queue', models.CharField(max_length=100)),
-                ('parameters', models.JSONField(default=dict)),
-                ('result', models.JSONField(blank=True, null=True)),
-                ('status', models.CharField(choices=[('QUEUED', 'Queued'), ('RUNNING', 'Running'), ('RETRYING', 'Retrying'), ('SUCCEEDED', 'Succeeded'), ('FAILED', 'Failed'), ('CANCELLED', 'Cancelled')], default='QUEUED', max_length=10)),
-                ('error', models.CharField(blank=True, max_length=1000)),
-                ('traceback', models.TextField(blank=True)),
-                ('attempts', models.PositiveIntegerField(default=0)),
-                ('history', models.JSONField(blank=True, default=list)),
-                ('last_progress', models.JSONField(blank=True, null=True)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('started_at', models.DateTimeField(blank=True, null=True)),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
-                ('heartbeat_at', models.DateTimeField(blank=True, null=True)),
-                ('next_attempt_at', models.DateTimeField(blank=True, null=True)),
-                ('cancel_requested_at', models.DateTimeField(blank=True, null=True)),
-                ('result_viewed_at', models.DateTimeField(blank=True, null=True)),
-                ('subtasks_total', models.PositiveIntegerField(default=0)),
-                ('subtasks_done', models.PositiveIntegerField(default=0)),
-                ('subtasks_failed', models.PositiveIntegerField(default=0)),
-                ('subtask_cursor', models.PositiveIntegerField(default=0)),
-                ('subtask_seconds', models.FloatField(default=0)),
-                ('split_done', models.BooleanField(default=False)),
-                ('fan_in_at', models.DateTimeField(blank=True, null=True)),
-                ('cursor', models.JSONField(blank=True, null=True)),
-                ('rows_done', models.PositiveIntegerField(default=0)),
-                ('rows_total', models.PositiveIntegerField(blank=True, null=True)),
-                ('owner', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='longtasks', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.UUIDField(
+                        default=uuid.uuid4, editable=False, primary_key=True, serialize=False
+                    ),
+                ),
+                ("kind", models.CharField(max_length=100)),
+                ("name", models.CharField(blank=True, max_length=200, null=True, unique=True)),
+                ("queue", models.CharField(max_length=100)),
+                ("parameters", models.JSONField(default=dict)),
+                ("result", models.JSONField(blank=True, null=True)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("QUEUED", "Queued"),
+                            ("RUNNING", "Running"),
+                            ("RETRYING", "Retrying"),
+                            ("SUCCEEDED", "Succeeded"),
+                            ("FAILED", "Failed"),
+                            ("CANCELLED", "Cancelled"),
+                        ],
+                        default="QUEUED",
+                        max_length=10,
+                    ),
+                ),
+                ("error", models.CharField(blank=True, max_length=1000)),
+                ("traceback", models.TextField(blank=True)),
+                ("attempts", models.PositiveIntegerField(default=0)),
+                ("history", models.JSONField(blank=True, default=list)),
+                ("last_progress", models.JSONField(blank=True, null=True)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("started_at", models.DateTimeField(blank=True, null=True)),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
+                ("heartbeat_at", models.DateTimeField(blank=True, null=True)),
+                ("next_attempt_at", models.DateTimeField(blank=True, null=True)),
+                ("cancel_requested_at", models.DateTimeField(blank=True, null=True)),
+                ("result_viewed_at", models.DateTimeField(blank=True, null=True)),
+                ("subtasks_total", models.PositiveIntegerField(default=0)),
+                ("subtasks_done", models.PositiveIntegerField(default=0)),
+                ("subtasks_failed", models.PositiveIntegerField(default=0)),
+                ("subtask_cursor", models.PositiveIntegerField(default=0)),
+                ("subtask_seconds", models.FloatField(default=0)),
+                ("split_done", models.BooleanField(default=False)),
+                ("fan_in_at", models.DateTimeField(blank=True, null=True)),
+                ("cursor", models.JSONField(blank=True, null=True)),
+                ("rows_done", models.PositiveIntegerField(default=0)),
+                ("rows_total", models.PositiveIntegerField(blank=True, null=True)),
+                (
+                    "owner",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="longtasks",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at'],
+                "ordering": ["-created_at"],
             },
         ),
         migrations.CreateModel(
-            name='SubTask',
+            name="SubTask",
             fields=[
-                ('id', models.BigAutoField(primary_key=True, serialize=False)),
-                ('index', models.PositiveIntegerField()),
-                ('parameters', models.JSONField(default=dict)),
-                ('status', models.CharField(choices=[('QUEUED', 'Queued'), ('RUNNING', 'Running'), ('RETRYING', 'Retrying'), ('SUCCEEDED', 'Succeeded'), ('FAILED', 'Failed'), ('CANCELLED', 'Cancelled')], default='QUEUED', max_length=10)),
-                ('result', models.JSONField(blank=True, null=True)),
-                ('error', models.CharField(blank=True, max_length=1000)),
-                ('attempts', models.PositiveIntegerField(default=0)),
-                ('seconds', models.FloatField(blank=True, null=True)),
-                ('finish_seq', models.PositiveIntegerField(blank=True, null=True)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('started_at', models.DateTimeField(blank=True, null=True)),
-                ('heartbeat_at', models.DateTimeField(blank=True, null=True)),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
-                ('parent', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='subtasks', to='longtask.longtask')),
+                ("id", models.BigAutoField(primary_key=True, serialize=False)),
+                ("index", models.PositiveIntegerField()),
+                ("parameters", models.JSONField(default=dict)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("QUEUED", "Queued"),
+                            ("RUNNING", "Running"),
+                            ("RETRYING", "Retrying"),
+                            ("SUCCEEDED", "Succeeded"),
+                            ("FAILED", "Failed"),
+                            ("CANCELLED", "Cancelled"),
+                        ],
+                        default="QUEUED",
+                        max_length=10,
+                    ),
+                ),
+                ("result", models.JSONField(blank=True, null=True)),
+                ("error", models.CharField(blank=True, max_length=1000)),
+                ("attempts", models.PositiveIntegerField(default=0)),
+                ("seconds", models.FloatField(blank=True, null=True)),
+                ("finish_seq", models.PositiveIntegerField(blank=True, null=True)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("started_at", models.DateTimeField(blank=True, null=True)),
+                ("heartbeat_at", models.DateTimeField(blank=True, null=True)),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "parent",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="subtasks",
+                        to="longtask.longtask",
+                    ),
+                ),
             ],
         ),
         migrations.AddIndex(
-            model_name='longtask',
-            index=models.Index(fields=['status', 'created_at'], name='longtask_status_created'),
+            model_name="longtask",
+            index=models.Index(fields=["status", "created_at"], name="longtask_status_created"),
         ),
         migrations.AddIndex(
-            model_name='longtask',
-            index=models.Index(fields=['owner', '-created_at'], name='longtask_owner_created'),
+            model_name="longtask",
+            index=models.Index(fields=["owner", "-created_at"], name="longtask_owner_created"),
         ),
         migrations.AddIndex(
-            model_name='longtask',
-            index=models.Index(fields=['kind', '-created_at'], name='longtask_kind_created'),
+            model_name="longtask",
+            index=models.Index(fields=["kind", "-created_at"], name="longtask_kind_created"),
         ),
         migrations.AddConstraint(
-            model_name='longtask',
-            constraint=models.CheckConstraint(condition=models.Q(('status__in', ['QUEUED', 'RUNNING', 'RETRYING', 'SUCCEEDED', 'FAILED', 'CANCELLED'])), name='longtask_status_valid'),
+            model_name="longtask",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    (
+                        "status__in",
+                        ["QUEUED", "RUNNING", "RETRYING", "SUCCEEDED", "FAILED", "CANCELLED"],
+                    )
+                ),
+                name="longtask_status_valid",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='longtask',
-            constraint=models.CheckConstraint(condition=models.Q(models.Q(('finished_at__isnull', False), ('status__in', frozenset(['CANCELLED', 'FAILED', 'SUCCEEDED']))), models.Q(models.Q(('status__in', frozenset(['CANCELLED', 'FAILED', 'SUCCEEDED'])), _negated=True), ('finished_at__isnull', True)), _connector='OR'), name='longtask_finished_at_iff_finished'),
+            model_name="longtask",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    models.Q(
+                        ("finished_at__isnull", False),
+                        ("status__in", frozenset(["CANCELLED", "FAILED", "SUCCEEDED"])),
+                    ),
+                    models.Q(
+                        models.Q(
+                            ("status__in", frozenset(["CANCELLED", "FAILED", "SUCCEEDED"])),
+                            _negated=True,
+                        ),
+                        ("finished_at__isnull", True),
+                    ),
+                    _connector="OR",
+                ),
+                name="longtask_finished_at_iff_finished",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='longtask',
-            constraint=models.CheckConstraint(condition=models.Q(models.Q(('status', 'RUNNING'), _negated=True), ('started_at__isnull', False), _connector='OR'), name='longtask_running_has_started_at'),
+            model_name="longtask",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    models.Q(("status", "RUNNING"), _negated=True),
+                    ("started_at__isnull", False),
+                    _connector="OR",
+                ),
+                name="longtask_running_has_started_at",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='longtask',
-            constraint=models.CheckConstraint(condition=models.Q(('subtasks_done__lte', models.F('subtasks_total')), ('subtasks_failed__lte', models.F('subtasks_done'))), name='longtask_subtask_counts_consistent'),
+            model_name="longtask",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    ("subtasks_done__lte", models.F("subtasks_total")),
+                    ("subtasks_failed__lte", models.F("subtasks_done")),
+                ),
+                name="longtask_subtask_counts_consistent",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='longtask',
-            constraint=models.CheckConstraint(condition=models.Q(('status', 'SUCCEEDED'), ('result__isnull', True), _connector='OR'), name='longtask_result_only_if_succeeded'),
+            model_name="longtask",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    ("status", "SUCCEEDED"), ("result__isnull", True), _connector="OR"
+                ),
+                name="longtask_result_only_if_succeeded",
+            ),
         ),
         migrations.AddIndex(
-            model_name='subtask',
-            index=models.Index(fields=['parent', 'status'], name='subtask_parent_status'),
+            model_name="subtask",
+            index=models.Index(fields=["parent", "status"], name="subtask_parent_status"),
         ),
         migrations.AddConstraint(
-            model_name='subtask',
-            constraint=models.UniqueConstraint(fields=('parent', 'index'), name='subtask_unique_index'),
+            model_name="subtask",
+            constraint=models.UniqueConstraint(
+                fields=("parent", "index"), name="subtask_unique_index"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='subtask',
-            constraint=models.UniqueConstraint(condition=models.Q(('finish_seq__isnull', False)), fields=('parent', 'finish_seq'), name='subtask_unique_finish_seq'),
+            model_name="subtask",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("finish_seq__isnull", False)),
+                fields=("parent", "finish_seq"),
+                name="subtask_unique_finish_seq",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='subtask',
-            constraint=models.CheckConstraint(condition=models.Q(('status__in', ['QUEUED', 'RUNNING', 'RETRYING', 'SUCCEEDED', 'FAILED', 'CANCELLED'])), name='subtask_status_valid'),
+            model_name="subtask",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    (
+                        "status__in",
+                        ["QUEUED", "RUNNING", "RETRYING", "SUCCEEDED", "FAILED", "CANCELLED"],
+                    )
+                ),
+                name="subtask_status_valid",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='subtask',
-            constraint=models.CheckConstraint(condition=models.Q(models.Q(('finish_seq__isnull', False), ('status__in', ['SUCCEEDED', 'FAILED'])), models.Q(models.Q(('status__in', ['SUCCEEDED', 'FAILED']), _negated=True), ('finish_seq__isnull', True)), _connector='OR'), name='subtask_finish_seq_iff_finished'),
+            model_name="subtask",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    models.Q(
+                        ("finish_seq__isnull", False), ("status__in", ["SUCCEEDED", "FAILED"])
+                    ),
+                    models.Q(
+                        models.Q(("status__in", ["SUCCEEDED", "FAILED"]), _negated=True),
+                        ("finish_seq__isnull", True),
+                    ),
+                    _connector="OR",
+                ),
+                name="subtask_finish_seq_iff_finished",
+            ),
         ),
     ]

@@ -5,43 +5,54 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('longtask', '0002_queues_and_workers'),
+        ("longtask", "0002_queues_and_workers"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='longtask',
-            name='due_at',
+            model_name="longtask",
+            name="due_at",
             field=models.DateTimeField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='longtask',
-            name='token',
-            field=models.CharField(blank=True, default='', max_length=16),
+            model_name="longtask",
+            name="token",
+            field=models.CharField(blank=True, default="", max_length=16),
         ),
         migrations.AddField(
-            model_name='subtask',
-            name='due_at',
+            model_name="subtask",
+            name="due_at",
             field=models.DateTimeField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='subtask',
-            name='token',
-            field=models.CharField(blank=True, default='', max_length=16),
+            model_name="subtask",
+            name="token",
+            field=models.CharField(blank=True, default="", max_length=16),
         ),
         migrations.AddIndex(
-            model_name='longtask',
-            index=models.Index(condition=models.Q(('status__in', ['QUEUED', 'RETRYING', 'RUNNING'])), fields=['status', 'heartbeat_at'], name='longtask_active_heartbeat'),
+            model_name="longtask",
+            index=models.Index(
+                condition=models.Q(("status__in", ["QUEUED", "RETRYING", "RUNNING"])),
+                fields=["status", "heartbeat_at"],
+                name="longtask_active_heartbeat",
+            ),
         ),
         migrations.AddIndex(
-            model_name='subtask',
-            index=models.Index(condition=models.Q(('status__in', ['QUEUED', 'RETRYING'])), fields=['due_at'], name='subtask_waiting_due'),
+            model_name="subtask",
+            index=models.Index(
+                condition=models.Q(("status__in", ["QUEUED", "RETRYING"])),
+                fields=["due_at"],
+                name="subtask_waiting_due",
+            ),
         ),
         migrations.AddIndex(
-            model_name='subtask',
-            index=models.Index(condition=models.Q(('status', 'RUNNING')), fields=['heartbeat_at'], name='subtask_running_heartbeat'),
+            model_name="subtask",
+            index=models.Index(
+                condition=models.Q(("status", "RUNNING")),
+                fields=["heartbeat_at"],
+                name="subtask_running_heartbeat",
+            ),
         ),
     ]

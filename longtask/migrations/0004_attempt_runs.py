@@ -4,15 +4,14 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('longtask', '0003_fencing_and_due_times'),
+        ("longtask", "0003_fencing_and_due_times"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='longtask',
-            name='runs',
+            model_name="longtask",
+            name="runs",
             field=models.JSONField(blank=True, default=list),
         ),
     ]

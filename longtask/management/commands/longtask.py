@@ -19,7 +19,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 from django.utils import timezone
 
-from longtask import api, cli, documents, limits, progress
+from longtask import api, cli, documents, progress
+from longtask.dispatch import queues
 from longtask.documents import status_document, subtask_counts
 from longtask.exceptions import (
     InvalidParameters,
@@ -28,6 +29,7 @@ from longtask.exceptions import (
     ParametersTooLarge,
     UnknownKind,
 )
+from longtask.guards import abuse, sizes
 from longtask.kinds import Kind, registry
 from longtask.models import LongTask, Status, SubTask
 
@@ -111,7 +113,6 @@ class Command(BaseCommand):
             raise cli.bad_input(f"{exc} (known kinds: {known})") from None
 
     def _queue(self, name: str | None) -> None:
-        from longtask import queues
         from longtask.conf import settings as longtask_settings
 
         try:
@@ -163,7 +164,7 @@ class Command(BaseCommand):
         self, kind: Kind, params: Any, *, name: str | None, queue: str | None, owner: Any
     ) -> tuple[LongTask, bool]:
         """Start a task; the limits apply to an ``--owner`` (the operator alone is trusted)."""
-        actor = limits.Actor(user=owner, trusted=owner is None)
+        actor = abuse.Actor(user=owner, trusted=owner is None)
         task = api.start(kind, params, name=name, queue=queue, owner=owner, actor=actor)
         return task, not task.deduplicated
 
@@ -218,7 +219,7 @@ class Command(BaseCommand):
                     rejected.append((number, f"name longer than {max_name} characters"))
                     continue
             try:
-                limits.check_parameters_size(kind_obj.clean_parameters(data))
+                sizes.check_parameters_size(kind_obj.clean_parameters(data))
             except (InvalidParameters, ParametersTooLarge) as exc:
                 rejected.append((number, str(exc)))
                 continue

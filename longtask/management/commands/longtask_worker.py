@@ -40,7 +40,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
 from longtask.conf import settings as longtask_settings
-from longtask.supervisor import ClusterStatus
+from longtask.dispatch.supervisor import ClusterStatus
 
 PR_SET_PDEATHSIG = 1
 
@@ -82,8 +82,8 @@ class Command(BaseCommand):
             close_old_connections()
 
     def handle(self, *args: Any, queue: str, grace: float, **options: Any) -> None:
-        from longtask.queues import cluster_for
-        from longtask.supervisor import Supervisor
+        from longtask.dispatch.queues import cluster_for
+        from longtask.dispatch.supervisor import Supervisor
 
         env = dict(os.environ)
         cluster = cluster_for(queue)

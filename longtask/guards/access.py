@@ -19,7 +19,7 @@ from django.core.exceptions import PermissionDenied
 from django.http import Http404
 
 from longtask.kinds import TASK_KIND_PREFIX
-from longtask.models import LongTask
+from longtask.models import LongTask, LongTaskQuerySet
 
 if TYPE_CHECKING:
     from longtask.kinds import Kind
@@ -81,3 +81,12 @@ def can_start(user: Any, kind: Kind) -> bool:
     if user is None or not user.is_authenticated:
         return False
     return kind.permission is None or bool(user.has_perm(kind.permission))
+
+
+def visible_tasks(user: Any) -> LongTaskQuerySet:
+    """Return the tasks ``user`` may list (anonymous tasks are reachable only by URL)."""
+    if can_view_all(user):
+        return LongTask.objects.all()
+    if user.is_authenticated:
+        return LongTask.objects.filter(owner=user)
+    return LongTask.objects.none()

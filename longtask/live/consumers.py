@@ -48,9 +48,9 @@ from django.contrib.auth import (
 from django.core.exceptions import ValidationError
 from django.utils.crypto import constant_time_compare
 
-from longtask import live
-from longtask.access import can_view
 from longtask.conf import settings
+from longtask.guards.access import can_view
+from longtask.live import watcher as live
 from longtask.models import LongTask
 
 logger = logging.getLogger("longtask")

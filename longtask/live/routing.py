@@ -6,7 +6,7 @@ from uuid import UUID
 
 from django.urls import re_path
 
-from longtask.consumers import TaskConsumer
+from longtask.live.consumers import TaskConsumer
 
 #: Any last segment reaches the consumer, which closes with 4404 for a malformed id too.
 websocket_urlpatterns = [

@@ -26,11 +26,12 @@ from uuid import UUID
 
 from channels.db import database_sync_to_async
 
-from longtask import progress, push
-from longtask.access import can_view
+from longtask import progress
 from longtask.conf import settings
 from longtask.documents import status_document
+from longtask.guards.access import can_view
 from longtask.models import FINISHED_STATUSES, LongTask, SubTask
+from longtask.progress import push
 
 logger = logging.getLogger("longtask")
 

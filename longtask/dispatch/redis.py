@@ -1,7 +1,7 @@
 """django-q2's Redis broker with delayed delivery.
 
-Set ``Q_CLUSTER["broker_class"] = "longtask.redis_broker.RedisBroker"`` with
-``Q_CLUSTER["redis"]``. ``longtask.q2.enqueue_many(..., eta=...)`` puts a delayed job
+Set ``Q_CLUSTER["broker_class"] = "longtask.dispatch.redis.RedisBroker"`` with
+``Q_CLUSTER["redis"]``. ``longtask.dispatch.enqueue_many(..., eta=...)`` puts a delayed job
 in a sorted set beside the cluster's list, scored by its due time; before each
 blocking pop this broker moves the due jobs onto the list with one atomic script, so
 a delay is kept to within ``BLOCK`` seconds and several clusters may drain one set.
@@ -9,14 +9,17 @@ a delay is kept to within ``BLOCK`` seconds and several clusters may drain one s
 
 from __future__ import annotations
 
+import datetime
 import logging
 import time
 from typing import Any
 
 import redis
+from django.db import transaction
 from django_q.brokers.redis_broker import Redis
+from django_q.signing import SignedPackage
 
-from longtask.dispatch import delayed_key
+from longtask.dispatch.base import Depth, Dispatcher, register
 
 logger = logging.getLogger("longtask")
 
@@ -75,3 +78,45 @@ class RedisBroker(Redis):
 
     def delete_queue(self) -> Any:
         return self.connection.delete(self.list_key, delayed_key(self.list_key))
+
+
+def delayed_key(list_key: str) -> str:
+    """The sorted set holding a Redis list's delayed jobs."""
+    return f"{list_key}:delayed"
+
+
+@register(Redis)
+class RedisDispatcher(Dispatcher):
+    """Pushes after the caller's transaction commits; delayed jobs wait in the sorted set
+    (drained by ``RedisBroker``, which a check requires with Redis)."""
+
+    def enqueue(self, packs: list[str], eta: datetime.datetime | None) -> None:
+        # A job with an eta goes to the delayed set even if the eta passes before the
+        # commit: the broker moves due jobs onto the list at its next dequeue.
+        transaction.on_commit(lambda: self._push(packs, eta))
+
+    def _push(self, packs: list[str], eta: datetime.datetime | None) -> None:
+        connection, key = self.broker.connection, self.broker.list_key
+        if eta:
+            connection.zadd(delayed_key(key), dict.fromkeys(packs, eta.timestamp()))
+        else:
+            connection.rpush(key, *packs)
+
+    def oldest_ready(self) -> datetime.datetime | None:
+        connection, key = self.broker.connection, self.broker.list_key
+        candidates = []
+        head = connection.lindex(key, 0)
+        if head is not None:
+            candidates.append(SignedPackage.loads(head)["started"])
+        due = connection.zrangebyscore(
+            delayed_key(key), "-inf", time.time(), start=0, num=1, withscores=True
+        )
+        if due:
+            candidates.append(datetime.datetime.fromtimestamp(due[0][1], tz=datetime.UTC))
+        return min(candidates) if candidates else None
+
+    def depth(self) -> Depth:
+        connection, key = self.broker.connection, self.broker.list_key
+        return Depth(
+            ready=int(connection.llen(key)), delayed=int(connection.zcard(delayed_key(key)))
+        )

@@ -1,4 +1,4 @@
-"""SubTask: one unit of a fan-out task (imported by, and importable from, longtask.models)."""
+"""SubTask: one unit of a fan-out task."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
-from longtask.models import ERROR_MAX_LENGTH, LongTask, Status
+from longtask.models.task import ERROR_MAX_LENGTH, LongTask, Status
 
 
 class SubTask(models.Model):

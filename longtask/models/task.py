@@ -43,16 +43,6 @@ class LongTaskQuerySet(models.QuerySet["LongTask"]):
     def finished(self) -> LongTaskQuerySet:
         return self.filter(status__in=FINISHED_STATUSES)
 
-    def visible_to(self, user: Any) -> LongTaskQuerySet:
-        """Return the tasks ``user`` may list (anonymous tasks are reachable only by URL)."""
-        from longtask.access import can_view_all  # access imports this module
-
-        if can_view_all(user):
-            return self.all()
-        if user.is_authenticated:
-            return self.filter(owner=user)
-        return self.none()
-
 
 class LongTask(models.Model):
     """One unit of long-running work: its parameters, state, result and error."""
@@ -278,19 +268,3 @@ def one_line(text: str) -> str:
     if len(line) > ERROR_MAX_LENGTH:
         line = line[: ERROR_MAX_LENGTH - 1] + "…"
     return line
-
-
-# SubTask lives in its own module; importing it here registers it with the app and
-# keeps ``from longtask.models import SubTask`` working. (At the end: it needs LongTask.)
-from longtask.queuestate import QueueState  # noqa: E402
-from longtask.subtasks import SubTask  # noqa: E402
-
-__all__ = [
-    "ACTIVE_STATUSES",
-    "FINISHED_STATUSES",
-    "LongTask",
-    "QueueState",
-    "Status",
-    "SubTask",
-    "one_line",
-]

@@ -1,4 +1,4 @@
-"""Abuse limits on starting tasks: starts per minute, active tasks, queued subtasks, sizes.
+"""Abuse limits on starting tasks: starts per minute, active tasks, queued subtasks.
 
 The limits apply when a start names an ``Actor`` (the web views and the CLI do);
 ``longtask.start()`` called from Python without one is not limited. Users' starts
@@ -15,24 +15,26 @@ from __future__ import annotations
 
 import datetime
 import functools
-import json
 import math
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from django.core.cache import caches
-from django.core.serializers.json import DjangoJSONEncoder
 from django.utils import timezone
+from limits import RateLimitItemPerSecond
+from limits.storage import storage_from_string
+from limits.strategies import MovingWindowRateLimiter
 
 from longtask.conf import settings
-from longtask.exceptions import LimitExceeded, NotAllowed, ParametersTooLarge, ResultTooLarge
+from longtask.dispatch.ratelimit import database_storage
+from longtask.exceptions import LimitExceeded, NotAllowed
+from longtask.guards.access import can_start
+from longtask.kinds import FanOutKind, Kind
+from longtask.models import CLAIMABLE_STATUSES, LongTask, SubTask
 
 if TYPE_CHECKING:
     from django.http import HttpRequest
-
-    from longtask.kinds import Kind
-    from longtask.models import LongTask
 
 #: How many of an IP's task ids the cache remembers to count its active tasks.
 IP_TASKS_KEPT = 1000
@@ -74,42 +76,12 @@ def client_ip(request: HttpRequest) -> str:
     return str(request.META.get("REMOTE_ADDR") or "unknown")
 
 
-def format_bytes(size: int) -> str:
-    """Write a byte count the way the limits are documented (64 KiB, 1 MiB)."""
-    for unit, factor in (("MiB", 1024 * 1024), ("KiB", 1024)):
-        if size >= factor:
-            return f"{size / factor:g} {unit}"
-    return f"{size} bytes"
-
-
-def json_size(value: Any) -> int:
-    """Return the length of ``value``'s JSON as stored (ASCII-escaped, so bytes = characters)."""
-    return len(json.dumps(value, cls=DjangoJSONEncoder))
-
-
 def check_allowed(kind: Kind, actor: Actor) -> None:
     """Raise NotAllowed if the kind needs a login or a permission the actor lacks."""
-    from longtask.access import can_start
-
     if not actor.trusted and not can_start(actor.user, kind):
         if kind.permission and actor.authenticated:
             raise NotAllowed(f"you may not start {kind.name!r} tasks")
         raise NotAllowed(f"log in to start {kind.name!r} tasks")
-
-
-def check_parameters_size(parameters: Any) -> None:
-    """Raise ParametersTooLarge if the parameters' JSON is over the limit."""
-    size, limit = json_size(parameters), settings.MAX_PARAMETERS_BYTES
-    if size > limit:
-        size_text = f"parameters are {size} bytes, over the {format_bytes(limit)} limit"
-        raise ParametersTooLarge(size_text)
-
-
-def check_result_size(size: int) -> None:
-    """Raise ResultTooLarge if a result of ``size`` bytes of JSON is over the limit."""
-    limit = settings.MAX_RESULT_BYTES
-    if size > limit:
-        raise ResultTooLarge(f"result is {size} bytes, over the {format_bytes(limit)} limit")
 
 
 def check_start(kind: Kind, actor: Actor) -> None:
@@ -148,8 +120,6 @@ def record_start(task: LongTask, actor: Actor) -> None:
 
 
 def _user_counts(user: Any, per_minute: int | None, max_active: int | None) -> tuple[int, int]:
-    from longtask.models import LongTask
-
     tasks = LongTask.objects.filter(owner=user)
     since = timezone.now() - datetime.timedelta(minutes=1)
     recent = tasks.filter(created_at__gte=since).count() if per_minute is not None else 0
@@ -158,8 +128,6 @@ def _user_counts(user: Any, per_minute: int | None, max_active: int | None) -> t
 
 
 def _ip_counts(ip: str, per_minute: int | None, max_active: int | None) -> tuple[int, int]:
-    from longtask.models import LongTask
-
     cache = _cache()
     recent = 0
     if per_minute is not None:
@@ -176,9 +144,6 @@ def _ip_counts(ip: str, per_minute: int | None, max_active: int | None) -> tuple
 
 
 def _check_queued_subtasks(kind: Kind) -> None:
-    from longtask.kinds import FanOutKind
-    from longtask.models import CLAIMABLE_STATUSES, SubTask
-
     cap = settings.MAX_QUEUED_SUBTASKS
     if cap is None or not isinstance(kind, FanOutKind):
         return
@@ -200,17 +165,10 @@ def _start_limiter() -> Any:
 
 @functools.cache
 def _limiter_on(uri: str | None) -> Any:
-    from limits.storage import storage_from_string
-    from limits.strategies import MovingWindowRateLimiter
-
-    from longtask.queues import database_storage
-
     return MovingWindowRateLimiter(storage_from_string(uri) if uri else database_storage())
 
 
 def _start_item(per_minute: int) -> Any:
-    from limits import RateLimitItemPerSecond
-
     return RateLimitItemPerSecond(per_minute, START_WINDOW, namespace="longtask-starts")
 
 

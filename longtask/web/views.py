@@ -13,14 +13,7 @@ from django.utils import timezone
 from django.utils.http import content_disposition_header
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from longtask import api, limits, progress
-from longtask.access import (
-    can_change,
-    can_start,
-    can_view_all,
-    get_changeable_task,
-    get_visible_task,
-)
+from longtask import api, progress
 from longtask.conf import settings
 from longtask.documents import finished_subtasks, status_document
 from longtask.exceptions import (
@@ -30,9 +23,17 @@ from longtask.exceptions import (
     ParametersTooLarge,
     UnknownKind,
 )
+from longtask.guards import abuse, sizes
+from longtask.guards.access import (
+    can_change,
+    can_start,
+    can_view_all,
+    get_changeable_task,
+    get_visible_task,
+)
 from longtask.kinds import Kind, registry
+from longtask.live.routing import websocket_path
 from longtask.models import Status
-from longtask.routing import websocket_path
 
 #: A form body may be this many times the parameters' limit: percent-encoding
 #: triples punctuation, and the CSRF token and field names come on top.
@@ -62,10 +63,10 @@ def new_task(request: HttpRequest, kind: str) -> HttpResponse:
         return _not_allowed(request, kind_obj)
     if request.method == "POST":
         if _content_length(request) > settings.MAX_PARAMETERS_BYTES * RAW_BODY_FACTOR:
-            size = limits.format_bytes(settings.MAX_PARAMETERS_BYTES)
+            size = sizes.format_bytes(settings.MAX_PARAMETERS_BYTES)
             return refused(request, ParametersTooLarge(f"parameters are over the {size} limit"))
         try:
-            actor = limits.Actor.from_request(request)
+            actor = abuse.Actor.from_request(request)
             task = api.start(kind_obj, request.POST, owner=request.user, actor=actor)
         except InvalidParameters as exc:
             context = {"kind": kind_obj, "form": exc.form}

@@ -2,7 +2,7 @@
 
 One row per queue, locked while it changes (SELECT ... FOR UPDATE on PostgreSQL; an
 IMMEDIATE transaction on SQLite), so every worker on every machine sees one state.
-Used by ``longtask.queues`` for the concurrency leases and, without Redis, for the
+Used by ``longtask.dispatch.queues`` for the concurrency leases and, without Redis, for the
 rate limiter's moving window.
 """
 

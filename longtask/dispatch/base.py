@@ -1,0 +1,92 @@
+"""The dispatcher interface, the registry of dispatchers by broker class, and job packages."""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+RUN_JOB = "longtask.jobs.run_task"
+CHUNK_JOB = "longtask.jobs.run_chunk"
+
+
+@dataclass(frozen=True)
+class Depth:
+    """Jobs waiting in one cluster's broker."""
+
+    #: A worker could take these now.
+    ready: int
+    #: Due later (a retry's backoff, a rate limit's wait).
+    delayed: int = 0
+
+
+class Dispatcher:
+    """What longtask asks of one cluster's broker. This base serves any django-q2 broker
+    through its own API: no delays, no "oldest ready" (so the sweeper re-dispatches only
+    by its time bound), depth as the broker counts it."""
+
+    def __init__(self, broker: Any) -> None:
+        self.broker = broker
+
+    def enqueue(self, packs: list[str], eta: datetime.datetime | None) -> None:
+        """Queue signed packages, as part of the caller's transaction or after it commits."""
+        transaction.on_commit(lambda: [self.broker.enqueue(pack) for pack in packs])
+
+    def oldest_ready(self) -> datetime.datetime | None:
+        """When the oldest job a worker could take now became due; None if none (or unknown)."""
+        return None
+
+    def depth(self) -> Depth:
+        return Depth(ready=int(self.broker.queue_size() or 0))
+
+
+_DISPATCHERS: dict[type, type[Dispatcher]] = {}
+
+
+def register(broker_class: type) -> Callable[[type[Dispatcher]], type[Dispatcher]]:
+    """Class decorator: serve ``broker_class`` (and its subclasses) with this dispatcher."""
+
+    def add(dispatcher_class: type[Dispatcher]) -> type[Dispatcher]:
+        _DISPATCHERS[broker_class] = dispatcher_class
+        return dispatcher_class
+
+    return add
+
+
+def dispatcher(cluster: str | None) -> Dispatcher:
+    """The dispatcher of ``cluster``'s broker (the closest registered class wins)."""
+    # django_q's modules read Django settings when imported: imported at call time.
+    from django_q.brokers import get_broker
+
+    broker = get_broker(cluster) if cluster else get_broker()
+    for klass in type(broker).__mro__:
+        if klass in _DISPATCHERS:
+            return _DISPATCHERS[klass](broker)
+    return Dispatcher(broker)
+
+
+def package(func: str, args: Sequence[Any], name: str, timeout: int | None = None) -> str:
+    """A signed job package, the same one ``async_task()`` builds, so the cluster runs it
+    like any other."""
+    from django_q.conf import Conf
+    from django_q.humanhash import uuid
+    from django_q.signing import SignedPackage
+
+    tag = uuid()
+    pack: dict[str, Any] = {
+        "id": tag[1],
+        "name": name or tag[0],
+        "func": func,
+        "args": tuple(args),
+        "kwargs": {},
+        "started": timezone.now(),
+    }
+    if Conf.ACK_FAILURES:
+        pack["ack_failure"] = True
+    if timeout:
+        pack["timeout"] = timeout  # the worker raises TimeoutException after this long
+    return SignedPackage.dumps(pack)

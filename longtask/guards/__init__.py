@@ -1,0 +1,1 @@
+"""Guards: who may see and start what (access), abuse limits, and size limits."""

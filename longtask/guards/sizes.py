@@ -1,0 +1,39 @@
+"""Size limits: parameters and results are stored as JSON in the row, so they are capped."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.core.serializers.json import DjangoJSONEncoder
+
+from longtask.conf import settings
+from longtask.exceptions import ParametersTooLarge, ResultTooLarge
+
+
+def format_bytes(size: int) -> str:
+    """Write a byte count the way the limits are documented (64 KiB, 1 MiB)."""
+    for unit, factor in (("MiB", 1024 * 1024), ("KiB", 1024)):
+        if size >= factor:
+            return f"{size / factor:g} {unit}"
+    return f"{size} bytes"
+
+
+def json_size(value: Any) -> int:
+    """Return the length of ``value``'s JSON as stored (ASCII-escaped, so bytes = characters)."""
+    return len(json.dumps(value, cls=DjangoJSONEncoder))
+
+
+def check_parameters_size(parameters: Any) -> None:
+    """Raise ParametersTooLarge if the parameters' JSON is over the limit."""
+    size, limit = json_size(parameters), settings.MAX_PARAMETERS_BYTES
+    if size > limit:
+        size_text = f"parameters are {size} bytes, over the {format_bytes(limit)} limit"
+        raise ParametersTooLarge(size_text)
+
+
+def check_result_size(size: int) -> None:
+    """Raise ResultTooLarge if a result of ``size`` bytes of JSON is over the limit."""
+    limit = settings.MAX_RESULT_BYTES
+    if size > limit:
+        raise ResultTooLarge(f"result is {size} bytes, over the {format_bytes(limit)} limit")

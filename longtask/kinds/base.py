@@ -1,0 +1,98 @@
+"""Kind: a named piece of work a LongTask can run."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from django import forms
+from django.core.serializers.json import DjangoJSONEncoder
+from django.template.loader import render_to_string
+from django.utils.safestring import SafeString
+
+from longtask.exceptions import InvalidParameters
+from longtask.kinds.retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from longtask.models import LongTask
+
+
+#: Kind names of django.tasks functions start with this, then the function's module path.
+TASK_KIND_PREFIX = "task:"
+
+
+@dataclass(frozen=True)
+class Download:
+    """A result offered as a file."""
+
+    filename: str
+    content_type: str
+    content: bytes | str
+
+
+class Kind:
+    """Base class of a kind of long task; subclass it and decorate with ``@register``."""
+
+    #: Registry name, used in URLs, the CLI and the ``kind`` column.
+    name: ClassVar[str] = ""
+    #: Human title on the start page.
+    title: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    #: Validates the parameters; bad parameters never reach a worker.
+    form_class: ClassVar[type[forms.Form]] = forms.Form
+    #: Position on the start page (lowest first).
+    order: ClassVar[int] = 100
+    #: Queue this kind runs on; ``None`` means the default queue.
+    queue: ClassVar[str | None] = None
+    #: Retries of a failed run; None means the LONGTASK_RETRY setting.
+    retry: ClassVar[RetryPolicy | None] = None
+    #: Exceptions that fail the task at once, like ``longtask.FatalError``.
+    fatal_exceptions: ClassVar[tuple[type[BaseException], ...]] = ()
+    #: Seconds a run may take before it is stopped and counted as a failed attempt;
+    #: None means django-q2's cluster timeout (LONGTASK_JOB_TIMEOUT in the demo).
+    time_limit: ClassVar[int | None] = None
+    #: Only logged-in users may start this kind (on the web, and as a CLI ``--owner``).
+    login_required: ClassVar[bool] = False
+    #: Permission ("app_label.codename") needed to start this kind; implies a login.
+    permission: ClassVar[str | None] = None
+    #: Keep each attempt's worker and start in the row's ``runs`` (django.tasks' worker_ids).
+    #: Off by default: an iterative kind's every batch is a run, and the list would grow.
+    keeps_runs: ClassVar[bool] = False
+
+    def retry_policy(self) -> RetryPolicy:
+        return self.retry or RetryPolicy.default()
+
+    def clean_parameters(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        """Validate ``data`` with the kind's form and return JSON-able parameters."""
+        form = self.form_class(data=data)
+        if not form.is_valid():
+            raise InvalidParameters(form)
+        return json.loads(json.dumps(form.cleaned_data, cls=DjangoJSONEncoder))
+
+    def run(self, task: LongTask, params: dict[str, Any]) -> Any:
+        """Do the work, calling ``task.progress(...)`` as it goes; return a JSON-able result."""
+        raise NotImplementedError
+
+    def on_finished(self, task: LongTask) -> None:
+        """Called once a run or the sweeper has finished the task for good (any outcome)."""
+
+    def display_progress(self, task: LongTask) -> SafeString | str:
+        """Render extra HTML for the status page while the task runs (e.g. partial results)."""
+        return ""
+
+    def display_result(self, task: LongTask) -> SafeString:
+        """Render the result as HTML for the status page."""
+        return render_to_string("longtask/result_default.html", {"task": task})
+
+    def download(self, task: LongTask) -> Download | None:
+        """Offer the result as a file, or return None for no download."""
+        return None
+
+    def offers_download(self, task: LongTask) -> bool:
+        """Say whether ``download`` is overridden, without building the file."""
+        return type(self).download is not Kind.download
+
+    def __repr__(self) -> str:
+        return f"<Kind {self.name}>"

@@ -1,0 +1,1 @@
+"""Live updates: the watcher shared by every transport, and the websocket consumer."""

@@ -1,0 +1,99 @@
+"""Live progress: workers write it to the shared cache, pages and endpoints read it.
+
+The stored record is ``{current, total, message, updated_at, rate}``; ``rate`` is a
+smoothed count per second from which the ETA is computed. The record is stored as
+JSON text, but how the cache stores that text is the cache backend's choice: Django's
+file and Redis caches pickle it, and unpickle whatever they find under the key. Use a
+cache that stores JSON (``longtask.jsoncache``, as the demo site does) so that write
+access to the cache is not code execution in the web and worker processes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from typing import Any
+from uuid import UUID
+
+from django.core.cache import caches
+
+from longtask.conf import settings
+from longtask.progress import push
+
+#: Longest progress message kept; longer ones are cut.
+MESSAGE_MAX_LENGTH = 500
+#: Two rate samples closer than this (seconds) are merged, so a burst of calls is not noise.
+MIN_SAMPLE_INTERVAL = 0.2
+
+
+logger = logging.getLogger("longtask")
+
+
+def progress_key(task_id: UUID | str) -> str:
+    return f"{settings.KEY_PREFIX}:progress:{task_id}"
+
+
+def read_progress(task_id: UUID | str) -> dict[str, Any] | None:
+    """Return the live progress record of a task, or None."""
+    raw = caches[settings.CACHE_ALIAS].get(progress_key(task_id))
+    if raw is None:
+        return None
+    try:
+        record = json.loads(raw)
+    except (TypeError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def write_progress(task_id: UUID | str, record: dict[str, Any]) -> None:
+    """Publish live progress; a cache that does not answer (Redis restarting) loses it.
+
+    Progress is advisory: the work goes on, the next write (or the row's final
+    value) replaces what was lost.
+    """
+    try:
+        caches[settings.CACHE_ALIAS].set(
+            progress_key(task_id), json.dumps(record), timeout=settings.PROGRESS_TTL
+        )
+    except Exception:
+        logger.warning("could not write the progress of LongTask id=%s", task_id, exc_info=True)
+        return
+    push.notify(task_id)
+
+
+def delete_progress(task_id: UUID | str) -> None:
+    caches[settings.CACHE_ALIAS].delete(progress_key(task_id))
+
+
+def payload(record: dict[str, Any] | None) -> dict[str, Any]:
+    """Return the public progress shape shared by the page, the JSON and the websocket."""
+    record = record or {}
+    current = record.get("current") or 0
+    total = record.get("total")
+    percent = None
+    if total:
+        percent = max(0, min(100, math.floor(100 * current / total)))
+    return {
+        "current": current,
+        "total": total,
+        "percent": percent,
+        "message": record.get("message") or "",
+    }
+
+
+def eta_seconds(record: dict[str, Any] | None, now: float | None = None) -> int | None:
+    """Return the seconds left by the smoothed rate, or None when unknown."""
+    if not record:
+        return None
+    current, total, rate = record.get("current") or 0, record.get("total"), record.get("rate")
+    if total is None:
+        return None
+    if current >= total:
+        return 0
+    if not rate or rate <= 0:
+        return None
+    now = time.time() if now is None else now
+    since_update = max(0.0, now - record.get("updated_at", now))
+    return max(0, round((total - current) / rate - since_update))

@@ -1,0 +1,1 @@
+"""The web pages and JSON endpoints of a task."""
