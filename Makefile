@@ -41,6 +41,7 @@ browser:
 
 test: $(VENV)/.dev browser
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	$(PY) scripts/audit.py
 	$(PY) manage.py check
 	$(PY) manage.py makemigrations --check --dry-run

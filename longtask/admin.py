@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -18,7 +17,7 @@ from django.template.response import TemplateResponse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
-from longtask import api, cli, documents, progress
+from longtask import api, display, documents, progress
 from longtask.documents import subtask_counts
 from longtask.kinds import registry
 from longtask.models import LongTask, Status, SubTask
@@ -40,9 +39,7 @@ BOTH = [ActionLocation.CHANGE_LIST, ActionLocation.CHANGE_FORM]
 
 
 def pretty_json(value: Any) -> SafeString:
-    text = json.dumps(value, indent=2, ensure_ascii=False)
-    if len(text) > JSON_DISPLAY_LIMIT:
-        text = f"{text[:JSON_DISPLAY_LIMIT]}\n… ({len(text)} characters, cut)"
+    text = display.json_text(value, JSON_DISPLAY_LIMIT)
     return format_html('<pre class="longtask-json" style="{}">{}</pre>', PRE_STYLE, text)
 
 
@@ -200,8 +197,8 @@ class LongTaskAdmin(admin.ModelAdmin):
 
     @admin.display(description="duration", ordering="run_time")
     def duration(self, task: LongTask) -> str:
-        seconds = cli.duration(task)
-        return EMPTY if seconds is None else cli.format_seconds(seconds)
+        seconds = display.run_seconds(task)
+        return EMPTY if seconds is None else display.duration_text(seconds, decimals=1)
 
     # Detail fields ----------------------------------------------------------------------
 
@@ -218,7 +215,7 @@ class LongTaskAdmin(admin.ModelAdmin):
         if payload["percent"] is not None:
             parts.append(f"{payload['percent']}% ({payload['current']:g}/{payload['total']:g})")
         eta = None if task.is_finished else progress.eta_seconds(record)
-        parts += [cli.format_eta(eta), payload["message"]]
+        parts += [display.eta_text(eta), payload["message"]]
         return " · ".join(part for part in parts if part) or "-"
 
     @admin.display(description="parameters")

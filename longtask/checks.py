@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
+import redis
 from django.conf import settings
 from django.core import checks
 
+from longtask.conf import settings as longtask_settings
 from longtask.dispatch import queues
+from longtask.kinds import FanOutKind, registry
 
 
 @checks.register()
 def check_time_limits(app_configs: Any, **kwargs: Any) -> list[checks.CheckMessage]:
     """Warn when a kind's time limit exceeds django-q2's cluster timeout."""
-    from longtask.kinds import registry
-
     timeout = getattr(settings, "Q_CLUSTER", {}).get("timeout")
     if timeout is None:
         return []
@@ -33,9 +34,6 @@ def check_time_limits(app_configs: Any, **kwargs: Any) -> list[checks.CheckMessa
 @checks.register()
 def check_queues(app_configs: Any, **kwargs: Any) -> list[checks.CheckMessage]:
     """Every queue must parse, and be served by a cluster that Q_CLUSTER defines."""
-    from longtask.conf import settings as longtask_settings
-    from longtask.kinds import FanOutKind, registry
-
     q_cluster = getattr(settings, "Q_CLUSTER", {})
     clusters = set(q_cluster.get("ALT_CLUSTERS", {}))
     errors: list[checks.CheckMessage] = []
@@ -79,8 +77,6 @@ REDIS_PROBE_TIMEOUT = 2.0
 
 def _redis_urls() -> list[str]:
     """Return the Redis URLs the cache, django-q2 and the rate limiter are configured with."""
-    from longtask.conf import settings as longtask_settings
-
     candidates: list[Any] = []
     for options in getattr(settings, "CACHES", {}).values():
         if "redis" in str(options.get("BACKEND", "")).lower():
@@ -101,10 +97,6 @@ def check_redis_credentials(app_configs: Any, **kwargs: Any) -> list[checks.Chec
     request with a traceback, in a loop. A server that does not answer is left alone:
     that may pass (the workers reconnect by themselves).
     """
-    try:
-        import redis
-    except ImportError:  # no Redis client installed: no Redis configured either
-        return []
     errors: list[checks.CheckMessage] = []
     for url in _redis_urls():
         client = redis.Redis.from_url(

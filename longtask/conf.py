@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings as django_settings
+
 
 class Settings:
     """Each attribute is the default of the Django setting ``LONGTASK_<NAME>``."""
@@ -86,8 +88,6 @@ class Settings:
 
     def __getattribute__(self, name: str) -> Any:
         if name.isupper():
-            from django.conf import settings as django_settings
-
             return getattr(django_settings, f"LONGTASK_{name}", super().__getattribute__(name))
         return super().__getattribute__(name)
 

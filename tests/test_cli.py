@@ -14,7 +14,8 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.utils import timezone
 
-from longtask import api, cli
+from longtask import api
+from longtask.management import cli
 from longtask.models import LongTask, Status, SubTask
 from tests import broker
 from tests import kinds as test_kinds

@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import longtask
-from longtask import cli
 from longtask.kinds import registry
+from longtask.management import cli
 from quiltsite.asgi import application
 
 pytestmark = pytest.mark.django_db

@@ -51,7 +51,9 @@ def test_rate_estimator_smooths_and_resets():
 
 def test_reporter_throttles_but_never_loses_the_last_value(monkeypatch):
     writes = []
-    monkeypatch.setattr(progress.reporter, "write_progress", lambda task_id, record: writes.append(record))
+    monkeypatch.setattr(
+        progress.reporter, "write_progress", lambda task_id, record: writes.append(record)
+    )
     clock = FakeClock()
     reporter = ProgressReporter("t", interval=10.0, clock=clock)
     reporter.update(1, 100, "first")

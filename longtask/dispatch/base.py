@@ -9,6 +9,10 @@ from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
+from django_q.brokers import get_broker
+from django_q.conf import Conf
+from django_q.humanhash import uuid
+from django_q.signing import SignedPackage
 
 RUN_JOB = "longtask.jobs.run_task"
 CHUNK_JOB = "longtask.jobs.run_chunk"
@@ -59,9 +63,6 @@ def register(broker_class: type) -> Callable[[type[Dispatcher]], type[Dispatcher
 
 def dispatcher(cluster: str | None) -> Dispatcher:
     """The dispatcher of ``cluster``'s broker (the closest registered class wins)."""
-    # django_q's modules read Django settings when imported: imported at call time.
-    from django_q.brokers import get_broker
-
     broker = get_broker(cluster) if cluster else get_broker()
     for klass in type(broker).__mro__:
         if klass in _DISPATCHERS:
@@ -72,10 +73,6 @@ def dispatcher(cluster: str | None) -> Dispatcher:
 def package(func: str, args: Sequence[Any], name: str, timeout: int | None = None) -> str:
     """A signed job package, the same one ``async_task()`` builds, so the cluster runs it
     like any other."""
-    from django_q.conf import Conf
-    from django_q.humanhash import uuid
-    from django_q.signing import SignedPackage
-
     tag = uuid()
     pack: dict[str, Any] = {
         "id": tag[1],

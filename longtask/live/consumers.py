@@ -34,6 +34,7 @@ import logging
 import uuid
 from importlib import import_module
 from typing import Any
+from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -45,6 +46,7 @@ from django.contrib.auth import (
     get_user_model,
     load_backend,
 )
+from django.contrib.auth.models import AnonymousUser
 from django.core.exceptions import ValidationError
 from django.utils.crypto import constant_time_compare
 
@@ -65,8 +67,6 @@ MAX_MESSAGE_LENGTH = 4096
 
 def parse_since(query_string: bytes) -> int | None:
     """Return the ``since`` cursor of a query string (0 if absent), or None if malformed."""
-    from urllib.parse import parse_qs
-
     try:
         values = parse_qs(query_string.decode("ascii"), strict_parsing=False).get("since", ["0"])
     except UnicodeDecodeError:
@@ -137,8 +137,6 @@ class TaskConsumer(AsyncWebsocketConsumer):
             return
         user = self.scope.get("user")
         if user is None:
-            from django.contrib.auth.models import AnonymousUser
-
             user = AnonymousUser()
         snapshot = await database_sync_to_async(live.read_snapshot)(user, task_id)
         if snapshot is None:

@@ -25,6 +25,7 @@ from typing import Any
 from uuid import UUID
 
 from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
 
 from longtask import progress
 from longtask.conf import settings
@@ -215,8 +216,6 @@ class Watcher:
 
     async def listen(self) -> None:
         """Set ``changed`` whenever a worker pushes a change of this task."""
-        from channels.layers import get_channel_layer
-
         layer = get_channel_layer()
         group = push.group_name(self.task_id)
         channel = await layer.new_channel()

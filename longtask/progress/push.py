@@ -16,6 +16,9 @@ from functools import cache
 from typing import Any
 from uuid import UUID
 
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+
 logger = logging.getLogger("longtask")
 
 #: The message type; a consumer of the group would handle it as ``longtask_changed``.
@@ -29,8 +32,6 @@ def group_name(task_id: Any) -> str:
 
 @cache
 def _layer() -> Any:
-    from channels.layers import get_channel_layer
-
     layer = get_channel_layer()
     # The in-memory layer stays inside one process: the web process polls instead.
     if layer is None or type(layer).__name__ == "InMemoryChannelLayer":
@@ -48,8 +49,6 @@ def notify(task_id: Any) -> None:
     layer = _layer()
     if layer is None:
         return
-    from asgiref.sync import async_to_sync
-
     try:
         async_to_sync(layer.group_send)(group_name(task_id), dict(CHANGED))
     except Exception:  # Redis away: the watchers' fallback reads still see the change

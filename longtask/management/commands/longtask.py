@@ -19,7 +19,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 from django.utils import timezone
 
-from longtask import api, cli, documents, progress
+from longtask import api, display, documents, progress
+from longtask.conf import settings as longtask_settings
 from longtask.dispatch import queues
 from longtask.documents import status_document, subtask_counts
 from longtask.exceptions import (
@@ -31,6 +32,7 @@ from longtask.exceptions import (
 )
 from longtask.guards import abuse, sizes
 from longtask.kinds import Kind, registry
+from longtask.management import cli
 from longtask.models import LongTask, Status, SubTask
 
 logger = logging.getLogger("longtask")
@@ -113,8 +115,6 @@ class Command(BaseCommand):
             raise cli.bad_input(f"{exc} (known kinds: {known})") from None
 
     def _queue(self, name: str | None) -> None:
-        from longtask.conf import settings as longtask_settings
-
         try:
             queues.get(name)
         except queues.UnknownQueue as exc:
@@ -171,7 +171,7 @@ class Command(BaseCommand):
     def _exit_for(self, task: LongTask, *, quiet: bool) -> None:
         if task.status == Status.SUCCEEDED:
             if not quiet:  # with --json, stdout holds the document and nothing else
-                seconds = cli.format_seconds(cli.duration(task))
+                seconds = display.duration_text(display.run_seconds(task), decimals=1)
                 self.stdout.write(f"LongTask {task.pk} succeeded in {seconds}.")
             return
         error = f": {task.error}" if task.error else ""
@@ -306,7 +306,12 @@ class Command(BaseCommand):
             ("created", task.created_at.isoformat()),
             ("started", task.started_at.isoformat() if task.started_at else "-"),
             ("finished", task.finished_at.isoformat() if task.finished_at else "-"),
-            ("duration", cli.format_seconds(cli.duration(task)) if task.finished_at else "-"),
+            (
+                "duration",
+                display.duration_text(display.run_seconds(task), decimals=1)
+                if task.finished_at
+                else "-",
+            ),
             ("status page", url),
         ]
         if task.error:

@@ -30,7 +30,6 @@ import ctypes
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -38,9 +37,13 @@ from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
+from django.db import close_old_connections
 
 from longtask.conf import settings as longtask_settings
-from longtask.dispatch.supervisor import ClusterStatus
+from longtask.dispatch.cluster import cluster_status, ready_jobs
+from longtask.dispatch.queues import cluster_for
+from longtask.dispatch.supervisor import Supervisor
+from longtask.engine.recovery import sweep
 
 PR_SET_PDEATHSIG = 1
 
@@ -70,10 +73,6 @@ class Command(BaseCommand):
 
     def _sweep(self) -> None:
         # Housekeeping beside the cluster: re-queue work whose worker died.
-        from django.db import close_old_connections
-
-        from longtask.engine.recovery import sweep
-
         try:
             sweep()
         except Exception:  # a failed sweep is retried at the next interval
@@ -82,9 +81,6 @@ class Command(BaseCommand):
             close_old_connections()
 
     def handle(self, *args: Any, queue: str, grace: float, **options: Any) -> None:
-        from longtask.dispatch.queues import cluster_for
-        from longtask.dispatch.supervisor import Supervisor
-
         env = dict(os.environ)
         cluster = cluster_for(queue)
         if cluster:
@@ -120,45 +116,3 @@ class Command(BaseCommand):
         signal.signal(signal.SIGTERM, lambda signum, frame: supervisor.request_stop())
         signal.signal(signal.SIGINT, lambda signum, frame: supervisor.request_stop())
         sys.exit(supervisor.run())
-
-
-def _broker(cluster: str | None) -> Any:
-    from django_q.brokers import get_broker
-
-    return get_broker(cluster) if cluster else get_broker()
-
-
-def cluster_status(cluster: str | None, main_pid: int) -> ClusterStatus | None:
-    """django-q2's own report of the cluster whose qcluster runs as ``main_pid`` here."""
-    from django_q.status import Stat
-
-    host = socket.gethostname()
-    try:
-        stats = Stat.get_all(_broker(cluster))
-    except Exception:  # the cache is down: no wedge can be told meanwhile
-        logging.getLogger("longtask").exception("reading django-q2's cluster status failed")
-        return None
-    for stat in stats:
-        if stat.pid == main_pid and stat.host == host and stat.workers:
-            roles = dict.fromkeys(stat.workers, "worker")
-            roles.update({stat.monitor: "monitor", stat.pusher: "pusher"})
-            roles[stat.sentinel] = "sentinel"
-            return ClusterStatus(tuple(stat.workers), stat.task_q_size, roles, stat.reincarnations)
-    return None
-
-
-def ready_jobs(cluster: str | None) -> int:
-    """Jobs the cluster's broker would hand out now (not those delayed)."""
-    from django.db import close_old_connections
-    from django_q.brokers.redis_broker import Redis
-
-    broker = _broker(cluster)
-    try:
-        if isinstance(broker, Redis):  # queue_size() also counts longtask's delayed set
-            return int(broker.connection.llen(broker.list_key))
-        return broker.queue_size()
-    except Exception:  # the broker is down: that is no wedge of this cluster
-        logging.getLogger("longtask").exception("counting the broker's ready jobs failed")
-        return 0
-    finally:
-        close_old_connections()

@@ -13,7 +13,7 @@ import math
 import sys
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -22,9 +22,9 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import CommandError
 from django.db import close_old_connections, connection
 from django.utils import timezone
+from tqdm import tqdm
 
-from longtask import api, progress
-from longtask.kinds import Kind
+from longtask import display, progress
 from longtask.models import FINISHED_STATUSES, LongTask, Status
 
 logger = logging.getLogger("longtask")
@@ -104,48 +104,10 @@ def find_owner(username: str) -> Any:
     return user
 
 
-def start_task(
-    kind: str | Kind,
-    params: Mapping[str, Any],
-    *,
-    name: str | None = None,
-    queue: str | None = None,
-    owner: Any = None,
-) -> tuple[LongTask, bool]:
-    """Start a task through ``longtask.api.start``; return it and whether it is new."""
-    task = api.start(kind, params, name=name, queue=queue, owner=owner)
-    return task, not task.deduplicated
-
-
 def status_url(task: LongTask) -> str:
     """Return the absolute status page URL (base: LONGTASK_BASE_URL, else the dev server)."""
     base = getattr(settings, "LONGTASK_BASE_URL", None) or DEFAULT_BASE_URL
     return base.rstrip("/") + task.get_absolute_url()
-
-
-# Display --------------------------------------------------------------------------
-
-
-def format_seconds(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    whole = round(seconds)
-    hours, rest = divmod(whole, 3600)
-    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
-
-
-def format_eta(seconds: int | None) -> str:
-    if seconds is None:
-        return ""
-    return f"ETA {seconds} s" if seconds < 60 else f"ETA {format_seconds(seconds)}"
-
-
-def duration(task: LongTask) -> float | None:
-    if task.started_at and task.finished_at:
-        return (task.finished_at - task.started_at).total_seconds()
-    return None
 
 
 # Following -----------------------------------------------------------------------------
@@ -177,14 +139,12 @@ class Display:
         self._last_status = ""
         isatty = getattr(stream, "isatty", None)
         if isatty is not None and isatty():
-            from tqdm import tqdm
-
             self.bar = tqdm(
                 total=None, desc=label, file=stream, bar_format=BAR_FORMAT, dynamic_ncols=True
             )
 
     def show(self, snap: Snapshot) -> None:
-        eta = format_eta(snap.eta)
+        eta = display.eta_text(snap.eta)
         if self.bar is not None:
             self.bar.total = snap.total
             self.bar.n = snap.current

@@ -1,0 +1,1 @@
+"""The management commands, and the terminal display they share."""
