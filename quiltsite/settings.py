@@ -7,45 +7,21 @@ a file-based cache, so the site runs on a fresh machine with no services.
 from __future__ import annotations
 
 import os
-import secrets
 from pathlib import Path
 
 from django.utils.csp import CSP
 
+from quiltsite.environment import env_bool, env_int, env_list, queues_from_env, secret_key_file
+
 BASE_DIR = Path(__file__).resolve().parent.parent
-
-
-def env_bool(name: str, default: bool = False) -> bool:
-    return os.environ.get(name, str(default)).strip().lower() in {"1", "true", "yes", "on"}
-
-
-def env_int(name: str, default: int) -> int:
-    return int(os.environ.get(name, default))
-
-
-def env_list(name: str, default: str) -> list[str]:
-    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
 
 
 # Everything the site writes at run time (database, cache, secret key) lives here,
 # outside version control.
-DATA_DIR = Path(os.environ.get("LONGTASK_DATA_DIR", BASE_DIR / "var"))
-DATA_DIR.mkdir(parents=True, exist_ok=True)
+DATA_DIR = Path(os.environ.get("LONGTASK_DATA_DIR", BASE_DIR / "var"))  # made by apps.ready
 
 
-def _secret_key() -> str:
-    if key := os.environ.get("DJANGO_SECRET_KEY"):
-        return key
-    # A per-install key, generated once and kept beside the database.
-    path = DATA_DIR / "secret_key"
-    if not path.exists():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(50))
-    return path.read_text().strip()
-
-
-SECRET_KEY = _secret_key()
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY") or secret_key_file(DATA_DIR / "secret_key")
 DEBUG = env_bool("DJANGO_DEBUG")
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]")
 
@@ -211,32 +187,9 @@ LONGTASK_BASE_URL = os.environ.get(
 )
 
 
-def _queues(spec: str) -> dict[str, dict[str, object]]:
-    """Named queues: `default` runs tasks and splits fan-outs, `subtasks` runs subtasks.
-
-    LONGTASK_QUEUES adds queues or changes them, e.g.
-    "subtasks:rate=20/s,burst=20,max_concurrency=4;reports:workers=1".
-    Each queue is served by a django-q2 cluster of its own (`manage.py longtask_worker
-    --queue NAME`), so a flood on one never starves another.
-    """
-    queues: dict[str, dict[str, object]] = {
-        "default": {"cluster": None, "workers": env_int("LONGTASK_WORKERS", 2)},
-        "subtasks": {"workers": env_int("LONGTASK_SUBTASK_WORKERS", 2)},
-    }
-    for entry in filter(None, (part.strip() for part in spec.split(";"))):
-        name, _, options = entry.partition(":")
-        queue = queues.setdefault(name.strip(), {})
-        for option in filter(None, (part.strip() for part in options.split(","))):
-            key, _, value = option.partition("=")
-            key, value = key.strip(), value.strip()
-            queue[key] = int(value) if key in {"workers", "burst", "max_concurrency"} else value
-    for name, queue in queues.items():
-        queue.setdefault("cluster", f"longtask-{name}")
-        queue.setdefault("workers", 2)
-    return queues
-
-
-LONGTASK_QUEUES = _queues(os.environ.get("LONGTASK_QUEUES", ""))
+# Named queues: `default` runs tasks and splits fan-outs, `subtasks` runs subtasks;
+# LONGTASK_QUEUES adds or changes queues (quiltsite/environment.py shows the syntax).
+LONGTASK_QUEUES = queues_from_env(os.environ.get("LONGTASK_QUEUES", ""))
 # django.tasks: a plain @task runs as a LongTask (status page, progress, recovery).
 TASKS = {
     "default": {
@@ -324,8 +277,7 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = DATA_DIR / "static"  # for `collectstatic` in deployments
-STATIC_ROOT.mkdir(exist_ok=True)
+STATIC_ROOT = DATA_DIR / "static"  # for `collectstatic` in deployments (made by apps.ready)
 # WhiteNoise serves static files from the app directories under daphne, no DEBUG needed.
 WHITENOISE_USE_FINDERS = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

@@ -179,9 +179,9 @@ class EngineModel(RuleBasedStateMachine):
             done = states.beat(run)
             self.zombie_runs.append((run, fanout))
         elif action == "fail":
-            done = states.fail(run, task, "zombie failure", "", None)
+            done = states.fail(run, task, states.Failure("zombie failure"))
         elif action == "retry":
-            done = states.schedule_retry(run, task, "zombie", "", timezone.now(), None)
+            done = states.schedule_retry(run, task, states.Failure("zombie"), timezone.now())
         else:  # it carries on where it froze: the kind's work, a split or a gather
             done = _resume(run, task)
         if not held:

@@ -384,7 +384,7 @@ def test_item4_an_old_runs_writes_after_the_sweeper_requeued_it_are_refused():
 
     # Before the next attempt is claimed, the old run's writes change nothing.
     assert not states.beat(old)
-    assert not states.fail(old, task, "RuntimeError: late", "", None)
+    assert not states.fail(old, task, states.Failure("RuntimeError: late"))
     assert not states.succeed(old, {"late": True}, None)
     assert LongTask.objects.get(pk=task.pk).status == Status.RETRYING
 
@@ -393,8 +393,8 @@ def test_item4_an_old_runs_writes_after_the_sweeper_requeued_it_are_refused():
     assert task.status == Status.RUNNING and task.attempts == 2
     # The old run wakes up and fails: the new attempt is not touched.
     assert not states.beat(old)
-    assert not states.fail(old, task, "RuntimeError: late failure", "", None)
-    assert not states.schedule_retry(old, task, "RuntimeError: late", "", later(), None)
+    assert not states.fail(old, task, states.Failure("RuntimeError: late failure"))
+    assert not states.schedule_retry(old, task, states.Failure("RuntimeError: late"), later())
     assert not states.finish_cancelled(old, None)
     assert not states.move_cursor(old, 7, 7)
     task.refresh_from_db()
@@ -405,7 +405,7 @@ def test_item4_an_old_runs_writes_after_the_sweeper_requeued_it_are_refused():
     assert states.succeed(new, {"attempts": 2}, None)
     task.refresh_from_db()
     assert task.status == Status.SUCCEEDED and task.result == {"attempts": 2}
-    assert not states.fail(old, task, "RuntimeError: later still", "", None)
+    assert not states.fail(old, task, states.Failure("RuntimeError: later still"))
     assert LongTask.objects.get(pk=task.pk).status == Status.SUCCEEDED
 
 

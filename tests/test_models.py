@@ -56,7 +56,7 @@ def test_succeed_only_from_running():
     assert task.finished_at is not None
     # Two workers cannot both finish it.
     assert not states.succeed(run, {"x": 2}, None)
-    assert not states.fail(run, task, "late", "", None)
+    assert not states.fail(run, task, states.Failure("late"))
     task.refresh_from_db()
     assert task.result == {"x": 1}
 
@@ -69,8 +69,8 @@ def test_a_stale_run_is_fenced_off(caplog):
     new = claim(task)
     assert new.token != old.token
     assert not states.beat(old)
-    assert not states.fail(old, task, "late failure of the old attempt", "", None)
-    assert not states.schedule_retry(old, task, "old", "", timezone.now(), None)
+    assert not states.fail(old, task, states.Failure("late failure of the old attempt"))
+    assert not states.schedule_retry(old, task, states.Failure("old"), timezone.now())
     assert not states.finish_cancelled(old, None)
     assert "no longer holds the task" in caplog.text
     assert states.beat(new)
@@ -82,7 +82,7 @@ def test_a_stale_run_is_fenced_off(caplog):
 def test_fail_stores_one_line_and_traceback():
     task = make_task()
     run = claim(task)
-    assert states.fail(run, task, "bad\nthing   happened", "Traceback ...", None)
+    assert states.fail(run, task, states.Failure("bad\nthing   happened", "Traceback ..."))
     task.refresh_from_db()
     assert task.status == Status.FAILED
     assert task.error == "bad thing happened"

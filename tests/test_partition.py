@@ -61,7 +61,7 @@ SQUARES = ROWS * COLS
 WORK_MS = 50
 MONTH = "2026-10"
 REPORT_WORK_MS = 300  # per day of the report: 31 days, about 9 s a run
-#: Words of the lines a run logs when a write of its own is refused (engine/states.py).
+#: Words of the lines a run logs when a write of its own is refused (longtask/engine/states/).
 REFUSED = ("no longer holds", "refused")
 #: A cut that missed its moment is healed at once (well within STALE_AFTER) and tried again.
 CUT_TRIES = 200

@@ -148,7 +148,11 @@ def _recover_run(now: datetime.datetime, task: LongTask) -> int:
     kind = registry.find(task.kind)
     if kind is None:
         return int(
-            states.fail(run, task, f"unknown task kind {task.kind!r}", "", task.last_progress)
+            states.fail(
+                run,
+                task,
+                states.Failure(f"unknown task kind {task.kind!r}", progress=task.last_progress),
+            )
         )
     if task.cancel_requested_at:
         cancelled = states.finish_cancelled(run, task.progress_record())
@@ -192,7 +196,11 @@ def _fail_unknown(parent_id: Any) -> None:
     task = LongTask.objects.get(pk=parent_id)
     if task.status == Status.RUNNING:
         run = states.Run(task.pk, task.token)
-        states.fail(run, task, f"unknown task kind {task.kind!r}", "", task.last_progress)
+        states.fail(
+            run,
+            task,
+            states.Failure(f"unknown task kind {task.kind!r}", progress=task.last_progress),
+        )
 
 
 class _OldestReady:

@@ -82,7 +82,7 @@ def _claim_and_run(task_id: str, queue: queues.Queue, slot: str, kind_name: str)
     )
     kind = registry.find(task.kind)
     if kind is None:
-        states.fail(run_, task, f"unknown task kind {task.kind!r}", "", None)
+        states.fail(run_, task, states.Failure(f"unknown task kind {task.kind!r}"))
         return
 
     def beat() -> bool:
@@ -207,18 +207,16 @@ def handle_failure(
 ) -> None:
     """Fail the task for good or schedule its next attempt under the kind's retry policy."""
     error = f"{type(exc).__name__}: {exc}"
-    path = exception_path(exc)
     if isinstance(kind, FanOutKind) and task.fan_in_at is not None:
         error = f"gather: {error}"
+    failure = states.Failure(error, tb, _progress_of(task, kind), exception_path(exc))
     policy = kind.retry_policy()
     age = (timezone.now() - task.created_at).total_seconds()
     if not is_fatal(kind, exc) and not policy.gives_up(task.attempts, age):
         delay = retry_delay(exc)
         delay = policy.delay(task.attempts) if delay is None else delay
         next_at = timezone.now() + datetime.timedelta(seconds=delay)
-        if states.schedule_retry(
-            run_, task, error, tb, next_at, _progress_of(task, kind), exception=path
-        ):
+        if states.schedule_retry(run_, task, failure, next_at):
             logger.warning(
                 "LongTask id=%s kind=%s status=RETRYING attempt=%s delay=%.1fs error=%s",
                 task.pk,
@@ -228,6 +226,6 @@ def handle_failure(
                 error,
             )
         return
-    if states.fail(run_, task, error, tb, _progress_of(task, kind), exception=path):
+    if states.fail(run_, task, failure):
         logger.error("LongTask id=%s kind=%s status=FAILED error=%s", task.pk, task.kind, error)
         kind.on_finished(task)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
-
-from django.core.serializers.json import DjangoJSONEncoder
 
 from longtask.conf import settings
 from longtask.exceptions import ParametersTooLarge, ResultTooLarge
+from longtask.serialize import dumps
 
 
 def format_bytes(size: int) -> str:
@@ -21,7 +19,7 @@ def format_bytes(size: int) -> str:
 
 def json_size(value: Any) -> int:
     """Return the length of ``value``'s JSON as stored (ASCII-escaped, so bytes = characters)."""
-    return len(json.dumps(value, cls=DjangoJSONEncoder))
+    return len(dumps(value))
 
 
 def check_parameters_size(parameters: Any) -> None:

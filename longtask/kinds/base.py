@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from django import forms
-from django.core.serializers.json import DjangoJSONEncoder
 from django.template.loader import render_to_string
 from django.utils.safestring import SafeString
 
 from longtask.exceptions import InvalidParameters
 from longtask.kinds.retry import RetryPolicy
+from longtask.serialize import to_json
 
 if TYPE_CHECKING:
     from longtask.models import LongTask
@@ -69,7 +68,7 @@ class Kind:
         form = self.form_class(data=data)
         if not form.is_valid():
             raise InvalidParameters(form)
-        return json.loads(json.dumps(form.cleaned_data, cls=DjangoJSONEncoder))
+        return to_json(form.cleaned_data)
 
     def run(self, task: LongTask, params: dict[str, Any]) -> Any:
         """Do the work, calling ``task.progress(...)`` as it goes; return a JSON-able result."""

@@ -33,7 +33,7 @@ class Status(models.TextChoices):
 ACTIVE_STATUSES = frozenset({Status.QUEUED, Status.RUNNING, Status.RETRYING})
 FINISHED_STATUSES = frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELLED})
 #: A worker may claim a task in these states.
-CLAIMABLE_STATUSES = frozenset({Status.QUEUED, Status.RETRYING})
+CLAIMABLE_STATUSES = (Status.QUEUED, Status.RETRYING)
 
 
 class LongTaskQuerySet(models.QuerySet["LongTask"]):

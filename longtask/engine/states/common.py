@@ -1,0 +1,106 @@
+"""The transition tables, the run token, and the fenced UPDATE every transition makes."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import secrets
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+from uuid import UUID
+
+from django.db import transaction
+
+from longtask.models import CLAIMABLE_STATUSES, LongTask, Status
+from longtask.progress import push
+
+logger = logging.getLogger("longtask")
+
+QUEUED, RUNNING, RETRYING = Status.QUEUED, Status.RUNNING, Status.RETRYING
+SUCCEEDED, FAILED, CANCELLED = Status.SUCCEEDED, Status.FAILED, Status.CANCELLED
+
+#: Statuses a worker may claim (a RETRYING subtask only once it is due).
+CLAIMABLE = CLAIMABLE_STATUSES
+#: A job delivered this much before its row's due time still counts as due (clock skew).
+DUE_TOLERANCE = datetime.timedelta(seconds=1)
+
+
+class Transition(NamedTuple):
+    sources: tuple[str, ...]
+    target: str
+    #: Who makes it, for the docs' table.
+    by: str
+
+
+TASK_TRANSITIONS: dict[str, Transition] = {
+    "claim": Transition(CLAIMABLE, RUNNING, "a worker's job (new token, attempt + 1)"),
+    "succeed": Transition((RUNNING,), SUCCEEDED, "the run holding the token"),
+    "fail": Transition((RUNNING,), FAILED, "the run holding the token; the sweeper for it"),
+    "schedule_retry": Transition((RUNNING,), RETRYING, "the run holding the token; the sweeper"),
+    "finish_cancelled": Transition((RUNNING,), CANCELLED, "the run holding the token; sweeper"),
+    "continue_later": Transition((RUNNING,), QUEUED, "an iterative batch holding the token"),
+    "start_fan_in": Transition((RUNNING,), QUEUED, "whoever finishes the last subtask or split"),
+    "fail_fast": Transition((RUNNING,), FAILED, "the recorder of a subtask failed for good"),
+    "cancel": Transition((QUEUED, RETRYING, RUNNING), CANCELLED, "a user (not a running run)"),
+    "requeue": Transition((FAILED, CANCELLED), QUEUED, "a user's retry"),
+}
+
+SUBTASK_TRANSITIONS: dict[str, Transition] = {
+    "claim": Transition(CLAIMABLE, RUNNING, "a chunk job (new token, attempt + 1)"),
+    "succeed": Transition((RUNNING,), SUCCEEDED, "the chunk holding the token"),
+    "fail": Transition((RUNNING,), FAILED, "the chunk holding the token; the sweeper for it"),
+    "retry": Transition((RUNNING,), RETRYING, "the chunk holding the token; the sweeper"),
+    "stop": Transition((RUNNING,), CANCELLED, "the chunk holding the token, parent stopped"),
+    "abandon": Transition((RUNNING,), CANCELLED, "the sweeper, parent finished, kind gone"),
+    "give_back": Transition((RUNNING,), QUEUED, "the chunk holding the token (rate limit)"),
+    "skip": Transition(CLAIMABLE, CANCELLED, "the parent's fail or cancel; the sweeper"),
+    "reset": Transition((FAILED, CANCELLED, RUNNING), QUEUED, "a user's retry of the parent"),
+}
+
+
+def new_token() -> str:
+    return secrets.token_hex(8)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One attempt at a task, as held by the worker that claimed it."""
+
+    task_id: UUID | str
+    token: str
+    #: The sweeper acting for a run it found stale also requires the heartbeat it saw.
+    heartbeat_at: datetime.datetime | None = None
+
+
+def task_rows(name: str, task_id: UUID | str, run: Run | None) -> Any:
+    rows = LongTask.objects.filter(pk=task_id, status__in=TASK_TRANSITIONS[name].sources)
+    if run is not None:
+        rows = rows.filter(token=run.token)
+        if run.heartbeat_at is not None:
+            rows = rows.filter(heartbeat_at=run.heartbeat_at)
+    return rows
+
+
+def move_task(name: str, task_id: UUID | str, run: Run | None, **changes: Any) -> bool:
+    moved = task_rows(name, task_id, run).update(status=TASK_TRANSITIONS[name].target, **changes)
+    if moved:
+        transaction.on_commit(lambda: push.notify(task_id))
+    elif run is not None:
+        logger.warning(
+            "LongTask id=%s %s refused: the run (token %s) no longer holds the task",
+            task_id,
+            name,
+            run.token,
+        )
+    return bool(moved)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """What a failed attempt leaves on its task."""
+
+    error: str
+    traceback: str = ""
+    progress: dict[str, Any] | None = None
+    #: The exception's class path, if known.
+    exception: str = ""

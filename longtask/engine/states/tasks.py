@@ -1,0 +1,305 @@
+"""Transitions of a task (and of a fan-out parent: its split and its fan-in)."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+from uuid import UUID
+
+from django.db import transaction
+from django.db.models import F
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from longtask.engine import enqueue
+from longtask.engine.heartbeat import node_name
+from longtask.engine.states.common import (
+    CLAIMABLE,
+    QUEUED,
+    RUNNING,
+    TASK_TRANSITIONS,
+    Failure,
+    Run,
+    logger,
+    move_task,
+    new_token,
+    task_rows,
+)
+from longtask.engine.states.subtasks import reset_subtasks, skip_subtasks
+from longtask.kinds import FanOutKind
+from longtask.models import LongTask, SubTask, one_line
+from longtask.progress import push
+
+
+def claim(task_id: UUID | str, *, keep_runs: bool = False) -> tuple[Run, LongTask] | None:
+    """Mark a queued task RUNNING under a new token; None if it is not claimable now.
+
+    With ``keep_runs`` the attempt is added to ``runs`` in the same transaction, so a
+    worker killed right after its claim still leaves its entry.
+    """
+    now, token = timezone.now(), new_token()
+    with transaction.atomic():
+        moved = task_rows("claim", task_id, None).update(
+            status=RUNNING,
+            token=token,
+            attempts=F("attempts") + 1,
+            started_at=Coalesce(F("started_at"), now),
+            heartbeat_at=now,
+            next_attempt_at=None,
+            worker=node_name(),
+        )
+        if not moved:
+            return None
+        transaction.on_commit(lambda: push.notify(task_id))
+        run, task = Run(task_id, token), LongTask.objects.get(pk=task_id)
+        if keep_runs:
+            record_run(run, task)
+    return run, task
+
+
+def record_run(run: Run, task: LongTask) -> bool:
+    """Append the claimed attempt's worker and start to ``runs`` (fenced by the run's token)."""
+    entry = {"worker": task.worker, "at": (task.heartbeat_at or timezone.now()).isoformat()}
+    task.runs = [*task.runs, entry]
+    return bool(
+        LongTask.objects.filter(pk=run.task_id, status=RUNNING, token=run.token).update(
+            runs=task.runs
+        )
+    )
+
+
+def beat(run: Run) -> bool:
+    """Move the run's heartbeat; False once it should stop (cancel asked, or fenced off)."""
+    return bool(
+        LongTask.objects.filter(
+            pk=run.task_id, status=RUNNING, token=run.token, cancel_requested_at__isnull=True
+        ).update(heartbeat_at=timezone.now())
+    )
+
+
+def holds(run: Run) -> bool:
+    """Say whether the run still holds its task."""
+    return LongTask.objects.filter(pk=run.task_id, status=RUNNING, token=run.token).exists()
+
+
+def succeed(run: Run, result: Any, progress: dict[str, Any] | None) -> bool:
+    return move_task(
+        "succeed",
+        run.task_id,
+        run,
+        result=result,
+        last_progress=progress,
+        error="",
+        finished_at=timezone.now(),
+    )
+
+
+def _record_failure(
+    name: str, event: str, run: Run, task: LongTask, failure: Failure, **changes: Any
+) -> bool:
+    # Inside the caller's transaction: the failure and the job or skip that follows it.
+    error = one_line(failure.error)
+    return move_task(
+        name,
+        run.task_id,
+        run,
+        history=[*task.history, task.event(event, error, failure.exception)],
+        error=error,
+        traceback=failure.traceback,
+        last_progress=failure.progress,
+        **changes,
+    )
+
+
+def fail(run: Run, task: LongTask, failure: Failure) -> bool:
+    """Fail the task for good; its subtasks still waiting are skipped with it."""
+    with transaction.atomic():
+        moved = _record_failure("fail", "failed", run, task, failure, finished_at=timezone.now())
+        if moved:
+            skip_subtasks(run.task_id)
+    return moved
+
+
+def schedule_retry(run: Run, task: LongTask, failure: Failure, next_at: datetime.datetime) -> bool:
+    """Put the task in RETRYING until ``next_at`` and queue that attempt's job with it."""
+    with transaction.atomic():
+        moved = _record_failure(
+            "schedule_retry",
+            "attempt failed",
+            run,
+            task,
+            failure,
+            next_attempt_at=next_at,
+            due_at=next_at,
+        )
+        if moved:
+            enqueue.task_job(task, eta=next_at)
+    return moved
+
+
+def finish_cancelled(run: Run, progress: dict[str, Any] | None) -> bool:
+    with transaction.atomic():
+        moved = move_task(
+            "finish_cancelled",
+            run.task_id,
+            run,
+            last_progress=progress,
+            finished_at=timezone.now(),
+        )
+        if moved:
+            skip_subtasks(run.task_id)
+    return moved
+
+
+def continue_later(run: Run, task: LongTask) -> bool:
+    """Hand an iterative task back to the queue for its next batch (a fresh attempt budget)."""
+    now = timezone.now()
+    with transaction.atomic():
+        moved = move_task(
+            "continue_later", run.task_id, run, attempts=0, heartbeat_at=now, due_at=now
+        )
+        if moved:
+            enqueue.task_job(task)
+    return moved
+
+
+def move_cursor(run: Run, cursor: Any, rows_done: int) -> bool:
+    """Move an iterative task's cursor (inside the batch's transaction); False if fenced off."""
+    moved = LongTask.objects.filter(pk=run.task_id, status=RUNNING, token=run.token).update(
+        cursor=cursor, rows_done=rows_done
+    )
+    if not moved:
+        logger.warning("LongTask id=%s cursor move refused (token %s)", run.task_id, run.token)
+    return bool(moved)
+
+
+def defer(task: LongTask, eta: datetime.datetime) -> None:
+    """Queue a claimable task's job again for ``eta`` (a rate or concurrency limit said wait)."""
+    with transaction.atomic():
+        if LongTask.objects.filter(pk=task.pk, status__in=CLAIMABLE).update(due_at=eta):
+            enqueue.task_job(task, eta=eta)
+
+
+def cancel(task: LongTask) -> bool:
+    """Cancel the task; False if it has already finished.
+
+    A queued or retrying task becomes CANCELLED at once and never runs; so does a
+    fan-out waiting for its subtasks (or splitting them): its waiting subtasks are
+    skipped and gather never runs. A running run is asked to stop: it raises
+    ``Cancelled`` at its next ``progress()`` call and then becomes CANCELLED.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        row = LongTask.objects.select_for_update().filter(pk=task.pk).first()
+        if row is None:
+            return False
+        in_run = row.status == RUNNING and (row.fan_in_at is not None or not row.is_fanout)
+        if row.status in CLAIMABLE or (row.status == RUNNING and not in_run):
+            move_task("cancel", row.pk, None, finished_at=now, cancel_requested_at=now)
+            skip_subtasks(row.pk)
+            moved = True
+        elif row.status == RUNNING:
+            if row.cancel_requested_at is None:
+                LongTask.objects.filter(pk=row.pk).update(cancel_requested_at=now)
+                transaction.on_commit(lambda: push.notify(row.pk))
+            moved = True
+        else:
+            moved = False
+    task.refresh_from_db()
+    return moved
+
+
+def requeue(task: LongTask) -> bool:
+    """Queue a failed or cancelled task again with a fresh attempt budget.
+
+    A fan-out keeps its succeeded subtasks; the failed, skipped and still-running ones
+    go back to QUEUED (which fences off any chunk still busy with them), and its next
+    run resumes the split, queues them, and gathers once they have finished.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        row = LongTask.objects.select_for_update().filter(pk=task.pk).first()
+        if row is None or row.status not in TASK_TRANSITIONS["requeue"].sources:
+            return False
+        failed = reset_subtasks(row.pk)
+        move_task(
+            "requeue",
+            row.pk,
+            None,
+            history=[*row.history, row.event("retried", row.error)],
+            error="",
+            traceback="",
+            finished_at=None,
+            fan_in_at=None,
+            attempts=0,
+            cancel_requested_at=None,
+            next_attempt_at=None,
+            token="",
+            due_at=now,
+            subtasks_done=F("subtasks_done") - failed,
+            subtasks_failed=F("subtasks_failed") - failed,
+        )
+        enqueue.task_job(row)
+    task.refresh_from_db()
+    return True
+
+
+# Fan-out parents -------------------------------------------------------------------
+
+
+def save_split_batch(
+    run: Run, task: LongTask, kind: FanOutKind, batch: list[dict[str, Any]]
+) -> bool:
+    """Save one batch of subtasks and queue their chunks, fenced; False if the run lost it."""
+    first, now = task.subtasks_total, timezone.now()
+    with transaction.atomic():
+        moved = LongTask.objects.filter(pk=run.task_id, status=RUNNING, token=run.token).update(
+            subtasks_total=F("subtasks_total") + len(batch)
+        )
+        if not moved:  # cancelled, failed fast, or taken over while splitting
+            return False
+        SubTask.objects.bulk_create(
+            [
+                SubTask(parent_id=run.task_id, index=first + offset, parameters=params, due_at=now)
+                for offset, params in enumerate(batch)
+            ]
+        )
+        enqueue.chunk_ranges(task, kind, first, len(batch))
+    task.subtasks_total = first + len(batch)
+    return True
+
+
+def finish_split(run: Run, task: LongTask) -> bool:
+    """Mark the split done and let go of the parent (it waits on its subtasks now)."""
+    with transaction.atomic():
+        moved = LongTask.objects.filter(pk=run.task_id, status=RUNNING, token=run.token).update(
+            split_done=True, token=""
+        )
+        if moved:
+            start_fan_in(run.task_id)
+    return bool(moved)
+
+
+def start_fan_in(parent_id: UUID | str) -> bool:
+    """Queue the gather step once every subtask has finished; True for the one who does.
+
+    The parent goes back to QUEUED with ``fan_in_at`` set and a fresh attempt budget:
+    gather then runs as the task's own run (claimed, fenced, heart-beaten, under the
+    kind's time limit, retried alone when it fails), never inside a recorder or sweeper.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        moved = (
+            task_rows("start_fan_in", parent_id, None)
+            .filter(
+                split_done=True,
+                fan_in_at__isnull=True,
+                token="",
+                subtasks_done=F("subtasks_total"),
+            )
+            .update(status=QUEUED, fan_in_at=now, attempts=0, due_at=now)
+        )
+        if moved:
+            transaction.on_commit(lambda: push.notify(parent_id))
+            enqueue.task_job(LongTask.objects.get(pk=parent_id))
+    return bool(moved)
