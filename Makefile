@@ -41,6 +41,7 @@ browser:
 
 test: $(VENV)/.dev browser
 	$(VENV)/bin/ruff check .
+	$(PY) -m sphinx -W --keep-going -b html docs var/docs-html
 	$(PY) scripts/audit.py
 	$(PY) manage.py check
 	$(PY) manage.py makemigrations --check --dry-run
