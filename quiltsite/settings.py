@@ -167,7 +167,7 @@ else:
     # across processes: local-memory is not. The file-based cache needs no server,
     # writes each entry atomically (temp file + rename) and keeps progress off the
     # SQLite write lock that the task rows need. Without a channel layer, the web
-    # process polls the database for the websockets it serves (longtask/live.py).
+    # process polls the database for the websockets it serves (longtask/live/watcher.py).
     # JSON files, not Django's pickles: write access to var/cache must not run code.
     CACHES = {
         "default": {
@@ -219,7 +219,7 @@ LONGTASK_WEDGE_AFTER = float(os.environ.get("LONGTASK_WEDGE_AFTER", 10))
 # The longest a single job may run before django-q2 kills it (seconds).
 JOB_TIMEOUT = env_int("LONGTASK_JOB_TIMEOUT", 600)
 
-# django-q2's defaults are unsafe for long jobs (see README, "Why these settings"):
+# django-q2's defaults are unsafe for long jobs (docs/configuration.md, "Why these settings"):
 Q_CLUSTER = {
     # The name is also the salt that signs jobs: the same on every machine of a site.
     "name": "longtask",
@@ -259,7 +259,7 @@ Q_CLUSTER = {
 }
 if REDIS_URL:
     Q_CLUSTER["redis"] = REDIS_URL  # django-q2's Redis broker: a list per cluster...
-    # ...plus delayed delivery for retry delays and rate limits (longtask/redis_broker.py).
+    # ...plus delayed delivery for retry delays and rate limits (longtask/dispatch/redis.py).
     Q_CLUSTER["broker_class"] = "longtask.dispatch.redis.RedisBroker"
 else:
     Q_CLUSTER["orm"] = "default"  # the ORM broker: the queue is a table in the same database

@@ -9,7 +9,6 @@ case one line goes to stderr and nothing has been started.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import json
 import logging
 from collections.abc import Iterator
@@ -17,12 +16,11 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
-from django.utils import timezone
 
-from longtask import api, display, documents, progress
+from longtask import api, display
 from longtask.conf import settings as longtask_settings
 from longtask.dispatch import queues
-from longtask.documents import status_document, subtask_counts
+from longtask.documents import status_document
 from longtask.exceptions import (
     InvalidParameters,
     LimitExceeded,
@@ -33,7 +31,8 @@ from longtask.exceptions import (
 from longtask.guards import abuse, sizes
 from longtask.kinds import Kind, registry
 from longtask.management import cli
-from longtask.models import LongTask, Status, SubTask
+from longtask.management.operate import OperateCommands
+from longtask.models import LongTask, Status
 
 logger = logging.getLogger("longtask")
 
@@ -50,7 +49,7 @@ again starts nothing twice: lines whose task exists are reported as skipped.
 """
 
 
-class Command(BaseCommand):
+class Command(OperateCommands, BaseCommand):
     help = (
         "Start, follow, list, show, retry, cancel and purge long tasks. Exit codes: 0 done; "
         "1 failed, cancelled, refused or lines rejected; 2 bad input (nothing started)."
@@ -262,137 +261,7 @@ class Command(BaseCommand):
 
     # Looking ----------------------------------------------------------------------
 
-    def handle_list(
-        self, *, status: str | None, kind: str | None, limit: int, **options: Any
-    ) -> None:
-        tasks = LongTask.objects.select_related("owner")
-        if status:
-            tasks = tasks.filter(status=status)
-        if kind:
-            tasks = tasks.filter(kind=kind)
-        rows = list(tasks.order_by("-created_at")[: max(0, limit)])
-        if not rows:
-            self.stdout.write("No tasks.")
-            return
-        self.stdout.write(
-            f"{'ID':36}  {'KIND':12}  {'STATUS':9}  {'DONE':>4}  {'CREATED':16}  {'OWNER':12}  NAME"
-        )
-        for task in rows:
-            percent = documents.row_percent(task)
-            created = timezone.localtime(task.created_at).strftime("%Y-%m-%d %H:%M")
-            self.stdout.write(
-                f"{task.pk!s:36}  {task.kind:12}  {task.status:9}  "
-                f"{'-' if percent is None else f'{percent}%':>4}  {created:16}  "
-                f"{task.owner or '-'!s:12}  {task.name or ''}"
-            )
-
-    def handle_show(self, *, ident: str, as_json: bool, **options: Any) -> None:
-        task = cli.find_task(ident)
-        record = task.progress_record()
-        url = cli.status_url(task)
-        if as_json:
-            self.stdout.write(json.dumps(status_document(task, record, status_url=url), indent=2))
-            return
-        progress_text = progress_line(record)
-        fields = [
-            ("id", task.pk),
-            ("kind", task.kind),
-            ("name", task.name or "-"),
-            ("status", task.status),
-            ("progress", progress_text),
-            ("owner", task.owner or "-"),
-            ("queue", task.queue),
-            ("attempts", task.attempts),
-            ("created", task.created_at.isoformat()),
-            ("started", task.started_at.isoformat() if task.started_at else "-"),
-            ("finished", task.finished_at.isoformat() if task.finished_at else "-"),
-            (
-                "duration",
-                display.duration_text(display.run_seconds(task), decimals=1)
-                if task.finished_at
-                else "-",
-            ),
-            ("status page", url),
-        ]
-        if task.error:
-            fields.append(("error", task.error))
-        if task.is_fanout or task.subtasks_total:
-            counts = subtask_counts(task)
-            fields.append(("subtasks", ", ".join(f"{n} {s}" for s, n in counts.items())))
-        for label, value in fields:
-            self.stdout.write(f"{label + ':':13}{value}")
-        for event in task.history:
-            self.stdout.write(
-                f"  {event.get('at', '')}  {event.get('event', '')} "
-                f"(attempt {event.get('attempt', '?')}): {event.get('error', '')}"
-            )
-        if task.status == Status.SUCCEEDED:
-            text = json.dumps(task.result, indent=2)
-            if len(text) > RESULT_PREVIEW:
-                text = text[:RESULT_PREVIEW] + f"\n… ({len(text)} characters; see --json)"
-            self.stdout.write("result:\n" + text)
-
-    # Changing ---------------------------------------------------------------------
-
-    def handle_retry(self, *, ident: str, **options: Any) -> None:
-        task = cli.find_task(ident)
-        again = 0
-        if task.is_fanout and task.split_done:
-            failed = [Status.FAILED, Status.CANCELLED]
-            again = SubTask.objects.filter(parent=task, status__in=failed).count()
-        if not api.retry(task):
-            raise CommandError(
-                f"LongTask {task.pk} is {task.status}; only failed or cancelled tasks can be "
-                "retried",
-                returncode=1,
-            )
-        detail = f" ({again} subtask(s) queued again)" if again else ""
-        self.stdout.write(f"LongTask {task.pk} retried{detail}: {cli.status_url(task)}")
-
-    def handle_cancel(self, *, ident: str, **options: Any) -> None:
-        task = cli.find_task(ident)
-        cancelled = api.cancel(task)
-        if cancelled:
-            logger.info("LongTask id=%s cancel requested (command line)", task.pk)
-        task.refresh_from_db(fields=["status"])
-        if not cancelled:
-            raise CommandError(
-                f"LongTask {task.pk} is {task.status}; it cannot be cancelled", returncode=1
-            )
-        if task.status == Status.CANCELLED:
-            self.stdout.write(f"LongTask {task.pk} cancelled.")
-        else:  # a running plain task stops cooperatively, at its next progress report
-            self.stdout.write(
-                f"LongTask {task.pk} asked to stop; it ends at its next progress report."
-            )
-
-    def handle_purge(self, *, older_than: float, dry_run: bool, **options: Any) -> None:
-        if older_than < 0:
-            raise cli.bad_input("--older-than must be zero or more days")
-        cutoff = timezone.now() - datetime.timedelta(days=older_than)
-        old = LongTask.objects.finished().filter(finished_at__lt=cutoff)
-        if dry_run:
-            tasks, subtasks = old.count(), SubTask.objects.filter(parent__in=old).count()
-            verb = "Would delete"
-        else:
-            tasks, subtasks = api.delete_finished(old)
-            verb = "Deleted"
-        self.stdout.write(
-            f"{verb} {tasks} finished task(s) and {subtasks} subtask(s) "
-            f"finished before {cutoff.isoformat(timespec='seconds')}."
-        )
-
 
 def refused(exc: LimitExceeded | NotAllowed, where: str = "") -> CommandError:
     """Exit 1 with the reason: the input was fine, the start was refused (nothing started)."""
     return CommandError(f"{where}refused, nothing started: {exc}", returncode=1)
-
-
-def progress_line(record: dict[str, Any] | None) -> str:
-    """Describe progress in one line: percent, counts and message."""
-    payload = progress.payload(record)
-    if payload["total"]:
-        line = f"{payload['percent']}% ({payload['current']:g}/{payload['total']:g})"
-    else:
-        line = "-"
-    return f"{line} {payload['message']}".strip()
