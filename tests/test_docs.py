@@ -174,7 +174,10 @@ def test_the_tutorial_kinds_run(primes, no_jobs_left):
 
 
 def test_every_documented_variable_is_read():
-    sources = (ROOT / "quiltsite" / "settings.py").read_text() + (ROOT / "Makefile").read_text()
+    sources = "".join(
+        (ROOT / name).read_text()
+        for name in ("quiltsite/settings.py", "quiltsite/environment.py", "Makefile")
+    )
     variables = first_column(section(page("configuration.md"), "## Environment variables"))
     assert len(variables) >= 8
     for name in variables:
