@@ -52,6 +52,7 @@ test: $(VENV)/.dev browser
 
 bench: $(VENV)/.dev
 	$(PY) bench/fanout.py
+	$(PY) bench/tasks.py
 	$(PY) bench/live.py
 
 clean:

@@ -1,11 +1,17 @@
-"""Latency of live subtask events on the embedded default, with 1 and with 200 watchers.
+"""Latency of live subtask events, with 1 and with 200 watchers.
 
 For each subtask of a quilt, the time from its recorded ``finished_at`` to the moment
 its event reaches each websocket client; p50 and p95 over all clients, and the CPU
 that daphne used meanwhile (in cores). Real daphne and real qcluster processes share
-a fresh data directory; the clients run in this process.
+a fresh private data directory ($TMPDIR/longtask-bench-live-*, kept with its logs
+with ``--keep`` or when a run fails); the clients run in this process.
 
     .venv/bin/python bench/live.py [--rows 20 --cols 20 --work-ms 5 --watchers 1 200]
+
+On the embedded default (DATABASE_URL and REDIS_URL are ignored) the web process polls
+the database for its watchers; with ``--services`` everything runs on a scratch
+PostgreSQL database and Redis database, as bench/fanout.py does, and workers push
+each change through the channel layer.
 """
 
 from __future__ import annotations
@@ -13,83 +19,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA_DIR = Path(tempfile.mkdtemp(prefix="longtask-bench-live-"))
-os.environ["DJANGO_SETTINGS_MODULE"] = "quiltsite.settings"
-os.environ["LONGTASK_DATA_DIR"] = str(DATA_DIR)
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as bench/live.py
 
-import django  # noqa: E402
-
-django.setup()
-
-from django.core.management import call_command  # noqa: E402
-
-import longtask  # noqa: E402
-from longtask.models import LongTask, SubTask  # noqa: E402
-
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+from bench._lib.processes import BenchError, Spawned, free_port, wait_serving
+from bench._lib.sampling import HZ, own_ticks
+from bench._lib.session import Bench, Session, add_scratch_args
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def spawn(args: list[str], log: Path, **env: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        args,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-
-
-def stop(process: subprocess.Popen) -> None:
-    """SIGTERM to the main PID (qcluster hangs on a signal to its group), then wait."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(5)
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
-
-
-def wait_until_serving(base: str, process: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit("daphne exited; see its log in " + str(DATA_DIR))
-        try:
-            with urllib.request.urlopen(base + "/", timeout=5) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)  # a start-up poll, not a measurement
-    raise SystemExit("daphne did not serve within a minute")
+def cpu_seconds(process: Spawned) -> float:
+    ticks = own_ticks(process.pid)
+    if ticks is None:
+        process.check_alive()
+        raise BenchError(f"{process.label}: no CPU time to read")
+    return ticks / HZ
 
 
 async def watch(url: str, origin: str, connected: asyncio.Event, arrivals: dict[int, float]) -> str:
@@ -122,7 +70,7 @@ async def run_watchers(url: str, origin: str, count: int, ready: Any) -> list[di
     await asyncio.to_thread(ready)
     finals = await asyncio.gather(*tasks)
     if set(finals) != {"SUCCEEDED"}:
-        raise SystemExit(f"unexpected final statuses: {set(finals)}")
+        raise BenchError(f"unexpected final statuses: {set(finals)}")
     return arrivals
 
 
@@ -131,28 +79,30 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-def scenario(base: str, daphne: subprocess.Popen, watchers: int, args: argparse.Namespace) -> None:
+def scenario(
+    bench: Bench, base: str, daphne: Spawned, watchers: int, args: argparse.Namespace
+) -> None:
+    import longtask
+    from longtask.models import LongTask, SubTask
+
     task = longtask.start("quilt", {"rows": args.rows, "cols": args.cols, "work_ms": args.work_ms})
     url = base.replace("http://", "ws://") + f"/ws/tasks/{task.pk}/"
-    clusters: list[subprocess.Popen] = []
+    clusters: list[Spawned] = []
     measured: dict[str, float] = {}
 
     def start_workers() -> None:
         # Only once every client has its snapshot: each event is then a live one.
-        measured["cpu"], measured["wall"] = cpu_seconds(daphne.pid), time.monotonic()
-        manage = [sys.executable, "manage.py", "qcluster"]
-        clusters.append(spawn(manage, DATA_DIR / "parents.log"))
-        clusters.append(
-            spawn(manage, DATA_DIR / "subtasks.log", Q_CLUSTER_NAME="longtask-subtasks")
-        )
+        measured["cpu"], measured["wall"] = cpu_seconds(daphne), time.monotonic()
+        clusters.append(bench.qcluster("parents", bench.env()))
+        clusters.append(bench.qcluster("subtasks", bench.env(Q_CLUSTER_NAME="longtask-subtasks")))
 
     try:
         arrivals = asyncio.run(run_watchers(url, base, watchers, start_workers))
-        cpu = cpu_seconds(daphne.pid) - measured["cpu"]
+        cpu = cpu_seconds(daphne) - measured["cpu"]
         wall = time.monotonic() - measured["wall"]
     finally:
         for process in clusters:
-            stop(process)
+            bench.stop(process)
     task.refresh_from_db()
     finished = {
         index: at.timestamp()
@@ -173,29 +123,34 @@ def scenario(base: str, daphne: subprocess.Popen, watchers: int, args: argparse.
     LongTask.objects.filter(pk=task.pk).delete()
 
 
-def main() -> None:
+def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=20)
     parser.add_argument("--cols", type=int, default=20)
     parser.add_argument("--work-ms", type=int, default=5)
     parser.add_argument("--watchers", type=int, nargs="+", default=[1, 200])
-    args = parser.parse_args()
+    add_scratch_args(parser)
+    args = parser.parse_args(argv)
+    session = Session(args, "longtask-bench-live-")
 
-    call_command("migrate", verbosity=0)
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port)]
-    daphne = spawn([*command, "quiltsite.asgi:application"], DATA_DIR / "daphne.log")
-    try:
-        wait_until_serving(base, daphne)
-        print(f"quilt {args.rows}x{args.cols}, {args.work_ms} ms a square; logs in {DATA_DIR}")
+    def body(bench: Bench) -> None:
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port)]
+        daphne = bench.spawn("daphne", [*command, "quiltsite.asgi:application"], bench.env())
+        wait_serving(base + "/", daphne)
+        print(
+            f"quilt {args.rows}x{args.cols}, {args.work_ms} ms a square; logs in {bench.data_dir}"
+        )
         print("watchers   events   p50 ms   p95 ms   max ms  daphne cores  wall s  missing")
         for watchers in args.watchers:
-            scenario(base, daphne, watchers, args)
-    finally:
-        stop(daphne)
-    shutil.rmtree(DATA_DIR)  # kept, with the logs, only when a run fails
+            scenario(bench, base, daphne, watchers, args)
+
+    # Like before the helpers were shared: this process's own log lines print, and no
+    # sampler thread runs beside the websocket clients.
+    session.run(body, quiet=False, sample=False)
+    return session.close()
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main(sys.argv[1:]))

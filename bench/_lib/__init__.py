@@ -1,0 +1,1 @@
+"""What the benchmarks share: processes, sampling, scratch databases, sessions, tables."""
