@@ -51,7 +51,7 @@ class Kind:
     #: Exceptions that fail the task at once, like ``longtask.FatalError``.
     fatal_exceptions: ClassVar[tuple[type[BaseException], ...]] = ()
     #: Seconds a run may take before it is stopped and counted as a failed attempt;
-    #: None means django-q2's cluster timeout (LONGTASK_JOB_TIMEOUT in the demo).
+    #: None means the worker cluster's own timeout (django-q2's ``Q_CLUSTER["timeout"]``).
     time_limit: ClassVar[int | None] = None
     #: Only logged-in users may start this kind (on the web, and as a CLI ``--owner``).
     login_required: ClassVar[bool] = False
