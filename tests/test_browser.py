@@ -40,7 +40,7 @@ ROWS, COLS = 8, 8
 
 # Records, from inside the page, what the live page showed before the final swap.
 OBSERVER = """() => {
-  const seen = (window.__seen = {maxPercent: 0, counts: []});
+  const seen = (window.__seen = {maxPercent: 0, counts: [], maxShown: 0});
   const main = document.querySelector("main");
   const record = () => {
     const bar = main.querySelector(".progress progress");
@@ -49,6 +49,8 @@ OBSERVER = """() => {
     }
     const squares = main.querySelectorAll(".live .quilt > rect[fill]").length;
     if (seen.counts[seen.counts.length - 1] !== squares) seen.counts.push(squares);
+    const shown = main.querySelector(".live .quilt-count .done");  // the quilt's caption
+    if (shown) seen.maxShown = Math.max(seen.maxShown, parseInt(shown.textContent, 10));
   };
   new MutationObserver(record).observe(main, {
     subtree: true, childList: true, attributes: true, characterData: true,
@@ -118,6 +120,7 @@ def test_live_page_fills_the_quilt_and_shows_the_result_without_reload(tmp_path,
         assert seen["maxPercent"] == 100, seen
         assert max(seen["counts"]) == ROWS * COLS, seen  # every square, live
         assert any(0 < n < ROWS * COLS for n in seen["counts"]), f"never partly filled: {seen}"
+        assert seen["maxShown"] == ROWS * COLS, seen  # quilt.js counted them too
         assert page.locator("main .result .quilt > rect[fill]").count() == ROWS * COLS
         assert page.locator("main .task-status").inner_text().startswith("Succeeded")
         assert "Succeeded" in page.title()
@@ -174,8 +177,11 @@ def test_the_live_quilt_needs_no_inline_style(tmp_path, chromium):
             "fetch(location.href).then(r => r.headers.get('content-security-policy'))"
         )
         assert "unsafe-inline" not in policy and "style-src 'self'" in policy
+        # quiltsite's quilt.css (the kind's stylesheet) whitens the squares not yet coloured.
+        blank = "getComputedStyle(document.querySelector('main .live .quilt > rect')).fill"
+        assert page.evaluate(blank) == "rgb(255, 255, 255)"
         with workers(tmp_path):
-            # Running: some squares painted live, by status.js, before the end.
+            # Running: some squares painted live, by quilt.js, before the end.
             page.wait_for_selector("main .live .quilt > rect[fill]", timeout=DEADLINE_MS)
             page.wait_for_selector("main .result .quilt", timeout=DEADLINE_MS)
         assert page.locator("main .result .quilt > rect[fill]").count() == ROWS * COLS
