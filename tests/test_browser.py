@@ -218,3 +218,34 @@ def test_after_a_logout_the_live_page_says_signed_out_and_stops(tmp_path, signed
         assert "Signed out" in page.locator("main .signed-out").inner_text()
         assert len(sockets) == 1, sockets  # the 4403 close was not followed by a reconnect
         context.close()
+
+
+def test_a_kind_with_its_own_live_script_gets_every_frame(tmp_path, chromium, monkeypatch):
+    # daphne and the workers install the tests app: they know tests.kinds.Framed, and find
+    # its template and static files under tests/.
+    monkeypatch.setenv("LONGTASK_TEST_APP", "1")
+    errors: list[str] = []
+    with daphne(tmp_path / "daphne.log") as base:
+        page = chromium.new_page()
+        page.add_init_script(CSP_RECORDER)
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(base + "/tasks/new/test-framed/")
+        page.locator('[name="n"]').fill("4")
+        page.locator('[name="work_ms"]').fill("100")
+        page.locator('button[type="submit"]').click()
+        page.wait_for_url("**/tasks/*/")
+        assert page.locator("main .live ol.framed[data-status=QUEUED][data-total]").count() == 1
+        style = "getComputedStyle(document.querySelector('main .live ol.framed')).listStyleType"
+        assert page.evaluate(style) == "decimal-leading-zero"  # the kind's stylesheet
+        assert page.locator("script[src*=quilt]").count() == 0
+        page.wait_for_function("window.framed.types.includes('snapshot')", timeout=DEADLINE_MS)
+        with workers(tmp_path):
+            page.wait_for_selector("main .result", timeout=DEADLINE_MS)
+        framed = page.evaluate("window.framed")
+        assert framed["types"][0] == "snapshot", framed
+        assert sorted(framed["indexes"]) == [0, 1, 2, 3], framed
+        assert framed["statuses"][-1] == "SUCCEEDED", framed
+        assert "swapped" in framed["types"], framed  # told when <main> was replaced
+        assert '"framed": 4' in page.locator("main .result").inner_text()
+        assert page.evaluate("window.__csp") == []
+    assert errors == []
