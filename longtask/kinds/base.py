@@ -48,12 +48,13 @@ class Kind:
     - ``live_script`` is a static path loaded, deferred, after ``longtask/status.js``
       while the task runs. ``status.js`` dispatches a ``longtask:frame`` event, bubbling
       from ``<main>``, for every frame it receives (``event.detail``: the websocket's
-      ``snapshot``, ``subtasks``, ``progress`` and ``status`` frames, the same shapes
-      when it polls the JSON endpoints instead, and ``{"type": "swapped"}`` after it
-      replaced ``<main>``'s content with a fresh server rendering). It starts following
-      the task once every deferred script has run, so no frame comes before the
-      kind's script listens. Scripts and styles are files: the site's
-      Content-Security-Policy allows nothing inline.
+      ``snapshot``, ``subtasks``, ``progress`` and ``status`` frames; when it polls the
+      JSON endpoints instead, each document as a ``snapshot`` and each page of subtasks
+      as ``subtasks``; and ``{"type": "swapped", "status": S}`` after it replaced
+      ``<main>``'s content with a fresh server rendering, which a script draws on
+      again). It follows the task once every deferred script has run, so no frame
+      comes before the kind's script listens. Scripts and styles are files: the
+      site's Content-Security-Policy allows nothing inline.
     """
 
     #: Registry name, used in URLs, the CLI and the ``kind`` column.
