@@ -49,7 +49,7 @@ class QuiltForm(forms.Form):
 
 #: Side of a square in the quilt's units (a square's cell is 1): the rest is the gap.
 SQUARE = 0.94
-#: Hatching of a square whose subtask failed for good (class "failed", set by status.js).
+#: Hatching of a square whose subtask failed for good (class "failed", set by quilt.js).
 FAILED_PATTERN = (
     '<defs><pattern id="quilt-failed" width=".2" height=".2" patternUnits="userSpaceOnUse"'
     ' patternTransform="rotate(45)"><rect width=".2" height=".2" fill="#fff"/>'
@@ -61,7 +61,7 @@ def render_quilt(rows: int, cols: int, colors: Iterable[tuple[int, str | None]])
     """Render the grid as SVG; ``colors`` gives (index, colour) for the squares done so far.
 
     Colours are ``fill`` attributes, not ``style`` ones: the Content-Security-Policy allows
-    no inline style. The squares are the SVG's first children, in index order (status.js
+    no inline style. The squares are the SVG's first children, in index order (quilt.js
     paints ``children[index]``).
     """
     squares = [""] * (rows * cols)
@@ -99,6 +99,10 @@ class Quilt(FanOutKind):
     form_class = QuiltForm
     order = 10
     failure_policy = FanOutKind.TOLERATE
+    # The status page: the quilt's look, its live area, and the script that colours it live.
+    stylesheet = "quiltsite/quilt.css"
+    live_template = "quiltsite/quilt_live.html"
+    live_script = "quiltsite/quilt.js"
 
     def split(self, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
         for row in range(params["rows"]):

@@ -55,6 +55,7 @@ class MonthlyReport(longtask.Kind):
     description = "Sums up a month of invoices, day by day, into a CSV report."
     form_class = ReportForm
     order = 20
+    stylesheet = "quiltsite/report.css"  # the result's table
 
     def run(self, task: LongTask, params: dict[str, Any]) -> dict[str, Any]:
         year, month = map(int, params["month"].split("-"))

@@ -158,3 +158,33 @@ class TimeLimited(Kind):
 
     def run(self, task: Any, params: dict[str, Any]) -> Any:
         time.sleep(30)
+
+
+class FramedForm(forms.Form):
+    n = forms.IntegerField(min_value=0, max_value=100)
+    work_ms = forms.IntegerField(min_value=0, max_value=5000, required=False)
+
+
+class Framed(FanOutKind):
+    """A fan-out that brings its own live renderer: a second client of status.js's frames.
+
+    Its template and script are test files (tests/templates/tests/, tests/static/tests/),
+    found where the ``tests`` app is installed (LONGTASK_TEST_APP=1) or added by a test.
+    """
+
+    name = "test-framed"
+    form_class = FramedForm
+    stylesheet = "tests/framed.css"
+    live_template = "tests/framed_live.html"
+    live_script = "tests/framed.js"
+
+    def split(self, params: dict[str, Any]):
+        for i in range(params["n"]):
+            yield {"i": i, "work_ms": params["work_ms"] or 0}
+
+    def run_subtask(self, params: dict[str, Any]) -> Any:
+        time.sleep(params["work_ms"] / 1000)
+        return {"i": params["i"]}
+
+    def gather(self, task: Any, results: Any) -> Any:
+        return {"framed": len(list(results))}

@@ -4,3 +4,4 @@ from longtask.kinds import registry
 from tests import kinds
 
 registry.register(kinds.TimeLimited)
+registry.register(kinds.Framed)  # daphne serves its page in tests/test_browser.py

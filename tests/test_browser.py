@@ -40,7 +40,7 @@ ROWS, COLS = 8, 8
 
 # Records, from inside the page, what the live page showed before the final swap.
 OBSERVER = """() => {
-  const seen = (window.__seen = {maxPercent: 0, counts: []});
+  const seen = (window.__seen = {maxPercent: 0, counts: [], maxShown: 0});
   const main = document.querySelector("main");
   const record = () => {
     const bar = main.querySelector(".progress progress");
@@ -49,6 +49,8 @@ OBSERVER = """() => {
     }
     const squares = main.querySelectorAll(".live .quilt > rect[fill]").length;
     if (seen.counts[seen.counts.length - 1] !== squares) seen.counts.push(squares);
+    const shown = main.querySelector(".live .quilt-count .done");  // the quilt's caption
+    if (shown) seen.maxShown = Math.max(seen.maxShown, parseInt(shown.textContent, 10));
   };
   new MutationObserver(record).observe(main, {
     subtree: true, childList: true, attributes: true, characterData: true,
@@ -118,6 +120,7 @@ def test_live_page_fills_the_quilt_and_shows_the_result_without_reload(tmp_path,
         assert seen["maxPercent"] == 100, seen
         assert max(seen["counts"]) == ROWS * COLS, seen  # every square, live
         assert any(0 < n < ROWS * COLS for n in seen["counts"]), f"never partly filled: {seen}"
+        assert seen["maxShown"] == ROWS * COLS, seen  # quilt.js counted them too
         assert page.locator("main .result .quilt > rect[fill]").count() == ROWS * COLS
         assert page.locator("main .task-status").inner_text().startswith("Succeeded")
         assert "Succeeded" in page.title()
@@ -174,8 +177,11 @@ def test_the_live_quilt_needs_no_inline_style(tmp_path, chromium):
             "fetch(location.href).then(r => r.headers.get('content-security-policy'))"
         )
         assert "unsafe-inline" not in policy and "style-src 'self'" in policy
+        # quiltsite's quilt.css (the kind's stylesheet) whitens the squares not yet coloured.
+        blank = "getComputedStyle(document.querySelector('main .live .quilt > rect')).fill"
+        assert page.evaluate(blank) == "rgb(255, 255, 255)"
         with workers(tmp_path):
-            # Running: some squares painted live, by status.js, before the end.
+            # Running: some squares painted live, by quilt.js, before the end.
             page.wait_for_selector("main .live .quilt > rect[fill]", timeout=DEADLINE_MS)
             page.wait_for_selector("main .result .quilt", timeout=DEADLINE_MS)
         assert page.locator("main .result .quilt > rect[fill]").count() == ROWS * COLS
@@ -212,3 +218,34 @@ def test_after_a_logout_the_live_page_says_signed_out_and_stops(tmp_path, signed
         assert "Signed out" in page.locator("main .signed-out").inner_text()
         assert len(sockets) == 1, sockets  # the 4403 close was not followed by a reconnect
         context.close()
+
+
+def test_a_kind_with_its_own_live_script_gets_every_frame(tmp_path, chromium, monkeypatch):
+    # daphne and the workers install the tests app: they know tests.kinds.Framed, and find
+    # its template and static files under tests/.
+    monkeypatch.setenv("LONGTASK_TEST_APP", "1")
+    errors: list[str] = []
+    with daphne(tmp_path / "daphne.log") as base:
+        page = chromium.new_page()
+        page.add_init_script(CSP_RECORDER)
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(base + "/tasks/new/test-framed/")
+        page.locator('[name="n"]').fill("4")
+        page.locator('[name="work_ms"]').fill("100")
+        page.locator('button[type="submit"]').click()
+        page.wait_for_url("**/tasks/*/")
+        assert page.locator("main .live ol.framed[data-status=QUEUED][data-total]").count() == 1
+        style = "getComputedStyle(document.querySelector('main .live ol.framed')).listStyleType"
+        assert page.evaluate(style) == "decimal-leading-zero"  # the kind's stylesheet
+        assert page.locator("script[src*=quilt]").count() == 0
+        page.wait_for_function("window.framed.types.includes('snapshot')", timeout=DEADLINE_MS)
+        with workers(tmp_path):
+            page.wait_for_selector("main .result", timeout=DEADLINE_MS)
+        framed = page.evaluate("window.framed")
+        assert framed["types"][0] == "snapshot", framed
+        assert sorted(framed["indexes"]) == [0, 1, 2, 3], framed
+        assert framed["statuses"][-1] == "SUCCEEDED", framed
+        assert "swapped" in framed["types"], framed  # told when <main> was replaced
+        assert '"framed": 4' in page.locator("main .result").inner_text()
+        assert page.evaluate("window.__csp") == []
+    assert errors == []

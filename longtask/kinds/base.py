@@ -32,7 +32,29 @@ class Download:
 
 
 class Kind:
-    """Base class of a kind of long task; subclass it and decorate with ``@register``."""
+    """Base class of a kind of long task; subclass it and decorate with ``@register``.
+
+    A kind may own how its status page looks, without touching the library's templates
+    or scripts:
+
+    - ``display_progress`` and ``display_result`` return HTML for the page while the
+      task runs and once it succeeded;
+    - ``stylesheet`` is a static path linked from the page's head, running or finished;
+    - ``live_template`` is a template rendered in the page's live area while the task
+      runs, with the page's context: ``task``, ``kind``, ``document`` (the JSON status
+      document, as ``/tasks/<id>.json`` serves it), ``progress`` and ``progress_html``
+      (``display_progress``'s HTML, which the area shows alone without a template);
+    - ``live_script`` is a static path loaded, deferred, after ``longtask/status.js``
+      while the task runs. ``status.js`` dispatches a ``longtask:frame`` event, bubbling
+      from ``<main>``, for every frame it receives (``event.detail``: the websocket's
+      ``snapshot``, ``subtasks``, ``progress`` and ``status`` frames; when it polls the
+      JSON endpoints instead, each document as a ``snapshot`` and each page of subtasks
+      as ``subtasks``; and ``{"type": "swapped", "status": S}`` after it replaced
+      ``<main>``'s content with a fresh server rendering, which a script draws on
+      again). It follows the task once every deferred script has run, so no frame
+      comes before the kind's script listens. Scripts and styles are files: the
+      site's Content-Security-Policy allows nothing inline.
+    """
 
     #: Registry name, used in URLs, the CLI and the ``kind`` column.
     name: ClassVar[str] = ""
@@ -50,12 +72,18 @@ class Kind:
     #: Exceptions that fail the task at once, like ``longtask.FatalError``.
     fatal_exceptions: ClassVar[tuple[type[BaseException], ...]] = ()
     #: Seconds a run may take before it is stopped and counted as a failed attempt;
-    #: None means django-q2's cluster timeout (LONGTASK_JOB_TIMEOUT in the demo).
+    #: None means the worker cluster's own timeout (django-q2's ``Q_CLUSTER["timeout"]``).
     time_limit: ClassVar[int | None] = None
     #: Only logged-in users may start this kind (on the web, and as a CLI ``--owner``).
     login_required: ClassVar[bool] = False
     #: Permission ("app_label.codename") needed to start this kind; implies a login.
     permission: ClassVar[str | None] = None
+    #: Static stylesheet for the status page (the result's look too); see the class docstring.
+    stylesheet: ClassVar[str | None] = None
+    #: Template of the status page's live area while the task runs; see the class docstring.
+    live_template: ClassVar[str | None] = None
+    #: Static script that follows the task's frames on the status page; see the class docstring.
+    live_script: ClassVar[str | None] = None
     #: Keep each attempt's worker and start in the row's ``runs`` (django.tasks' worker_ids).
     #: Off by default: an iterative kind's every batch is a run, and the list would grow.
     keeps_runs: ClassVar[bool] = False

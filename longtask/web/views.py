@@ -144,6 +144,9 @@ def status(request: HttpRequest, task_id: UUID) -> HttpResponse:
             context["retry_in_seconds"] = max(0, (task.next_attempt_at - now).total_seconds())
     if not task.is_finished and kind is not None:
         context["progress_html"] = kind.display_progress(task)
+        if kind.live_template:  # the kind's live area gets the JSON document, as its script does
+            url = request.build_absolute_uri(task.get_absolute_url())
+            context["document"] = status_document(task, record, status_url=url)
     if task.status == Status.SUCCEEDED and kind is not None:
         if task.result_viewed_at is None:
             task.mark_result_viewed()

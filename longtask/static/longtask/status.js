@@ -1,8 +1,13 @@
 // Live status page: follows the task over its websocket (or polls the JSON endpoints)
-// and updates the bar, percent, message, ETA and quilt squares in place. When the
-// status changes it swaps in the <main> of a fresh, server-rendered copy of the page,
-// so the result appears without a reload. Text goes in with textContent only; the
-// URLs come from data- attributes (no inline script, ready for a CSP).
+// and updates the bar, percent, message and ETA in place. When the status changes it
+// swaps in the <main> of a fresh, server-rendered copy of the page, so the result
+// appears without a reload. Text goes in with textContent only; the URLs come from
+// data- attributes (no inline script, ready for a CSP).
+//
+// A kind draws the rest itself (its live_script, loaded after this one): every frame is
+// dispatched as a "longtask:frame" CustomEvent that bubbles from <main>, its detail the
+// frame: the websocket's snapshot, subtasks, progress and status frames (the same shapes
+// when polling), and {type: "swapped"} once <main> holds a fresh rendering of the page.
 (function () {
   "use strict";
 
@@ -25,7 +30,6 @@
     FAILED: "Failed",
     CANCELLED: "Cancelled",
   };
-  var COLOR = /^#[0-9a-f]{6}$/;
   var POLL_MS = 2000;
   var MAX_SOCKET_FAILURES = 3;
 
@@ -38,7 +42,6 @@
     failures: 0, // consecutive sockets that closed before saying anything
     retries: 0,
     polling: false,
-    painted: {}, // index -> subtask event, painted again after a swap
     swapping: false,
     swapAgain: false,
   };
@@ -105,35 +108,13 @@
     setText(main.querySelector(".timing .elapsed"), text);
   }
 
-  function paint(event) {
-    var quilt = main.querySelector(".live .quilt");
-    if (!quilt) {
-      return;
-    }
-    var index = event.index;
-    var result = event.result;
-    var cols = parseInt(quilt.getAttribute("data-cols"), 10);
-    if (result && typeof result.row === "number" && typeof result.col === "number" && cols) {
-      index = result.row * cols + result.col;
-    }
-    var square = quilt.children[index];
-    if (!square) {
-      return;
-    }
-    if (event.status === "SUCCEEDED" && result && COLOR.test(String(result.color))) {
-      // An SVG fill attribute, not a style: the page's CSP allows no inline style.
-      square.setAttribute("fill", result.color);
-      square.classList.remove("failed");
-    } else if (event.status === "FAILED") {
-      square.classList.add("failed");
-    }
+  // Hand a frame to the kind's script. A listener that throws is reported by the
+  // browser and stops neither the others nor this script.
+  function emit(frame) {
+    main.dispatchEvent(new CustomEvent("longtask:frame", { detail: frame, bubbles: true }));
   }
 
-  function applySubtasks(events, cursor) {
-    for (var i = 0; i < events.length; i++) {
-      state.painted[events[i].index] = events[i];
-      paint(events[i]);
-    }
+  function applySubtasks(cursor) {
     if (typeof cursor === "number" && cursor > state.cursor) {
       state.cursor = cursor;
     }
@@ -184,10 +165,9 @@
         }
         main.replaceChildren.apply(main, nodes);
         document.title = fresh.title;
-        // Events that arrived while the page was on its way are not in it: paint again.
-        for (var index in state.painted) {
-          paint(state.painted[index]);
-        }
+        // Frames that arrived while the page was on its way are not in it: a kind's
+        // script applies again what it drew.
+        emit({ type: "swapped", status: state.status });
       })
       .catch(function () {
         if (state.finished) {
@@ -218,13 +198,14 @@
     if (frame.type === "snapshot" || (frame.type === "status" && frame.document)) {
       applyDocument(frame.document);
     } else if (frame.type === "subtasks") {
-      applySubtasks(frame.events, frame.cursor);
+      applySubtasks(frame.cursor);
     } else if (frame.type === "progress") {
       if (state.document) {
         state.document.progress = frame.progress;
       }
       applyProgress(frame.progress, frame.eta_seconds);
     }
+    emit(frame);
   }
 
   function signedOut() {
@@ -309,13 +290,14 @@
   function pollSubtasks() {
     var sep = urls.subtasks.indexOf("?") < 0 ? "?" : "&";
     return getJson(urls.subtasks + sep + "since=" + state.cursor).then(function (page) {
-      applySubtasks(page.subtasks, page.cursor);
+      onFrame({ type: "subtasks", cursor: page.cursor, events: page.subtasks });
       return page.more ? pollSubtasks() : null;
     });
   }
 
   // Without websockets: the document first, then the subtasks finished up to now, so a
-  // final status is applied only once every subtask before it has been painted.
+  // final status is applied only once every subtask before it has been handed on. Each
+  // polled document goes to the kind's script as a snapshot frame (the whole document).
   function poll() {
     if (state.finished) {
       return;
@@ -327,7 +309,7 @@
         return urls.subtasks && doc.subtasks ? pollSubtasks() : null;
       })
       .then(function () {
-        applyDocument(doc);
+        onFrame({ type: "snapshot", cursor: state.cursor, document: doc });
       })
       .catch(function () {})
       .then(function () {
@@ -346,5 +328,10 @@
   }
 
   window.setInterval(tickElapsed, 1000);
-  connect();
+  // After every deferred script (a kind's among them) has run, so none misses a frame.
+  if (document.readyState === "loading") {
+    document.addEventListener("DOMContentLoaded", connect);
+  } else {
+    connect();
+  }
 })();
