@@ -370,14 +370,27 @@ def test_staff_are_exempt_unless_the_setting_says_otherwise(client, staff, stric
 
 def test_queued_subtasks_cap_refuses_fan_out_starts_only(client, strict):
     strict.LONGTASK_STARTS_PER_MINUTE = None
+    strict.LONGTASK_MAX_ACTIVE_TASKS = None
     strict.LONGTASK_MAX_QUEUED_SUBTASKS = 2
-    parent = LongTask.objects.create(
-        kind="test-squares", status=Status.RUNNING, started_at=timezone.now()
-    )
-    SubTask.objects.bulk_create(SubTask(parent=parent, index=i) for i in range(2))
+    assert client.post("/tasks/new/test-squares/", {"n": 3}).status_code == 303
+    LongTask.objects.update(status=Status.RUNNING, started_at=timezone.now(), subtasks_total=3)
     refused = client.post("/tasks/new/test-squares/", {"n": 3})
-    assert refused.status_code == 429 and b"too many subtasks" in refused.content
+    assert refused.status_code == 429 and b"Too many subtasks of yours" in refused.content
     assert post_count(client).status_code == 303
+
+
+def test_one_visitors_backlog_refuses_nobody_else(client, user, strict):
+    strict.LONGTASK_STARTS_PER_MINUTE = None
+    strict.LONGTASK_MAX_ACTIVE_TASKS = None
+    strict.LONGTASK_MAX_QUEUED_SUBTASKS = 2
+    big = LongTask.objects.create(
+        kind="test-squares", status=Status.RUNNING, started_at=timezone.now(), owner=user
+    )
+    LongTask.objects.filter(pk=big.pk).update(subtasks_total=40_000)
+    client.force_login(user)
+    assert client.post("/tasks/new/test-squares/", {"n": 3}).status_code == 429
+    client.logout()
+    assert client.post("/tasks/new/test-squares/", {"n": 3}).status_code == 303  # others start
 
 
 def test_python_callers_are_not_limited(strict):

@@ -1,4 +1,4 @@
-"""Abuse limits on starting tasks: starts per minute, active tasks, queued subtasks.
+"""Abuse limits on starting tasks: starts per minute, active tasks, subtasks in flight.
 
 The limits apply when a start names an ``Actor`` (the web views and the CLI do);
 ``longtask.start()`` called from Python without one is not limited. Users' starts
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from django.core.cache import caches
+from django.db.models import F, QuerySet, Sum
 from django.utils import timezone
 from limits import RateLimitItemPerSecond
 from limits.storage import storage_from_string
@@ -31,7 +32,7 @@ from longtask.dispatch.ratelimit import database_storage
 from longtask.exceptions import LimitExceeded, NotAllowed
 from longtask.guards.access import can_start
 from longtask.kinds import FanOutKind, Kind
-from longtask.models import CLAIMABLE_STATUSES, LongTask, SubTask
+from longtask.models import LongTask
 
 if TYPE_CHECKING:
     from django.http import HttpRequest
@@ -91,8 +92,11 @@ def check_start(kind: Kind, actor: Actor) -> None:
     per_minute, max_active = settings.STARTS_PER_MINUTE, settings.MAX_ACTIVE_TASKS
     if actor.authenticated:
         recent, active = _user_counts(actor.user, per_minute, max_active)
+        tasks = LongTask.objects.filter(owner=actor.user)
     else:
-        recent, active = _ip_counts(actor.client_ip or "unknown", per_minute, max_active)
+        ip = actor.client_ip or "unknown"
+        recent, active = _ip_counts(ip, per_minute, max_active)
+        tasks = LongTask.objects.filter(pk__in=_cache().get(_tasks_key(ip)) or [])
     if per_minute is not None and recent >= per_minute:
         raise LimitExceeded(
             f"Too many tasks started: at most {per_minute} a minute. Try again in a minute.",
@@ -104,7 +108,7 @@ def check_start(kind: Kind, actor: Actor) -> None:
             "Wait for one to finish, or cancel one.",
             retry_after=60,
         )
-    _check_queued_subtasks(kind)
+    _check_queued_subtasks(kind, tasks)
 
 
 def record_start(task: LongTask, actor: Actor) -> None:
@@ -143,13 +147,22 @@ def _ip_counts(ip: str, per_minute: int | None, max_active: int | None) -> tuple
     return recent, active
 
 
-def _check_queued_subtasks(kind: Kind) -> None:
+def _check_queued_subtasks(kind: Kind, tasks: QuerySet[LongTask]) -> None:
+    """Refuse a fan-out start while the actor's own fan-outs have ``cap`` subtasks in flight.
+
+    Counted from the parents' counters (total - done - failed of their active fan-outs),
+    never from the subtask table: the cost is the actor's active tasks, whatever the
+    size of the fan-outs or of the history, and one actor's backlog refuses nobody else.
+    """
     cap = settings.MAX_QUEUED_SUBTASKS
     if cap is None or not isinstance(kind, FanOutKind):
         return
-    if SubTask.objects.filter(status__in=CLAIMABLE_STATUSES).count() >= cap:
+    left = F("subtasks_total") - F("subtasks_done") - F("subtasks_failed")
+    in_flight = tasks.active().aggregate(n=Sum(left))["n"] or 0
+    if in_flight >= cap:
         raise LimitExceeded(
-            "The workers are busy: too many subtasks are waiting. Try again in a few minutes.",
+            f"Too many subtasks of yours are waiting ({in_flight}, at most {cap}). "
+            "Wait for your fan-outs to finish, or cancel one.",
             retry_after=300,
         )
 
