@@ -12,6 +12,10 @@ class Settings:
 
     #: Cache alias holding live progress (must be shared by web and worker processes).
     CACHE_ALIAS: str = "default"
+    #: Cache alias of the abuse limits' per-IP records; None: CACHE_ALIAS. Give it a cache
+    #: that does not cull (Django's file cache drops a random third of its entries when
+    #: full, and with them an IP's count of active tasks).
+    LIMITS_CACHE_ALIAS: str | None = None
     #: Prefix of every cache key longtask writes.
     KEY_PREFIX: str = "longtask"
     #: Minimum seconds between two progress writes of one task; the last value is always written.

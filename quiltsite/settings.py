@@ -175,8 +175,17 @@ else:
             "LOCATION": DATA_DIR / "cache",
             "TIMEOUT": 7 * 24 * 3600,
             "OPTIONS": {"MAX_ENTRIES": 20_000},
-        }
+        },
+        # The anonymous visitors' limits apart from progress, where culling never reaches
+        # them: a full cache must not let a visitor start more than the limits allow.
+        "limits": {
+            "BACKEND": "longtask.jsoncache.JSONFileBasedCache",
+            "LOCATION": DATA_DIR / "limits",
+            "TIMEOUT": 24 * 3600,
+            "OPTIONS": {"MAX_ENTRIES": 1_000_000_000},
+        },
     }
+    LONGTASK_LIMITS_CACHE_ALIAS = "limits"
 # Sessions in the database only (JSON, signed): never in the cache, so write access to
 # the cache can neither run code nor forge a login.
 SESSION_ENGINE = "django.contrib.sessions.backends.db"

@@ -2,9 +2,11 @@ from __future__ import annotations
 
 import pytest
 
+import longtask
 from longtask import progress
+from longtask.models import LongTask
 from longtask.progress import ProgressReporter, RateEstimator
-from tests.helpers import wait_for
+from tests.helpers import drain_queue, wait_for
 
 
 class FakeClock:
@@ -101,3 +103,20 @@ def test_records_are_json_in_the_cache():
     assert progress.read_progress("abc")["message"] == "<b>"
     cache.set(progress.progress_key("abc"), "not json{")
     assert progress.read_progress("abc") is None
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("test_kinds_registered")
+@pytest.mark.parametrize("ending", ["succeed", "cancel"])
+def test_a_finished_tasks_progress_leaves_the_cache_and_stays_on_the_row(ending):
+    task = longtask.start("test-count", {"n": 3, "message": ""})
+    progress.write_progress(task.pk, {"current": 1, "total": 3, "message": "", "updated_at": 0})
+    assert progress.read_progress(task.pk) is not None
+    if ending == "succeed":
+        drain_queue()
+    else:
+        longtask.cancel(task)
+    task = LongTask.objects.get(pk=task.pk)
+    assert task.is_finished
+    assert progress.read_progress(task.pk) is None  # the cache holds active tasks only
+    assert task.progress_record() == task.last_progress

@@ -630,3 +630,25 @@ def test_the_proxy_header_is_read_as_django_wants_it(tmp_path):
         check=True,
     ).stdout
     assert out.strip() == "('HTTP_X_FORWARDED_PROTO', 'https')"
+
+
+def test_a_culled_progress_cache_keeps_the_anonymous_limits(client, strict, tmp_path, settings):
+    # Django's file cache drops entries when full; progress fills it, the limits must stay.
+    strict.LONGTASK_STARTS_PER_MINUTE = None
+    strict.LONGTASK_MAX_ACTIVE_TASKS = 1
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "longtask.jsoncache.JSONFileBasedCache",
+            "LOCATION": tmp_path / "progress",
+            "OPTIONS": {"MAX_ENTRIES": 5, "CULL_FREQUENCY": 1},  # a full cache empties
+        },
+        "limits": {
+            "BACKEND": "longtask.jsoncache.JSONFileBasedCache",
+            "LOCATION": tmp_path / "limits",
+        },
+    }
+    settings.LONGTASK_LIMITS_CACHE_ALIAS = "limits"
+    assert post_count(client).status_code == 303
+    for n in range(20):
+        progress.write_progress(f"00000000-0000-0000-0000-{n:012d}", {"current": n})
+    assert post_count(client).status_code == 429  # still one active task of this visitor

@@ -168,7 +168,7 @@ def _check_queued_subtasks(kind: Kind, tasks: QuerySet[LongTask]) -> None:
 
 
 def _cache() -> Any:
-    return caches[settings.CACHE_ALIAS]
+    return caches[settings.LIMITS_CACHE_ALIAS or settings.CACHE_ALIAS]
 
 
 def _start_limiter() -> Any:

@@ -11,7 +11,8 @@ from uuid import UUID
 
 from django.db import transaction
 
-from longtask.models import CLAIMABLE_STATUSES, LongTask, Status
+from longtask import progress
+from longtask.models import CLAIMABLE_STATUSES, FINISHED_STATUSES, LongTask, Status
 from longtask.progress import push
 
 logger = logging.getLogger("longtask")
@@ -81,10 +82,19 @@ def task_rows(name: str, task_id: UUID | str, run: Run | None) -> Any:
     return rows
 
 
+def changed(task_id: UUID | str, *, finished: bool = False) -> None:
+    """After the commit of a change: tell the watchers; a finished task's live progress
+    leaves the cache (its last value is on the row), so the cache holds active tasks only."""
+    if finished:
+        progress.delete_progress(task_id)
+    push.notify(task_id)
+
+
 def move_task(name: str, task_id: UUID | str, run: Run | None, **changes: Any) -> bool:
-    moved = task_rows(name, task_id, run).update(status=TASK_TRANSITIONS[name].target, **changes)
+    target = TASK_TRANSITIONS[name].target
+    moved = task_rows(name, task_id, run).update(status=target, **changes)
     if moved:
-        transaction.on_commit(lambda: push.notify(task_id))
+        transaction.on_commit(lambda: changed(task_id, finished=target in FINISHED_STATUSES))
     elif run is not None:
         logger.warning(
             "LongTask id=%s %s refused: the run (token %s) no longer holds the task",
