@@ -230,10 +230,9 @@ def test_json_reports_subtask_counts_and_cursor(client):
     doc = client.get(f"/tasks/{task.pk}.json").json()
     assert doc["subtasks"] == {
         "total": 30,
-        "queued": 0,
-        "running": 0,
         "succeeded": 29,
         "failed": 1,
+        "pending": 0,
         "skipped": 0,
     }
     first = client.get(f"/tasks/{task.pk}/subtasks.json?since=0").json()

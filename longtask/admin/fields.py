@@ -13,7 +13,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from longtask import display, documents, progress
-from longtask.documents import subtask_counts
+from longtask.documents import subtask_breakdown
 from longtask.kinds import registry
 from longtask.models import LongTask, Status, SubTask
 
@@ -134,7 +134,7 @@ class TaskFields:
             return f"?{linked.urlencode()}#subtasks"
 
         context = {
-            "counts": subtask_counts(task),
+            "counts": subtask_breakdown(task),
             "page": page,
             "previous_url": page_url(page.previous_page_number()) if page.has_previous() else "",
             "next_url": page_url(page.next_page_number()) if page.has_next() else "",

@@ -11,7 +11,7 @@ from django.core.management.base import CommandError
 from django.utils import timezone
 
 from longtask import api, display, documents, progress
-from longtask.documents import status_document, subtask_counts
+from longtask.documents import status_document, subtask_breakdown
 from longtask.management import cli
 from longtask.models import LongTask, Status, SubTask
 
@@ -88,7 +88,7 @@ class OperateCommands:
         if task.error:
             fields.append(("error", task.error))
         if task.is_fanout or task.subtasks_total:
-            counts = subtask_counts(task)
+            counts = subtask_breakdown(task)
             fields.append(("subtasks", ", ".join(f"{n} {s}" for s, n in counts.items())))
         for label, value in fields:
             self.stdout.write(f"{label + ':':13}{value}")
