@@ -53,6 +53,7 @@ from django.utils.crypto import constant_time_compare
 from longtask.conf import settings
 from longtask.guards.access import can_view
 from longtask.live import watcher as live
+from longtask.live.cursor import parse_cursor
 from longtask.models import LongTask
 
 logger = logging.getLogger("longtask")
@@ -68,13 +69,10 @@ MAX_MESSAGE_LENGTH = 4096
 def parse_since(query_string: bytes) -> int | None:
     """Return the ``since`` cursor of a query string (0 if absent), or None if malformed."""
     try:
-        values = parse_qs(query_string.decode("ascii"), strict_parsing=False).get("since", ["0"])
+        values = parse_qs(query_string.decode("ascii"), strict_parsing=False).get("since")
     except UnicodeDecodeError:
         return None
-    raw = values[-1]
-    if not raw.isascii() or not raw.isdigit() or len(raw) > 10:
-        return None
-    return int(raw)
+    return parse_cursor(values[-1] if values else None)
 
 
 def session_user(session_key: str | None) -> Any:
