@@ -1,5 +1,6 @@
 from django.urls import path
 
+from longtask.live import sse
 from longtask.web import views
 
 app_name = "longtask"
@@ -10,6 +11,8 @@ urlpatterns = [
     path("tasks/<uuid:task_id>/", views.status, name="status"),
     path("tasks/<uuid:task_id>.json", views.status_json, name="status_json"),
     path("tasks/<uuid:task_id>/subtasks.json", views.subtasks_json, name="subtasks_json"),
+    # Server-Sent Events (needs an ASGI server): the websocket's frames over plain HTTP.
+    path("tasks/<uuid:task_id>/events", sse.events, name="events"),
     path("tasks/<uuid:task_id>/download/", views.download, name="download"),
     path("tasks/<uuid:task_id>/cancel/", views.cancel, name="cancel"),
 ]

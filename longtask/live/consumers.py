@@ -32,28 +32,19 @@ import contextlib
 import json
 import logging
 import uuid
-from importlib import import_module
 from typing import Any
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
-from django.conf import settings as django_settings
-from django.contrib.auth import (
-    BACKEND_SESSION_KEY,
-    HASH_SESSION_KEY,
-    SESSION_KEY,
-    get_user_model,
-    load_backend,
-)
 from django.contrib.auth.models import AnonymousUser
-from django.core.exceptions import ValidationError
-from django.utils.crypto import constant_time_compare
 
 from longtask.conf import settings
-from longtask.guards.access import can_view
 from longtask.live import watcher as live
-from longtask.models import LongTask
+from longtask.live.cursor import parse_cursor
+from longtask.live.follow import Follow, ends
+from longtask.live.session import session_user as session_user  # its old home
+from longtask.live.session import still_allowed
 
 logger = logging.getLogger("longtask")
 
@@ -68,51 +59,10 @@ MAX_MESSAGE_LENGTH = 4096
 def parse_since(query_string: bytes) -> int | None:
     """Return the ``since`` cursor of a query string (0 if absent), or None if malformed."""
     try:
-        values = parse_qs(query_string.decode("ascii"), strict_parsing=False).get("since", ["0"])
+        values = parse_qs(query_string.decode("ascii"), strict_parsing=False).get("since")
     except UnicodeDecodeError:
         return None
-    raw = values[-1]
-    if not raw.isascii() or not raw.isdigit() or len(raw) > 10:
-        return None
-    return int(raw)
-
-
-def session_user(session_key: str | None) -> Any:
-    """Return the user a session still authenticates, or None; never changes the session.
-
-    The checks of ``django.contrib.auth.get_user``, read-only: that function also flushes
-    or cycles the session it reads, which is the HTTP request's business, not ours.
-    """
-    if not session_key:
-        return None
-    engine = import_module(django_settings.SESSION_ENGINE)
-    session = engine.SessionStore(session_key)
-    try:
-        user_id = get_user_model()._meta.pk.to_python(session[SESSION_KEY])
-        backend_path = session[BACKEND_SESSION_KEY]
-    except (KeyError, ValidationError):
-        return None
-    if backend_path not in django_settings.AUTHENTICATION_BACKENDS:
-        return None
-    user = load_backend(backend_path).get_user(user_id)
-    if user is None:
-        return None
-    if hasattr(user, "get_session_auth_hash"):
-        session_hash = session.get(HASH_SESSION_KEY)
-        hashes = [user.get_session_auth_hash(), *user.get_session_auth_fallback_hash()]
-        if not session_hash or not any(constant_time_compare(session_hash, h) for h in hashes):
-            return None  # the password changed (or the secret key, without a fallback)
-    return user
-
-
-def still_allowed(session_key: str | None, user_pk: Any, task_id: uuid.UUID) -> bool:
-    """Return whether the session still holds ``user_pk`` and they may still see the task."""
-    user = session_user(session_key)
-    if user is None or user.pk != user_pk:
-        return False
-    task = LongTask.objects.filter(pk=task_id).first()
-    # A deleted task is the watcher's to report (4404).
-    return task is None or can_view(user, task)
+    return parse_cursor(values[-1] if values else None)
 
 
 class TaskConsumer(AsyncWebsocketConsumer):
@@ -120,7 +70,7 @@ class TaskConsumer(AsyncWebsocketConsumer):
 
     pump: asyncio.Task[None] | None = None
     guard: asyncio.Task[None] | None = None
-    subscriber: live.Subscriber | None = None
+    following: Follow | None = None
 
     async def connect(self) -> None:
         # Accept first: a refusal before accepting reaches the client as a bare 403,
@@ -172,40 +122,15 @@ class TaskConsumer(AsyncWebsocketConsumer):
 
     async def follow(self, cursor: int, snapshot: live.State) -> None:
         """Send the subtasks finished so far, then what the task's watcher finds."""
+        self.following = Follow(self.task_id, cursor, snapshot)
         try:
-            while cursor < snapshot.subtask_cursor:
-                page = await database_sync_to_async(live.read_subtasks)(
-                    self.task_id, cursor, snapshot.subtask_cursor
-                )
-                if len(page) < live.MAX_SUBTASKS_PER_TICK:
-                    # The rest of the range has no event (a retry freed those places).
-                    cursor = snapshot.subtask_cursor
-                    if page:
-                        await self.send_frame(
-                            live.subtasks_frame([event for _, event in page], cursor)
-                        )
-                    break
-                cursor = page[-1][0]
-                await self.send_frame(live.subtasks_frame([event for _, event in page], cursor))
-            if snapshot.finished:
-                await self.send_frame(live.status_frame(snapshot.status, snapshot.document))
-                await self.close(1000)
-                return
-            shown = (snapshot.progress, snapshot.eta_seconds)
-            self.subscriber = live.subscribe(
-                self.task_id, cursor=cursor, status=snapshot.status, shown=shown
-            )
-            queue = self.subscriber.queue
             while True:
-                frames = [await queue.get()]
-                while not queue.empty():
-                    frames.append(queue.get_nowait())
-                for frame in live.coalesce(frames):
+                for frame in await self.following.next_frames():
                     if frame is live.GONE:
                         await self.close(NOT_FOUND)
                         return
                     await self.send_frame(frame)
-                    if frame["type"] == "status" and frame["final"]:
+                    if ends(frame):
                         await self.close(1000)
                         return
         except Exception:
@@ -214,9 +139,7 @@ class TaskConsumer(AsyncWebsocketConsumer):
             with contextlib.suppress(Exception):  # the socket may be what failed
                 await self.close(1011)
         finally:
-            if self.subscriber is not None:
-                live.unsubscribe(self.subscriber)
-                self.subscriber = None
+            self.following.stop()
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         message = None
@@ -237,9 +160,8 @@ class TaskConsumer(AsyncWebsocketConsumer):
             self.pump.cancel()
         if self.guard is not None:
             self.guard.cancel()
-        if self.subscriber is not None:
-            live.unsubscribe(self.subscriber)
-            self.subscriber = None
+        if self.following is not None:
+            self.following.stop()
 
     async def close(self, code: int | bool | None = None, reason: str | None = None) -> None:
         """Close the socket and stop following the task."""

@@ -32,6 +32,7 @@ from longtask.guards.access import (
     get_visible_task,
 )
 from longtask.kinds import Kind, registry
+from longtask.live.cursor import parse_cursor
 from longtask.live.routing import websocket_path
 from longtask.models import Status
 
@@ -173,10 +174,10 @@ def cancel(request: HttpRequest, task_id: UUID) -> HttpResponse:
 @require_GET
 def subtasks_json(request: HttpRequest, task_id: UUID) -> JsonResponse:
     task = get_visible_task(request.user, task_id)
-    raw = request.GET.get("since", "0")
-    if not raw.isascii() or not raw.isdigit() or len(raw) > 10:
+    since = parse_cursor(request.GET.get("since"))
+    if since is None:
         return JsonResponse({"error": "since must be a non-negative integer cursor"}, status=400)
-    return JsonResponse(finished_subtasks(task, int(raw)))
+    return JsonResponse(finished_subtasks(task, since))
 
 
 @require_GET
