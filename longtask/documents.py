@@ -80,21 +80,31 @@ def subtask_breakdown(task: LongTask) -> dict[str, int]:
     }
 
 
+def subtask_events(
+    task_id: Any, after: int, upto: int | None = None, limit: int = SUBTASK_PAGE_SIZE
+) -> list[tuple[int, dict[str, Any]]]:
+    """The subtasks that finished in the cursor range (after, upto], in finishing order:
+    ``(cursor, {index, status, result, error})`` pairs. The one read of finished subtasks,
+    for the cursor endpoint and every live transport."""
+    rows = SubTask.objects.filter(parent_id=task_id, finish_seq__gt=after)
+    if upto is not None:
+        rows = rows.filter(finish_seq__lte=upto)
+    return [
+        (seq, {"index": index, "status": status, "result": result, "error": error or None})
+        for seq, index, status, result, error in rows.order_by("finish_seq").values_list(
+            "finish_seq", "index", "status", "result", "error"
+        )[:limit]
+    ]
+
+
 def finished_subtasks(task: LongTask, since: int, limit: int = SUBTASK_PAGE_SIZE) -> dict[str, Any]:
     """Return the subtasks that finished after cursor ``since``, in finishing order."""
-    rows = list(
-        SubTask.objects.filter(parent=task, finish_seq__gt=since)
-        .order_by("finish_seq")
-        .values_list("finish_seq", "index", "status", "result", "error")[: limit + 1]
-    )
-    more = len(rows) > limit
-    rows = rows[:limit]
+    events = subtask_events(task.pk, since, limit=limit + 1)
+    more = len(events) > limit
+    events = events[:limit]
     return {
-        "subtasks": [
-            {"index": index, "status": status, "result": result, "error": error or None}
-            for _, index, status, result, error in rows
-        ],
-        "cursor": rows[-1][0] if rows else since,
+        "subtasks": [event for _, event in events],
+        "cursor": events[-1][0] if events else since,
         "more": more,
     }
 

@@ -29,17 +29,20 @@ from channels.layers import get_channel_layer
 
 from longtask import progress
 from longtask.conf import settings
-from longtask.documents import status_document
+from longtask.documents import status_document, subtask_events
 from longtask.guards.access import can_view
-from longtask.models import FINISHED_STATUSES, LongTask, SubTask
+from longtask.live.frames import (
+    GONE,
+    MAX_SUBTASKS_PER_TICK,
+    Frame,
+    coalesce,
+    status_frame,
+    subtasks_frame,
+)
+from longtask.models import LongTask
 from longtask.progress import push
 
 logger = logging.getLogger("longtask")
-
-#: Most finished subtasks read by one tick or sent in one frame.
-MAX_SUBTASKS_PER_TICK = 2000
-
-Frame = dict[str, Any]
 
 
 def live_interval() -> float:
@@ -64,24 +67,10 @@ class State:
     document: dict[str, Any] | None = None
 
 
-def _event(index: int, status: str, result: Any, error: str) -> Frame:
-    return {
-        "type": "subtask",
-        "index": index,
-        "status": status,
-        "result": result,
-        "error": error or None,
-    }
-
-
 def _read_events(task_id: Any, after: int, upto: int, limit: int) -> list[tuple[int, Frame]]:
-    rows = (
-        SubTask.objects.filter(parent_id=task_id, finish_seq__gt=after, finish_seq__lte=upto)
-        .order_by("finish_seq")
-        .values_list("finish_seq", "index", "status", "result", "error")[:limit]
-    )
     return [
-        (seq, _event(index, status, result, error)) for seq, index, status, result, error in rows
+        (seq, {"type": "subtask", **event})
+        for seq, event in subtask_events(task_id, after, upto, limit)
     ]
 
 
@@ -131,25 +120,8 @@ def read_tick(task_id: UUID, low: int, known: set[str]) -> State | None:
     return state
 
 
-def subtasks_frame(events: list[Frame], cursor: int) -> Frame:
-    return {"type": "subtasks", "cursor": cursor, "events": events}
-
-
 def progress_frame(state: State) -> Frame:
     return {"type": "progress", "progress": state.progress, "eta_seconds": state.eta_seconds}
-
-
-def status_frame(status: str, document: dict[str, Any] | None) -> Frame:
-    return {
-        "type": "status",
-        "status": status,
-        "final": status in FINISHED_STATUSES,
-        "document": document,
-    }
-
-
-#: Put on a subscriber's queue when its task no longer exists.
-GONE: Frame = {"type": "gone"}
 
 
 @dataclass(eq=False)
@@ -302,35 +274,21 @@ def unsubscribe(subscriber: Subscriber) -> None:
         watcher.runner.cancel()
 
 
-def coalesce(frames: list[Frame], limit: int = MAX_SUBTASKS_PER_TICK) -> list[Frame]:
-    """Merge queued frames: subtask events batched, only the last progress, order kept.
-
-    Status frames are barriers: what was queued before one is sent before it.
-    """
-    out: list[Frame] = []
-    batches: list[Frame] = []
-    latest_progress: Frame | None = None
-
-    def flush() -> None:
-        nonlocal batches, latest_progress
-        out.extend(batches)
-        if latest_progress is not None:
-            out.append(latest_progress)
-        batches, latest_progress = [], None
-
-    for frame in frames:
-        kind = frame["type"]
-        if kind == "subtasks":
-            last = batches[-1] if batches else None
-            if last is not None and len(last["events"]) + len(frame["events"]) <= limit:
-                last["events"].extend(frame["events"])
-                last["cursor"] = frame["cursor"]
-            else:  # a copy, so merging never changes a frame another queue holds
-                batches.append(subtasks_frame(list(frame["events"]), frame["cursor"]))
-        elif kind == "progress":
-            latest_progress = frame
-        else:
-            flush()
-            out.append(frame)
-    flush()
-    return out
+__all__ = [
+    "GONE",
+    "MAX_SUBTASKS_PER_TICK",
+    "Frame",
+    "State",
+    "Subscriber",
+    "Watcher",
+    "coalesce",
+    "progress_frame",
+    "read_snapshot",
+    "read_subtasks",
+    "read_tick",
+    "status_frame",
+    "subscribe",
+    "subtasks_frame",
+    "unsubscribe",
+    "watcher_of",
+]
