@@ -94,7 +94,8 @@ class FunctionKind(Kind):
         return normalize_json(self.task.call(*args, **params.get("kwargs", {})))
 
     def on_finished(self, task: LongTask) -> None:
-        row = LongTask.objects.get(pk=task.pk)
+        # The run's own copy is current once it succeeded; other endings read the row.
+        row = task if task.status == Status.SUCCEEDED else LongTask.objects.get(pk=task.pk)
         result = to_task_result(row, self.task)
         # The outcome is recorded already: a receiver that raises must not look like a
         # failure of the job (or of the sweep that finished it).

@@ -111,7 +111,7 @@ def _claim_and_run(task_id: str, queue: queues.Queue, slot: str, kind_name: str)
             return
     if result is _NOTHING:
         return
-    if states.succeed(run_, result, _progress_of(task, kind)):
+    if states.succeed(run_, result, _progress_of(task, kind), task):
         after = " after fan-in" if task.fan_in_at is not None else ""
         logger.info("LongTask id=%s kind=%s status=SUCCEEDED%s", task.pk, task.kind, after)
         kind.on_finished(task)

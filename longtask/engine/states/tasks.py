@@ -82,16 +82,22 @@ def holds(run: Run) -> bool:
     return LongTask.objects.filter(pk=run.task_id, status=RUNNING, token=run.token).exists()
 
 
-def succeed(run: Run, result: Any, progress: dict[str, Any] | None) -> bool:
-    return move_task(
-        "succeed",
-        run.task_id,
-        run,
-        result=result,
-        last_progress=progress,
-        error="",
-        finished_at=timezone.now(),
-    )
+def succeed(
+    run: Run, result: Any, progress: dict[str, Any] | None, task: LongTask | None = None
+) -> bool:
+    """Store the result; ``task``, the run's copy of the row, then shows what was written
+    (so that what follows, ``on_finished`` say, needs no read of it)."""
+    changes = {
+        "result": result,
+        "last_progress": progress,
+        "error": "",
+        "finished_at": timezone.now(),
+    }
+    moved = move_task("succeed", run.task_id, run, **changes)
+    if moved and task is not None:
+        for name, value in {**changes, "status": TASK_TRANSITIONS["succeed"].target}.items():
+            setattr(task, name, value)
+    return moved
 
 
 def _record_failure(
