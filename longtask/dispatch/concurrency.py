@@ -1,21 +1,49 @@
-"""Concurrency limits of the queues: leases in one database row per queue.
+"""Concurrency limits of the queues: leases, in Redis when there is one, else in the database.
 
 A lease lasts LONGTASK_STALE_AFTER seconds unless renewed, so the slot of a worker
-that died comes free by itself.
+that died comes free by itself. With ``LONGTASK_RATE_LIMIT_STORAGE`` a Redis URL, the
+leases of a queue are one sorted set (token -> expiry) changed by atomic scripts, so no
+database row is locked by every acquire, renew and release; otherwise they are one
+``QueueState`` row per queue, locked while it changes.
 """
 
 from __future__ import annotations
 
+import functools
 import secrets
 import time
 from typing import Any
 
+import redis
 from django.db import transaction
 
 from longtask.conf import settings
 from longtask.dispatch.queues import Queue
 from longtask.dispatch.ratelimit import pause
 from longtask.models import QueueState
+
+# KEYS[1]: the queue's lease set. ARGV: now, the new lease's expiry, max, token.
+ACQUIRE = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
+redis.call('EXPIREAT', KEYS[1], math.ceil(tonumber(ARGV[2])))
+return 1
+"""
+
+
+@functools.cache
+def _redis(uri: str) -> redis.Redis:
+    return redis.Redis.from_url(uri)
+
+
+def _store() -> redis.Redis | None:
+    uri = settings.RATE_LIMIT_STORAGE
+    return _redis(uri) if uri and uri.startswith(("redis://", "rediss://", "unix://")) else None
+
+
+def _key(queue: Queue) -> str:
+    return f"slots:{queue.name}"
 
 
 def acquire_slot(queue: Queue) -> str | None:
@@ -27,15 +55,18 @@ def acquire_slot(queue: Queue) -> str | None:
     """
     if queue.max_concurrency is None:
         return ""
-    key, now = f"slots:{queue.name}", time.time()
+    key, now, token = _key(queue), time.time(), secrets.token_hex(8)
+    until = now + settings.STALE_AFTER
+    if (store := _store()) is not None:
+        taken = store.eval(ACQUIRE, 1, f"longtask:{key}", now, until, queue.max_concurrency, token)
+        return token if taken else None
     with transaction.atomic():
         QueueState.objects.get_or_create(key=key)
         row = QueueState.objects.select_for_update().get(key=key)
         leases = {token: until for token, until in row.leases.items() if until > now}
         if len(leases) >= queue.max_concurrency:
             return None
-        token = secrets.token_hex(8)
-        leases[token] = now + settings.STALE_AFTER
+        leases[token] = until
         QueueState.objects.filter(key=key).update(leases=leases)
     return token
 
@@ -52,7 +83,13 @@ def release_slot(queue: Queue, token: str) -> None:
 def _change_slot(queue: Queue, token: str, until: float | None) -> None:
     if not token:
         return
-    key = f"slots:{queue.name}"
+    key = _key(queue)
+    if (store := _store()) is not None:
+        if until is None:
+            store.zrem(f"longtask:{key}", token)
+        else:  # only a lease still held (XX): an expired one is not brought back
+            store.zadd(f"longtask:{key}", {token: until}, xx=True)
+        return
     with transaction.atomic():
         row = QueueState.objects.select_for_update().filter(key=key).first()
         if row is None or token not in row.leases:
@@ -75,3 +112,12 @@ def acquire_slot_waiting(queue: Queue, budget: float, stop: Any = None) -> str |
         if pause(wait, stop):
             return None
     return token
+
+
+def in_use(queue: Queue) -> int:
+    """How many of ``queue``'s slots are leased now (for the operators' views)."""
+    now = time.time()
+    if (store := _store()) is not None:
+        return int(store.zcount(f"longtask:{_key(queue)}", f"({now}", "+inf"))
+    row = QueueState.objects.filter(key=_key(queue)).values_list("leases", flat=True).first()
+    return sum(1 for until in (row or {}).values() if until > now)
