@@ -2,28 +2,80 @@
 
 from __future__ import annotations
 
+import datetime
 import math
 import time
-from typing import Any
+from typing import NotRequired, TypedDict, cast
 
 from django.db.models import Count
 
 from longtask import progress
 from longtask.models import LongTask, Status, SubTask
+from longtask.progress import ProgressPayload, ProgressRecord
+from longtask.serialize import JSON
 
 #: Most finished subtasks returned by one subtasks.json page.
 SUBTASK_PAGE_SIZE = 1000
 
 
-def _iso(value: Any) -> str | None:
+class SubtaskCounts(TypedDict):
+    """A fan-out's subtasks by state (``skipped``: cancelled before they ran)."""
+
+    total: int
+    queued: int
+    running: int
+    succeeded: int
+    failed: int
+    skipped: int
+
+
+class StatusDocument(TypedDict):
+    """The public JSON description of a task (``/tasks/<uuid>.json``, the live frames)."""
+
+    id: str
+    kind: str
+    name: str | None
+    status: str
+    progress: ProgressPayload
+    eta_seconds: int | None
+    attempts: int
+    created_at: str | None
+    started_at: str | None
+    finished_at: str | None
+    error: str | None
+    status_url: str
+    #: A fan-out's only.
+    subtasks: NotRequired[SubtaskCounts]
+    #: A succeeded task's only.
+    result: NotRequired[JSON]
+
+
+class FinishedSubtask(TypedDict):
+    """One finished subtask, as subtasks.json and the live frames tell it."""
+
+    index: int
+    status: str
+    result: JSON
+    error: str | None
+
+
+class SubtasksPage(TypedDict):
+    """One page of subtasks.json: ``cursor`` is where the next page starts."""
+
+    subtasks: list[FinishedSubtask]
+    cursor: int
+    more: bool
+
+
+def _iso(value: datetime.datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
 def status_document(
-    task: LongTask, record: dict[str, Any] | None, *, status_url: str
-) -> dict[str, Any]:
+    task: LongTask, record: ProgressRecord | None, *, status_url: str
+) -> StatusDocument:
     """Return the public JSON description of ``task`` given its progress ``record``."""
-    document: dict[str, Any] = {
+    document: StatusDocument = {
         "id": str(task.pk),
         "kind": task.kind,
         "name": task.name,
@@ -44,7 +96,7 @@ def status_document(
     return document
 
 
-def subtask_counts(task: LongTask) -> dict[str, int]:
+def subtask_counts(task: LongTask) -> SubtaskCounts:
     """Count a fan-out task's subtasks by state (one grouped query)."""
     by_status = dict(
         SubTask.objects.filter(parent=task)
@@ -62,7 +114,7 @@ def subtask_counts(task: LongTask) -> dict[str, int]:
     }
 
 
-def finished_subtasks(task: LongTask, since: int, limit: int = SUBTASK_PAGE_SIZE) -> dict[str, Any]:
+def finished_subtasks(task: LongTask, since: int, limit: int = SUBTASK_PAGE_SIZE) -> SubtasksPage:
     """Return the subtasks that finished after cursor ``since``, in finishing order."""
     rows = list(
         SubTask.objects.filter(parent=task, finish_seq__gt=since)
@@ -76,7 +128,8 @@ def finished_subtasks(task: LongTask, since: int, limit: int = SUBTASK_PAGE_SIZE
             {"index": index, "status": status, "result": result, "error": error or None}
             for _, index, status, result, error in rows
         ],
-        "cursor": rows[-1][0] if rows else since,
+        # finish_seq__gt leaves out the NULL of the rows that have not finished.
+        "cursor": cast("int", rows[-1][0]) if rows else since,
         "more": more,
     }
 
