@@ -6,13 +6,13 @@ import datetime
 import logging
 import secrets
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import NamedTuple
 from uuid import UUID
 
 from django.db import transaction
 
-from longtask.models import CLAIMABLE_STATUSES, LongTask, Status
-from longtask.progress import push
+from longtask.models import CLAIMABLE_STATUSES, LongTask, LongTaskQuerySet, Status
+from longtask.progress import ProgressRecord, push
 
 logger = logging.getLogger("longtask")
 
@@ -72,7 +72,7 @@ class Run:
     heartbeat_at: datetime.datetime | None = None
 
 
-def task_rows(name: str, task_id: UUID | str, run: Run | None) -> Any:
+def task_rows(name: str, task_id: UUID | str, run: Run | None) -> LongTaskQuerySet:
     rows = LongTask.objects.filter(pk=task_id, status__in=TASK_TRANSITIONS[name].sources)
     if run is not None:
         rows = rows.filter(token=run.token)
@@ -81,7 +81,7 @@ def task_rows(name: str, task_id: UUID | str, run: Run | None) -> Any:
     return rows
 
 
-def move_task(name: str, task_id: UUID | str, run: Run | None, **changes: Any) -> bool:
+def move_task(name: str, task_id: UUID | str, run: Run | None, **changes: object) -> bool:
     moved = task_rows(name, task_id, run).update(status=TASK_TRANSITIONS[name].target, **changes)
     if moved:
         transaction.on_commit(lambda: push.notify(task_id))
@@ -101,6 +101,6 @@ class Failure:
 
     error: str
     traceback: str = ""
-    progress: dict[str, Any] | None = None
+    progress: ProgressRecord | None = None
     #: The exception's class path, if known.
     exception: str = ""
