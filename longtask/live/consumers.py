@@ -33,7 +33,7 @@ import json
 import logging
 import uuid
 from importlib import import_module
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
@@ -54,6 +54,10 @@ from longtask.conf import settings
 from longtask.guards.access import can_view
 from longtask.live import watcher as live
 from longtask.models import LongTask
+
+if TYPE_CHECKING:
+    from longtask.documents import StatusDocument
+    from longtask.guards.access import AnyUser
 
 logger = logging.getLogger("longtask")
 
@@ -135,7 +139,8 @@ class TaskConsumer(AsyncWebsocketConsumer):
         if since is None:
             await self.close(BAD_REQUEST)
             return
-        user = self.scope.get("user")
+        # AuthMiddleware's lazy object stands for the session's user (or AnonymousUser).
+        user = cast("AnyUser | None", self.scope.get("user"))
         if user is None:
             user = AnonymousUser()
         snapshot = await database_sync_to_async(live.read_snapshot)(user, task_id)
@@ -153,7 +158,7 @@ class TaskConsumer(AsyncWebsocketConsumer):
             session_key = session.session_key if session is not None else None
             self.guard = loop.create_task(self.recheck(session_key, user.pk))
 
-    async def recheck(self, session_key: str | None, user_pk: Any) -> None:
+    async def recheck(self, session_key: str | None, user_pk: object) -> None:
         """Close with 4403 once the session ends or the permission to see the task is lost."""
         try:
             while True:
@@ -248,12 +253,12 @@ class TaskConsumer(AsyncWebsocketConsumer):
                 task.cancel()
         await super().close(code, reason)
 
-    async def send_frame(self, frame: dict[str, Any]) -> None:
+    async def send_frame(self, frame: live.Frame) -> None:
         if frame.get("type") == "status" and frame.get("document"):
             frame = {**frame, "document": self.absolute(frame["document"])}
         await self.send(text_data=json.dumps(frame, separators=(",", ":")))
 
-    def absolute(self, document: dict[str, Any] | None) -> dict[str, Any] | None:
+    def absolute(self, document: StatusDocument | None) -> StatusDocument | None:
         """Make the document's ``status_url`` absolute, as the JSON endpoint does."""
         if not document or not str(document.get("status_url", "")).startswith("/"):
             return document

@@ -21,7 +21,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Required, TypedDict, cast
 from uuid import UUID
 
 from channels.db import database_sync_to_async
@@ -29,17 +29,41 @@ from channels.layers import get_channel_layer
 
 from longtask import progress
 from longtask.conf import settings
-from longtask.documents import status_document
+from longtask.documents import FinishedSubtask, StatusDocument, status_document
 from longtask.guards.access import can_view
 from longtask.models import FINISHED_STATUSES, LongTask, SubTask
-from longtask.progress import push
+from longtask.progress import ProgressPayload, push
+from longtask.serialize import JSON
+
+if TYPE_CHECKING:
+    from longtask.guards.access import AnyUser
 
 logger = logging.getLogger("longtask")
 
 #: Most finished subtasks read by one tick or sent in one frame.
 MAX_SUBTASKS_PER_TICK = 2000
 
-Frame = dict[str, Any]
+
+class SubtaskEvent(FinishedSubtask):
+    """A finished subtask in a ``subtasks`` frame (``type`` is "subtask")."""
+
+    type: str
+
+
+class Frame(TypedDict, total=False):
+    """One message to a live client; its ``type`` says which other keys it has: "snapshot"
+    (cursor, document), "subtasks" (cursor, events), "progress" (progress, eta_seconds),
+    "status" (status, final, document), "gone", "pong", "error" (error)."""
+
+    type: Required[str]
+    cursor: int
+    events: list[SubtaskEvent]
+    progress: ProgressPayload
+    eta_seconds: int | None
+    status: str
+    final: bool
+    document: StatusDocument | None
+    error: str
 
 
 def live_interval() -> float:
@@ -54,17 +78,17 @@ class State:
     status: str
     finished: bool
     subtask_cursor: int
-    progress: dict[str, Any]
+    progress: ProgressPayload
     eta_seconds: int | None
     #: (finish_seq, subtask event), in finishing order.
-    events: list[tuple[int, Frame]] = field(default_factory=list)
+    events: list[tuple[int, SubtaskEvent]] = field(default_factory=list)
     #: The cursor these events bring a reader to: the last one's place, or the task's
     #: cursor when they are all there is (a retry frees places, so a gap is no event).
     events_upto: int = 0
-    document: dict[str, Any] | None = None
+    document: StatusDocument | None = None
 
 
-def _event(index: int, status: str, result: Any, error: str) -> Frame:
+def _event(index: int, status: str, result: JSON, error: str) -> SubtaskEvent:
     return {
         "type": "subtask",
         "index": index,
@@ -74,14 +98,18 @@ def _event(index: int, status: str, result: Any, error: str) -> Frame:
     }
 
 
-def _read_events(task_id: Any, after: int, upto: int, limit: int) -> list[tuple[int, Frame]]:
+def _read_events(
+    task_id: UUID, after: int, upto: int, limit: int
+) -> list[tuple[int, SubtaskEvent]]:
     rows = (
         SubTask.objects.filter(parent_id=task_id, finish_seq__gt=after, finish_seq__lte=upto)
         .order_by("finish_seq")
         .values_list("finish_seq", "index", "status", "result", "error")[:limit]
     )
+    # finish_seq__gt leaves out the NULL of the rows that have not finished.
     return [
-        (seq, _event(index, status, result, error)) for seq, index, status, result, error in rows
+        (cast("int", seq), _event(index, status, result, error))
+        for seq, index, status, result, error in rows
     ]
 
 
@@ -101,7 +129,7 @@ def _state(task: LongTask, *, with_document: bool) -> State:
     )
 
 
-def read_snapshot(user: Any, task_id: UUID) -> State | None:
+def read_snapshot(user: AnyUser | None, task_id: UUID) -> State | None:
     """Return the task's state with its status document, or None if ``user`` may not see it."""
     task = LongTask.objects.filter(pk=task_id).first()
     if task is None or not can_view(user, task):
@@ -109,7 +137,7 @@ def read_snapshot(user: Any, task_id: UUID) -> State | None:
     return _state(task, with_document=True)
 
 
-def read_subtasks(task_id: UUID, after: int, upto: int) -> list[tuple[int, Frame]]:
+def read_subtasks(task_id: UUID, after: int, upto: int) -> list[tuple[int, SubtaskEvent]]:
     """Return one page of the subtasks finished in the cursor range (after, upto]."""
     return _read_events(task_id, after, upto, MAX_SUBTASKS_PER_TICK)
 
@@ -131,7 +159,7 @@ def read_tick(task_id: UUID, low: int, known: set[str]) -> State | None:
     return state
 
 
-def subtasks_frame(events: list[Frame], cursor: int) -> Frame:
+def subtasks_frame(events: list[SubtaskEvent], cursor: int) -> Frame:
     return {"type": "subtasks", "cursor": cursor, "events": events}
 
 
@@ -139,7 +167,7 @@ def progress_frame(state: State) -> Frame:
     return {"type": "progress", "progress": state.progress, "eta_seconds": state.eta_seconds}
 
 
-def status_frame(status: str, document: dict[str, Any] | None) -> Frame:
+def status_frame(status: str, document: StatusDocument | None) -> Frame:
     return {
         "type": "status",
         "status": status,
@@ -159,7 +187,7 @@ class Subscriber:
     task_id: UUID
     cursor: int
     status: str
-    progress: tuple[Any, Any] | None = None
+    progress: tuple[ProgressPayload, int | None] | None = None
     queue: asyncio.Queue[Frame] = field(default_factory=asyncio.Queue)
     #: The final status (or GONE) has been queued; nothing follows it.
     closed: bool = False
@@ -217,6 +245,7 @@ class Watcher:
     async def listen(self) -> None:
         """Set ``changed`` whenever a worker pushes a change of this task."""
         layer = get_channel_layer()
+        assert layer is not None  # listening starts only when push.enabled()
         group = push.group_name(self.task_id)
         channel = await layer.new_channel()
         await layer.group_add(group, channel)
@@ -279,7 +308,11 @@ def watcher_of(task_id: UUID) -> Watcher | None:
 
 
 def subscribe(
-    task_id: UUID, *, cursor: int, status: str, shown: tuple[Any, Any] | None = None
+    task_id: UUID,
+    *,
+    cursor: int,
+    status: str,
+    shown: tuple[ProgressPayload, int | None] | None = None,
 ) -> Subscriber:
     """Follow ``task_id`` from ``cursor``; frames arrive on the returned subscriber's queue."""
     subscriber = Subscriber(task_id=task_id, cursor=cursor, status=status, progress=shown)
