@@ -24,7 +24,7 @@ logger = logging.getLogger("longtask")
 class JSONSerializer:
     """``RedisCache``'s serializer: JSON text; plain ints stay ints so ``incr`` works."""
 
-    def dumps(self, obj: Any) -> bytes | int:
+    def dumps(self, obj: object) -> bytes | int:
         # bool is an int subclass, but JSON keeps it a bool: only exact ints go raw.
         if type(obj) is int:
             return obj
@@ -54,7 +54,7 @@ class JSONFileBasedCache(FileBasedCache):
         def _key_to_file(self, key: str, version: int | None = None) -> str: ...
         def _delete(self, fname: str) -> bool: ...
 
-    def get(self, key: str, default: Any = None, version: int | None = None) -> Any:
+    def get(self, key: str, default: object = None, version: int | None = None) -> Any:
         fname = self._key_to_file(key, version)
         try:
             with open(fname, "rb") as f:
@@ -66,7 +66,7 @@ class JSONFileBasedCache(FileBasedCache):
             logger.warning("cache file %s is not JSON: ignored", fname)
         return default
 
-    def _write_content(self, file: IO[bytes], timeout: float | None, value: Any) -> None:
+    def _write_content(self, file: IO[bytes], timeout: float | None, value: object) -> None:
         expiry = self.get_backend_timeout(timeout)
         file.write(json.dumps(expiry).encode() + b"\n")
         file.write(json.dumps(value, separators=(",", ":")).encode())
