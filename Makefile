@@ -42,6 +42,7 @@ browser:
 test: $(VENV)/.dev browser
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy longtask
 	$(PY) -m sphinx -W --keep-going -b html docs var/docs-html
 	$(PY) scripts/audit.py
 	$(PY) manage.py check

@@ -9,7 +9,19 @@ The public API is importable from here once Django is set up::
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # what __getattr__ below hands out, for the type checker
+    from longtask.api import cancel, cancelled, retry, set_progress, start, using_owner
+    from longtask.engine.chunks import current_subtask
+    from longtask.exceptions import (
+        Cancelled,
+        FatalError,
+        InvalidParameters,
+        RetryLater,
+        UnknownKind,
+    )
+    from longtask.kinds import Download, FanOutKind, IterativeKind, Kind, RetryPolicy, register
 
 __all__ = [
     "Cancelled",
@@ -54,7 +66,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     # Lazy, so that listing "longtask" in INSTALLED_APPS does not import models early.
     if name in _LAZY:
         from importlib import import_module

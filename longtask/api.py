@@ -7,7 +7,7 @@ import datetime
 import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from django.db import IntegrityError, transaction
 from django.db.models import QuerySet
@@ -19,19 +19,21 @@ from longtask.engine import enqueue, states
 from longtask.engine.current import current_task
 from longtask.guards import abuse, sizes
 from longtask.kinds import Kind, registry
-from longtask.models import FINISHED_STATUSES, LongTask, SubTask
+from longtask.models import FINISHED_STATUSES, HistoryEntry, LongTask, SubTask
+from longtask.serialize import JSON
 
 if TYPE_CHECKING:
     from longtask.guards.abuse import Actor
+    from longtask.guards.access import AnyUser
 
 logger = logging.getLogger("longtask")
 
 
 def start(
     kind: str | Kind,
-    params: Mapping[str, Any] | None = None,
+    params: Mapping[str, JSON] | None = None,
     *,
-    owner: Any = None,
+    owner: AnyUser | None = None,
     name: str | None = None,
     queue: str | None = None,
     dedup_window: datetime.timedelta | None = None,
@@ -97,7 +99,11 @@ def _release_name(task: LongTask, window: datetime.timedelta | None) -> bool:
         return False
     if task.finished_at > timezone.now() - window:
         return False
-    event = {"event": "name released", "error": task.name, "at": timezone.now().isoformat()}
+    event: HistoryEntry = {
+        "event": "name released",
+        "error": task.name or "",  # the name it had (found by it, so never empty)
+        "at": timezone.now().isoformat(),
+    }
     return bool(
         LongTask.objects.filter(pk=task.pk, name=task.name).update(
             name=None, history=[*task.history, event]
@@ -166,11 +172,13 @@ def cancelled() -> bool:
     return task is not None and task.cancelled
 
 
-_owner: contextvars.ContextVar[Any] = contextvars.ContextVar("longtask_owner", default=None)
+_owner: contextvars.ContextVar[AnyUser | None] = contextvars.ContextVar(
+    "longtask_owner", default=None
+)
 
 
 @contextmanager
-def using_owner(user: Any) -> Iterator[None]:
+def using_owner(user: AnyUser | None) -> Iterator[None]:
     """Make ``user`` the owner of the django.tasks tasks enqueued in the block."""
     token = _owner.set(user)
     try:
@@ -179,6 +187,6 @@ def using_owner(user: Any) -> Iterator[None]:
         _owner.reset(token)
 
 
-def current_owner() -> Any:
+def current_owner() -> AnyUser | None:
     """The owner set by ``using_owner`` around this code, or None."""
     return _owner.get()

@@ -5,9 +5,9 @@ from __future__ import annotations
 import contextlib
 import datetime
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import Any
 
 from django.core import checks
 from django.core.exceptions import ValidationError
@@ -25,6 +25,7 @@ from longtask import api
 from longtask.conf import settings
 from longtask.kinds import TASK_KIND_PREFIX, Kind, RetryPolicy, registry
 from longtask.models import LongTask, Status
+from longtask.serialize import JSON, JSONObject
 
 logger = logging.getLogger("longtask")
 
@@ -33,7 +34,7 @@ ONE_ATTEMPT = RetryPolicy(max_attempts=1)
 #: Longest kind name the ``kind`` column holds.
 KIND_MAX_LENGTH = LongTask._meta.get_field("kind").max_length or 100
 
-STATUS_MAP = {
+STATUS_MAP: dict[str, TaskResultStatus] = {
     Status.QUEUED: TaskResultStatus.READY,
     Status.RETRYING: TaskResultStatus.READY,
     Status.RUNNING: TaskResultStatus.RUNNING,
@@ -60,7 +61,7 @@ class LongTaskTask(Task):
     fatal_exceptions: tuple[type[BaseException], ...] = ()
 
 
-def kind_name(task: Task) -> str:
+def kind_name(task: Task[..., JSON]) -> str:
     return f"{TASK_KIND_PREFIX}{task.module_path}"
 
 
@@ -69,7 +70,7 @@ class FunctionKind(Kind):
 
     keeps_runs = True
 
-    def __init__(self, task: Task) -> None:
+    def __init__(self, task: Task[..., JSON]) -> None:
         self.task = task
         # Instance attributes override Kind's class-level declarations.
         self.name = kind_name(task)  # type: ignore[misc]
@@ -78,14 +79,14 @@ class FunctionKind(Kind):
         self.time_limit = getattr(task, "time_limit", None)  # type: ignore[misc]
         self.fatal_exceptions = tuple(getattr(task, "fatal_exceptions", ()))  # type: ignore[misc]
 
-    def clean_parameters(self, data: Any) -> dict[str, Any]:
+    def clean_parameters(self, data: Mapping[str, JSON]) -> JSONObject:
         """Keep the call's arguments as JSON: ``{"args": [...], "kwargs": {...}}``."""
         return {
             "args": normalize_json(list(data.get("args", []))),
             "kwargs": normalize_json(dict(data.get("kwargs", {}))),
         }
 
-    def run(self, task: LongTask, params: dict[str, Any]) -> Any:
+    def run(self, task: LongTask, params: JSONObject) -> JSON:
         result = to_task_result(task, self.task)
         task_started.send(sender=LongTaskBackend, task_result=result)
         args = params.get("args", [])
@@ -106,7 +107,7 @@ class FunctionKind(Kind):
                 )
 
 
-def find_task(name: str) -> Task | None:
+def find_task(name: str) -> Task[..., JSON] | None:
     """Import the django.tasks Task a ``task:`` kind name points at, or None."""
     try:
         found = import_string(name.removeprefix(TASK_KIND_PREFIX))
@@ -152,7 +153,7 @@ def _parse(value: str | None) -> datetime.datetime | None:
     return parse_datetime(value) if value else None
 
 
-def to_task_result(row: LongTask, task: Task) -> TaskResult:
+def to_task_result[**P, R](row: LongTask, task: Task[P, R]) -> TaskResult[P, R]:
     """The django.tasks view of a LongTask row."""
     runs = row.runs or []
     result = TaskResult(
@@ -184,14 +185,16 @@ class LongTaskBackend(BaseTaskBackend):
     # Jobs are delivered in queue order: a priority would not change which runs first.
     supports_priority = False
 
-    def validate_task(self, task: Task) -> None:
+    def validate_task(self, task: Task[..., JSON]) -> None:
         super().validate_task(task)
         if len(kind_name(task)) > KIND_MAX_LENGTH:
             raise InvalidTask(f"Task path {task.module_path!r} is too long to store.")
         if task.queue_name not in settings.QUEUES:
             raise InvalidTask(f"Queue {task.queue_name!r} is not a longtask queue.")
 
-    def enqueue(self, task: Task, args: Any, kwargs: Any) -> TaskResult:
+    def enqueue[**P, R](
+        self, task: Task[P, R], args: list[JSON], kwargs: dict[str, JSON]
+    ) -> TaskResult[P, R]:
         self.validate_task(task)
         row = api.start(
             FunctionKind(task),
@@ -204,7 +207,7 @@ class LongTaskBackend(BaseTaskBackend):
         transaction.on_commit(partial(task_enqueued.send, type(self), task_result=result))
         return result
 
-    def get_result(self, result_id: str) -> TaskResult:
+    def get_result(self, result_id: str) -> TaskResult[..., JSON]:
         try:
             row = LongTask.objects.get(pk=result_id, kind__startswith=TASK_KIND_PREFIX)
         except (LongTask.DoesNotExist, ValidationError, ValueError):
@@ -217,7 +220,7 @@ class LongTaskBackend(BaseTaskBackend):
             task = replace(task, queue_name=row.queue, backend=self.alias)
         return to_task_result(row, task)
 
-    def check(self, **kwargs: Any) -> list[checks.CheckMessage]:
+    def check(self, **kwargs: object) -> list[checks.CheckMessage]:
         unknown = sorted(set(self.queues) - set(settings.QUEUES))
         if not unknown:
             return []

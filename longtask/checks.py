@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
 
 import redis
+from django.apps import AppConfig
 from django.conf import settings
 from django.core import checks
 
@@ -14,7 +15,9 @@ from longtask.kinds import FanOutKind, registry
 
 
 @checks.register()
-def check_time_limits(app_configs: Any, **kwargs: Any) -> list[checks.CheckMessage]:
+def check_time_limits(
+    app_configs: Sequence[AppConfig] | None, **kwargs: object
+) -> list[checks.CheckMessage]:
     """Warn when a kind's time limit exceeds django-q2's cluster timeout."""
     timeout = getattr(settings, "Q_CLUSTER", {}).get("timeout")
     if timeout is None:
@@ -32,7 +35,9 @@ def check_time_limits(app_configs: Any, **kwargs: Any) -> list[checks.CheckMessa
 
 
 @checks.register()
-def check_queues(app_configs: Any, **kwargs: Any) -> list[checks.CheckMessage]:
+def check_queues(
+    app_configs: Sequence[AppConfig] | None, **kwargs: object
+) -> list[checks.CheckMessage]:
     """Every queue must parse, and be served by a cluster that Q_CLUSTER defines."""
     q_cluster = getattr(settings, "Q_CLUSTER", {})
     clusters = set(q_cluster.get("ALT_CLUSTERS", {}))
@@ -77,7 +82,7 @@ REDIS_PROBE_TIMEOUT = 2.0
 
 def _redis_urls() -> list[str]:
     """Return the Redis URLs the cache, django-q2 and the rate limiter are configured with."""
-    candidates: list[Any] = []
+    candidates: list[object] = []
     for options in getattr(settings, "CACHES", {}).values():
         if "redis" in str(options.get("BACKEND", "")).lower():
             location = options.get("LOCATION", "")
@@ -90,7 +95,9 @@ def _redis_urls() -> list[str]:
 
 
 @checks.register()
-def check_redis_credentials(app_configs: Any, **kwargs: Any) -> list[checks.CheckMessage]:
+def check_redis_credentials(
+    app_configs: Sequence[AppConfig] | None, **kwargs: object
+) -> list[checks.CheckMessage]:
     """A Redis that refuses the configured password stops every command at once, in one line.
 
     Without this, workers and web processes start and then fail on every job and
@@ -123,7 +130,7 @@ def check_redis_credentials(app_configs: Any, **kwargs: Any) -> list[checks.Chec
     return errors
 
 
-def _redacted(client: Any) -> str:
+def _redacted(client: redis.Redis) -> str:
     """Return host:port/db of a client, never its password."""
     kwargs = client.connection_pool.connection_kwargs
     if kwargs.get("path"):

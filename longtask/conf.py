@@ -30,7 +30,10 @@ class Settings:
     SUBTASK_QUEUE: str = "subtasks"
     #: Named queues: name -> {"cluster": django-q2 cluster name (None: Q_CLUSTER's own),
     #: "rate": "N/s" | "N/m" | "N/h", "burst": int, "max_concurrency": int}.
-    QUEUES: dict = {"default": {"cluster": None}, "subtasks": {"cluster": "longtask-subtasks"}}
+    QUEUES: dict[str, dict[str, Any]] = {
+        "default": {"cluster": None},
+        "subtasks": {"cluster": "longtask-subtasks"},
+    }
     #: A worker waits this long at most (seconds) for a rate or concurrency limit;
     #: longer, it puts the job back to run when the limit allows.
     LIMIT_WAIT: float = 2.0
@@ -50,7 +53,12 @@ class Settings:
     #: A chunk records its finished subtasks at least this often (seconds).
     RECORD_INTERVAL: float = 0.2
     #: Default retry policy of a kind (fields of longtask.RetryPolicy).
-    RETRY: dict = {"max_attempts": 5, "min_backoff": 1.0, "max_backoff": 300.0, "max_doublings": 5}
+    RETRY: dict[str, Any] = {
+        "max_attempts": 5,
+        "min_backoff": 1.0,
+        "max_backoff": 300.0,
+        "max_doublings": 5,
+    }
     #: Seconds between two heartbeats of a running task or chunk.
     HEARTBEAT_INTERVAL: float = 5.0
     #: A running task or subtask without a heartbeat for this long is re-queued (seconds).
@@ -90,7 +98,7 @@ class Settings:
     #: Largest JSON of a result (a task's, a subtask's, a gather's); larger ones fail.
     MAX_RESULT_BYTES: int = 1024 * 1024
 
-    def __getattribute__(self, name: str) -> Any:
+    def __getattribute__(self, name: str) -> object:
         if name.isupper():
             return getattr(django_settings, f"LONGTASK_{name}", super().__getattribute__(name))
         return super().__getattribute__(name)

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from longtask.models import LongTask
@@ -35,7 +35,7 @@ def run_seconds(task: LongTask) -> float | None:
     return None
 
 
-def json_text(value: Any, limit: int | None = None) -> str:
+def json_text(value: object, limit: int | None = None) -> str:
     """Indented JSON, cut after ``limit`` characters with a note of the full length."""
     text = json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True)
     if limit is not None and len(text) > limit:

@@ -2,28 +2,91 @@
 
 from __future__ import annotations
 
+import datetime
 import math
 import time
-from typing import Any
+from typing import NotRequired, TypedDict, cast
+from uuid import UUID
 
 from django.db.models import Count
 
 from longtask import progress
 from longtask.models import LongTask, Status, SubTask
+from longtask.progress import ProgressPayload, ProgressRecord
+from longtask.serialize import JSON
 
 #: Most finished subtasks returned by one subtasks.json page.
 SUBTASK_PAGE_SIZE = 1000
 
 
-def _iso(value: Any) -> str | None:
+class SubtaskCounts(TypedDict):
+    """A fan-out's subtasks by outcome, from its counters (``skipped``: never ran)."""
+
+    total: int
+    succeeded: int
+    failed: int
+    pending: int
+    skipped: int
+
+
+class SubtaskBreakdown(TypedDict):
+    """A fan-out's subtasks by state, counted (``skipped``: cancelled before they ran)."""
+
+    total: int
+    queued: int
+    running: int
+    succeeded: int
+    failed: int
+    skipped: int
+
+
+class StatusDocument(TypedDict):
+    """The public JSON description of a task (``/tasks/<uuid>.json``, the live frames)."""
+
+    id: str
+    kind: str
+    name: str | None
+    status: str
+    progress: ProgressPayload
+    eta_seconds: int | None
+    attempts: int
+    created_at: str | None
+    started_at: str | None
+    finished_at: str | None
+    error: str | None
+    status_url: str
+    #: A fan-out's only.
+    subtasks: NotRequired[SubtaskCounts]
+    #: A succeeded task's only.
+    result: NotRequired[JSON]
+
+
+class FinishedSubtask(TypedDict):
+    """One finished subtask, as subtasks.json and the live frames tell it."""
+
+    index: int
+    status: str
+    result: JSON
+    error: str | None
+
+
+class SubtasksPage(TypedDict):
+    """One page of subtasks.json: ``cursor`` is where the next page starts."""
+
+    subtasks: list[FinishedSubtask]
+    cursor: int
+    more: bool
+
+
+def _iso(value: datetime.datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
 def status_document(
-    task: LongTask, record: dict[str, Any] | None, *, status_url: str
-) -> dict[str, Any]:
+    task: LongTask, record: ProgressRecord | None, *, status_url: str
+) -> StatusDocument:
     """Return the public JSON description of ``task`` given its progress ``record``."""
-    document: dict[str, Any] = {
+    document: StatusDocument = {
         "id": str(task.pk),
         "kind": task.kind,
         "name": task.name,
@@ -44,7 +107,7 @@ def status_document(
     return document
 
 
-def subtask_counts(task: LongTask) -> dict[str, int]:
+def subtask_counts(task: LongTask) -> SubtaskCounts:
     """A fan-out's subtasks by outcome, from the row's own counters: no subtask is read.
 
     The counters move in the transaction that moves the subtasks, so this costs the same
@@ -62,7 +125,7 @@ def subtask_counts(task: LongTask) -> dict[str, int]:
     }
 
 
-def subtask_breakdown(task: LongTask) -> dict[str, int]:
+def subtask_breakdown(task: LongTask) -> SubtaskBreakdown:
     """Count a fan-out task's subtasks by state, exactly (one grouped query: operators' views)."""
     by_status = dict(
         SubTask.objects.filter(parent=task)
@@ -81,23 +144,27 @@ def subtask_breakdown(task: LongTask) -> dict[str, int]:
 
 
 def subtask_events(
-    task_id: Any, after: int, upto: int | None = None, limit: int = SUBTASK_PAGE_SIZE
-) -> list[tuple[int, dict[str, Any]]]:
+    task_id: UUID | str, after: int, upto: int | None = None, limit: int = SUBTASK_PAGE_SIZE
+) -> list[tuple[int, FinishedSubtask]]:
     """The subtasks that finished in the cursor range (after, upto], in finishing order:
     ``(cursor, {index, status, result, error})`` pairs. The one read of finished subtasks,
     for the cursor endpoint and every live transport."""
-    rows = SubTask.objects.filter(parent_id=task_id, finish_seq__gt=after)
+    rows = SubTask.objects.filter(parent_id=task_id, finish_seq__gt=after)  # type: ignore[misc]
     if upto is not None:
         rows = rows.filter(finish_seq__lte=upto)
     return [
-        (seq, {"index": index, "status": status, "result": result, "error": error or None})
+        # finish_seq is set on every finished row (a CheckConstraint holds it).
+        (
+            cast(int, seq),
+            {"index": index, "status": status, "result": result, "error": error or None},
+        )
         for seq, index, status, result, error in rows.order_by("finish_seq").values_list(
             "finish_seq", "index", "status", "result", "error"
         )[:limit]
     ]
 
 
-def finished_subtasks(task: LongTask, since: int, limit: int = SUBTASK_PAGE_SIZE) -> dict[str, Any]:
+def finished_subtasks(task: LongTask, since: int, limit: int = SUBTASK_PAGE_SIZE) -> SubtasksPage:
     """Return the subtasks that finished after cursor ``since``, in finishing order."""
     events = subtask_events(task.pk, since, limit=limit + 1)
     more = len(events) > limit

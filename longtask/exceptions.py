@@ -27,8 +27,11 @@ class InvalidParameters(LongTaskError, ValueError):
 
     def __init__(self, form: forms.Form) -> None:
         self.form = form
+        # An ErrorList yields its messages as str (django-stubs says "or ValidationError").
         errors = "; ".join(
-            f"{field}: {' '.join(messages)}" if field != "__all__" else " ".join(messages)
+            f"{field}: {' '.join(map(str, messages))}"
+            if field != "__all__"
+            else " ".join(map(str, messages))
             for field, messages in form.errors.items()
         )
         super().__init__(f"invalid parameters: {errors}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from django.core.cache.backends.base import DEFAULT_TIMEOUT
 from django.core.cache.backends.filebased import FileBasedCache
@@ -24,7 +24,7 @@ logger = logging.getLogger("longtask")
 class JSONSerializer:
     """``RedisCache``'s serializer: JSON text; plain ints stay ints so ``incr`` works."""
 
-    def dumps(self, obj: Any) -> bytes | int:
+    def dumps(self, obj: object) -> bytes | int:
         # bool is an int subclass, but JSON keeps it a bool: only exact ints go raw.
         if type(obj) is int:
             return obj
@@ -48,7 +48,13 @@ class JSONFileBasedCache(FileBasedCache):
     # Another suffix than Django's ".djcache": files a pickling cache left are never read.
     cache_suffix = ".json"
 
-    def get(self, key: str, default: Any = None, version: int | None = None) -> Any:
+    if TYPE_CHECKING:
+        # FileBasedCache's private helpers, used here as its own methods use them;
+        # django-stubs declares only its public API.
+        def _key_to_file(self, key: str, version: int | None = None) -> str: ...
+        def _delete(self, fname: str) -> bool: ...
+
+    def get(self, key: str, default: object = None, version: int | None = None) -> Any:
         fname = self._key_to_file(key, version)
         try:
             with open(fname, "rb") as f:
@@ -60,13 +66,15 @@ class JSONFileBasedCache(FileBasedCache):
             logger.warning("cache file %s is not JSON: ignored", fname)
         return default
 
-    def _write_content(self, file: IO[bytes], timeout: Any, value: Any) -> None:
+    def _write_content(self, file: IO[bytes], timeout: float | None, value: object) -> None:
         expiry = self.get_backend_timeout(timeout)
         file.write(json.dumps(expiry).encode() + b"\n")
         file.write(json.dumps(value, separators=(",", ":")).encode())
         file.truncate()  # touch() rewrites in place: drop what a longer old entry left
 
-    def touch(self, key: str, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None) -> bool:
+    def touch(
+        self, key: str, timeout: float | None = DEFAULT_TIMEOUT, version: int | None = None
+    ) -> bool:
         try:
             with open(self._key_to_file(key, version), "r+b") as f:
                 try:

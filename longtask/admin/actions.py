@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
-from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
 
 from longtask import api
 from longtask.admin.fields import BOTH
-from longtask.models import LongTask, Status, SubTask
+from longtask.models import LongTask, LongTaskQuerySet, Status, SubTask
 
 logger = logging.getLogger("longtask")
 
+if TYPE_CHECKING:
+    # The checker sees the ModelAdmin this is mixed into (not generic at run time).
+    _ModelAdmin = admin.ModelAdmin[LongTask]
+else:
+    _ModelAdmin = object
 
-class TaskActions:
+
+class TaskActions(_ModelAdmin):
     """Retry, cancel and delete; mixed into LongTaskAdmin."""
 
     @admin.action(
@@ -26,7 +32,7 @@ class TaskActions:
         permissions=["change"],
         location=BOTH,
     )
-    def retry_tasks(self, request: HttpRequest, queryset: QuerySet[LongTask]) -> None:
+    def retry_tasks(self, request: HttpRequest, queryset: LongTaskQuerySet) -> None:
         retried = skipped = 0
         for task in queryset:
             if api.retry(task):  # a fan-out re-runs only its failed and skipped subtasks
@@ -46,7 +52,7 @@ class TaskActions:
         permissions=["change"],
         location=BOTH,
     )
-    def cancel_tasks(self, request: HttpRequest, queryset: QuerySet[LongTask]) -> None:
+    def cancel_tasks(self, request: HttpRequest, queryset: LongTaskQuerySet) -> None:
         cancelled = asked = skipped = 0
         for task in queryset:
             if not api.cancel(task):
@@ -74,7 +80,7 @@ class TaskActions:
 
     @admin.action(description="Delete selected finished tasks", permissions=["delete"])
     def delete_finished_tasks(
-        self, request: HttpRequest, queryset: QuerySet[LongTask]
+        self, request: HttpRequest, queryset: LongTaskQuerySet
     ) -> TemplateResponse | None:
         finished = queryset.finished()
         count = finished.count()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.contrib import admin
 from django.contrib.admin import ActionLocation
 from django.core.paginator import Paginator
@@ -31,7 +29,7 @@ PRE_STYLE = "margin: 0; max-height: 30em; overflow: auto"
 BOTH = [ActionLocation.CHANGE_LIST, ActionLocation.CHANGE_FORM]
 
 
-def pretty_json(value: Any) -> SafeString:
+def pretty_json(value: object) -> SafeString:
     text = display.json_text(value, JSON_DISPLAY_LIMIT)
     return format_html('<pre class="longtask-json" style="{}">{}</pre>', PRE_STYLE, text)
 

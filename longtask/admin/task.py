@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from django.contrib import admin
 from django.contrib.admin import ActionLocation
+from django.contrib.admin.options import Action
 from django.db.models import DurationField, ExpressionWrapper, F, QuerySet
 from django.forms import ModelForm
 from django.http import HttpRequest
@@ -14,6 +16,9 @@ from longtask import api
 from longtask.admin.actions import TaskActions
 from longtask.admin.fields import EDITABLE_FIELDS, TaskFields
 from longtask.models import LongTask, SubTask
+
+if TYPE_CHECKING:
+    from django_stubs_ext import FieldOpts, FieldsetSpec, StrOrPromise
 
 
 @admin.register(LongTask)
@@ -61,8 +66,8 @@ class LongTaskAdmin(TaskFields, TaskActions, admin.ModelAdmin):
         "result_viewed_at",
     ]
 
-    def get_fieldsets(self, request: HttpRequest, obj: LongTask | None = None) -> list[Any]:
-        fieldsets: list[Any] = [
+    def get_fieldsets(self, request: HttpRequest, obj: LongTask | None = None) -> FieldsetSpec:
+        fieldsets: list[tuple[StrOrPromise | None, FieldOpts]] = [
             (
                 None,
                 {
@@ -96,7 +101,7 @@ class LongTaskAdmin(TaskFields, TaskActions, admin.ModelAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[LongTask]:
         # Annotated so that the duration column sorts in the database.
-        return (
+        tasks: QuerySet[LongTask] = (
             super()
             .get_queryset(request)
             .annotate(
@@ -105,6 +110,7 @@ class LongTaskAdmin(TaskFields, TaskActions, admin.ModelAdmin):
                 )
             )
         )
+        return tasks
 
     def get_object(
         self, request: HttpRequest, object_id: str, from_field: str | None = None
@@ -112,7 +118,7 @@ class LongTaskAdmin(TaskFields, TaskActions, admin.ModelAdmin):
         task = super().get_object(request, object_id, from_field)
         if task is not None:
             # Readonly fields see only the object: this hands them the page asked for.
-            task._admin_query = request.GET.copy()  # type: ignore[attr-defined]
+            task.__dict__["_admin_query"] = request.GET.copy()
         return task
 
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -126,13 +132,15 @@ class LongTaskAdmin(TaskFields, TaskActions, admin.ModelAdmin):
 
     def get_actions(
         self, request: HttpRequest, action_location: ActionLocation = ActionLocation.CHANGE_LIST
-    ) -> dict[str, Any]:
+    ) -> dict[str, Action | None]:
         actions = super().get_actions(request, action_location=action_location)
         # Replaced by delete_finished_tasks, which never deletes a task that is running.
         actions.pop("delete_selected", None)
         return actions
 
-    def get_deleted_objects(self, objs: Any, request: HttpRequest) -> tuple[Any, ...]:
+    def get_deleted_objects(
+        self, objs: Sequence[LongTask] | QuerySet[LongTask], request: HttpRequest
+    ) -> tuple[list[str], dict[str, int], set[str], list[str]]:
         # The default lists every subtask: 40,000 lines for a big fan-out. Count them instead.
         tasks = list(objs)
         subtasks = SubTask.objects.filter(parent__in=[task.pk for task in tasks]).count()
@@ -140,7 +148,8 @@ class LongTaskAdmin(TaskFields, TaskActions, admin.ModelAdmin):
         counts = {LongTask._meta.verbose_name_plural: len(tasks)}
         if subtasks:
             counts[SubTask._meta.verbose_name_plural] = subtasks
-        return deleted, counts, set(), []
+        # Keyed by the (lazy) verbose names as Django's own are; django-stubs says str.
+        return deleted, counts, set(), []  # type: ignore[return-value]
 
     def delete_model(self, request: HttpRequest, obj: LongTask) -> None:
         # The same path as the action and purge: re-checked under lock, cache cleared.

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 from longtask.dispatch import orm, redis  # noqa: F401  (register their dispatchers)
 from longtask.dispatch.base import CHUNK_JOB, RUN_JOB, Depth, dispatcher, package
@@ -40,7 +39,7 @@ __all__ = [
 
 def enqueue_many(
     func: str,
-    args_list: Iterable[Sequence[Any]],
+    args_list: Iterable[Sequence[object]],
     *,
     name: str = "",
     cluster: str | None = None,

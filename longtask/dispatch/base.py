@@ -5,11 +5,10 @@ from __future__ import annotations
 import datetime
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
-from django_q.brokers import get_broker
+from django_q.brokers import Broker, get_broker
 from django_q.conf import Conf
 from django_q.humanhash import uuid
 from django_q.signing import SignedPackage
@@ -33,7 +32,7 @@ class Dispatcher:
     through its own API: no delays, no "oldest ready" (so the sweeper re-dispatches only
     by its time bound), depth as the broker counts it."""
 
-    def __init__(self, broker: Any) -> None:
+    def __init__(self, broker: Broker) -> None:
         self.broker = broker
 
     def enqueue(self, packs: list[str], eta: datetime.datetime | None) -> None:
@@ -70,11 +69,11 @@ def dispatcher(cluster: str | None) -> Dispatcher:
     return Dispatcher(broker)
 
 
-def package(func: str, args: Sequence[Any], name: str, timeout: int | None = None) -> str:
+def package(func: str, args: Sequence[object], name: str, timeout: int | None = None) -> str:
     """A signed job package, the same one ``async_task()`` builds, so the cluster runs it
     like any other."""
     tag = uuid()
-    pack: dict[str, Any] = {
+    pack: dict[str, object] = {
         "id": tag[1],
         "name": name or tag[0],
         "func": func,
@@ -86,4 +85,5 @@ def package(func: str, args: Sequence[Any], name: str, timeout: int | None = Non
         pack["ack_failure"] = True
     if timeout:
         pack["timeout"] = timeout  # the worker raises TimeoutException after this long
-    return SignedPackage.dumps(pack)
+    signed: str = SignedPackage.dumps(pack)
+    return signed

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import functools
 import secrets
+import threading
 import time
-from typing import Any
 
 import redis
 from django.db import transaction
@@ -102,7 +102,9 @@ def _change_slot(queue: Queue, token: str, until: float | None) -> None:
         QueueState.objects.filter(key=key).update(leases=leases)
 
 
-def acquire_slot_waiting(queue: Queue, budget: float, stop: Any = None) -> str | None:
+def acquire_slot_waiting(
+    queue: Queue, budget: float, stop: threading.Event | None = None
+) -> str | None:
     """``acquire_slot``, polling for up to ``budget`` seconds; None if still full."""
     deadline = time.monotonic() + budget
     while (token := acquire_slot(queue)) is None:

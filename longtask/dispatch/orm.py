@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime
 
-from django.db.models import Min
+from django.db.models import Min, QuerySet
 from django.utils import timezone
 from django_q.brokers.orm import ORM
 from django_q.models import OrmQ
@@ -21,12 +21,15 @@ class OrmDispatcher(Dispatcher):
             [OrmQ(key=self.broker.list_key, payload=pack, lock=now) for pack in packs]
         )
 
-    def _rows(self):  # type: ignore[no-untyped-def]
-        return self.broker.get_connection().filter(key=self.broker.list_key)
+    def _rows(self) -> QuerySet[OrmQ]:
+        rows: QuerySet[OrmQ] = self.broker.get_connection().filter(key=self.broker.list_key)
+        return rows
 
     def oldest_ready(self) -> datetime.datetime | None:
         # A row is ready once its lock time has passed (a taken row is locked `retry` ahead).
-        return self._rows().filter(lock__lte=timezone.now()).aggregate(oldest=Min("lock"))["oldest"]
+        rows = self._rows().filter(lock__lte=timezone.now())
+        oldest: datetime.datetime | None = rows.aggregate(oldest=Min("lock"))["oldest"]
+        return oldest
 
     def depth(self) -> Depth:
         now = timezone.now()

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,7 +98,7 @@ def get(name: str | None) -> Queue:
     )
 
 
-def _optional(options: dict[str, Any], key: str, parse: Any) -> Any:
+def _optional[T](options: Mapping[str, Any], key: str, parse: Callable[[Any], T]) -> T | None:
     value = options.get(key)
     return None if value in (None, "") else parse(value)
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from functools import cache
-from typing import Any
 
 from django.db import DatabaseError, transaction
-from limits import RateLimitItemPerSecond
+from limits import RateLimitItem, RateLimitItemPerSecond
 from limits.storage import MovingWindowSupport, Storage, storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
@@ -19,7 +19,7 @@ from longtask.models import QueueState
 logger = logging.getLogger("longtask")
 
 
-def pause(seconds: float, stop: Any = None) -> bool:
+def pause(seconds: float, stop: threading.Event | None = None) -> bool:
     """Wait ``seconds``, cut short by ``stop`` (a threading.Event); True if stopped."""
     if stop is not None:
         return bool(stop.wait(seconds))
@@ -28,12 +28,12 @@ def pause(seconds: float, stop: Any = None) -> bool:
 
 
 @cache
-def _limiter() -> Any:
+def _limiter() -> MovingWindowRateLimiter:
     uri = settings.RATE_LIMIT_STORAGE
     return MovingWindowRateLimiter(storage_from_string(uri) if uri else database_storage())
 
 
-def _item(queue: Queue) -> Any:
+def _item(queue: Queue) -> RateLimitItem:
     amount, seconds = queue.window or (1, 1)
     return RateLimitItemPerSecond(amount, seconds, namespace="longtask")
 
@@ -52,7 +52,7 @@ def take_token(queue: Queue) -> float:
     return max(0.01, reset - time.time())
 
 
-def wait_for_token(queue: Queue, budget: float, stop: Any = None) -> float:
+def wait_for_token(queue: Queue, budget: float, stop: threading.Event | None = None) -> float:
     """Take a start, waiting for it up to ``budget`` seconds; 0.0 if taken, else the wait left.
 
     ``stop`` (a threading.Event) cuts the wait short. A storage that does not answer
@@ -126,6 +126,6 @@ class DatabaseStorage(Storage, MovingWindowSupport):
         QueueState.objects.filter(key=key).delete()
 
 
-def database_storage() -> Any:
+def database_storage() -> DatabaseStorage:
     """A new ``limits`` storage keeping moving windows in the database."""
     return DatabaseStorage()

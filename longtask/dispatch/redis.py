@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime
 import logging
 import time
-from typing import Any
 
 import redis
 from django.db import transaction
@@ -51,7 +50,7 @@ class RedisBroker(Redis):
             )
         )
 
-    def dequeue(self) -> list[tuple[Any, Any]] | None:
+    def dequeue(self) -> list[tuple[None, bytes]] | None:
         try:
             self.move_due()
             task = self.connection.blpop(self.list_key, self.BLOCK)
@@ -76,8 +75,8 @@ class RedisBroker(Redis):
             self.connection.zcard(delayed_key(self.list_key))
         )
 
-    def delete_queue(self) -> Any:
-        return self.connection.delete(self.list_key, delayed_key(self.list_key))
+    def delete_queue(self) -> int:
+        return int(self.connection.delete(self.list_key, delayed_key(self.list_key)))
 
 
 def delayed_key(list_key: str) -> str:

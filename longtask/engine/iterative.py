@@ -12,17 +12,19 @@ import time
 from typing import Any
 
 from django.db import transaction
+from django.db.models import Model
 
 from longtask.engine import states
 from longtask.kinds import IterativeKind
 from longtask.models import LongTask
+from longtask.serialize import JSON
 
 
 class BatchTaken(Exception):
     """The run no longer holds its task: this batch is rolled back."""
 
 
-def run_batch(run: states.Run, task: LongTask, kind: IterativeKind) -> tuple[bool, Any]:
+def run_batch(run: states.Run, task: LongTask, kind: IterativeKind[Any]) -> tuple[bool, JSON]:
     """Process the next batch; return (finished, result)."""
     params = task.parameters
     rows_qs = kind.queryset(params).order_by(kind.cursor_field)
@@ -56,6 +58,6 @@ def run_batch(run: states.Run, task: LongTask, kind: IterativeKind) -> tuple[boo
     return True, kind.finish(task, params)
 
 
-def _key(row: Any, field: str) -> Any:
+def _key(row: Model, field: str) -> int | str | float:
     value = row.pk if field == "pk" else getattr(row, field)
     return value if isinstance(value, int | str | float) else str(value)

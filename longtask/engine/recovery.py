@@ -28,7 +28,9 @@ import datetime
 import logging
 from collections import defaultdict
 from collections.abc import Callable
-from typing import Any
+from functools import partial
+from typing import cast
+from uuid import UUID
 
 from django.db import connection, transaction
 from django.db.models import F, Q
@@ -123,7 +125,7 @@ def _terminate_stalled_lock_holders() -> int:
     return len(pids)
 
 
-def _isolated(what: str, pk: Any, action: Callable[[], int]) -> int:
+def _isolated(what: str, pk: object, action: Callable[[], int]) -> int:
     try:
         return action()
     except Exception:
@@ -138,9 +140,7 @@ def _recover_runs(now: datetime.datetime, stale_before: datetime.datetime) -> in
         .exclude(token="")
         .order_by("heartbeat_at")[:SWEEP_LIMIT]
     )
-    return sum(
-        _isolated("recovery", task.pk, lambda t=task: _recover_run(now, t)) for task in stale
-    )
+    return sum(_isolated("recovery", task.pk, partial(_recover_run, now, task)) for task in stale)
 
 
 def _recover_run(now: datetime.datetime, task: LongTask) -> int:
@@ -167,31 +167,35 @@ def _recover_run(now: datetime.datetime, task: LongTask) -> int:
 def _recover_subtasks(now: datetime.datetime, stale_before: datetime.datetime) -> int:
     """Subtasks claimed by a chunk that stopped beating: record a failed attempt each."""
     stale = SubTask.objects.filter(status=Status.RUNNING, heartbeat_at__lt=stale_before)
-    by_parent: dict[Any, list[states.Outcome]] = defaultdict(list)
+    by_parent: dict[UUID, list[states.Outcome]] = defaultdict(list)
     rows = stale.values_list("pk", "parent_id", "index", "attempts", "heartbeat_at", "token")
     for pk, parent_id, index, attempts, heartbeat_at, token in rows.order_by("heartbeat_at")[
         :SWEEP_LIMIT
     ]:
-        error = WORKER_LOST.format(seconds=(now - heartbeat_at).total_seconds())
+        # heartbeat_at__lt leaves out the rows without one.
+        quiet = now - cast("datetime.datetime", heartbeat_at)
+        error = WORKER_LOST.format(seconds=quiet.total_seconds())
         outcome = states.Outcome(pk, index, attempts, 0, token=token, error=error)
         by_parent[parent_id].append(outcome)
     return sum(
-        _isolated("subtask recovery", parent_id, lambda p=parent_id, o=outcomes: _record(p, o))
+        _isolated("subtask recovery", parent_id, partial(_record, parent_id, outcomes))
         for parent_id, outcomes in by_parent.items()
     )
 
 
-def _record(parent_id: Any, outcomes: list[states.Outcome]) -> int:
+def _record(parent_id: UUID, outcomes: list[states.Outcome]) -> int:
     parent = LongTask.objects.filter(pk=parent_id).only("kind").first()
-    kind = registry.find(parent.kind) if parent else None
-    if parent is not None and not isinstance(kind, FanOutKind):
+    if parent is None:
+        return 0  # deleted meanwhile, and its subtasks with it
+    kind = registry.find(parent.kind)
+    if not isinstance(kind, FanOutKind):
         _fail_unknown(parent_id)
         return states.abandon_subtasks(parent_id)
     states.record(str(parent_id), kind, outcomes)
     return len(outcomes)
 
 
-def _fail_unknown(parent_id: Any) -> None:
+def _fail_unknown(parent_id: UUID) -> None:
     """A fan-out whose kind is gone (a deploy removed it) fails with a clear error."""
     task = LongTask.objects.get(pk=parent_id)
     if task.status == Status.RUNNING:
@@ -237,7 +241,7 @@ def _redispatch_tasks(stale_before: datetime.datetime, oldest: _OldestReady) -> 
         due = task.due_at or task.created_at
         if not oldest.lost(task.queue, due):
             continue
-        requeued += _isolated("re-dispatch", task.pk, lambda t=task: _redispatch_task(t))
+        requeued += _isolated("re-dispatch", task.pk, partial(_redispatch_task, task))
     return requeued
 
 
@@ -257,19 +261,18 @@ def _redispatch_subtasks(stale_before: datetime.datetime, oldest: _OldestReady) 
     waiting = SubTask.objects.filter(
         status__in=states.CLAIMABLE, due_at__lt=stale_before
     ).values_list("pk", "parent_id", "due_at")
-    by_parent: dict[Any, list[tuple[int, datetime.datetime]]] = defaultdict(list)
+    by_parent: dict[UUID, list[tuple[int, datetime.datetime]]] = defaultdict(list)
     for pk, parent_id, due_at in waiting.order_by("due_at")[:SWEEP_LIMIT]:
-        by_parent[parent_id].append((pk, due_at))
+        # due_at__lt leaves out the rows without one.
+        by_parent[parent_id].append((pk, cast("datetime.datetime", due_at)))
     return sum(
-        _isolated(
-            "subtask re-dispatch", parent_id, lambda p=parent_id, r=rows: _redispatch(p, r, oldest)
-        )
+        _isolated("subtask re-dispatch", parent_id, partial(_redispatch, parent_id, rows, oldest))
         for parent_id, rows in by_parent.items()
     )
 
 
 def _redispatch(
-    parent_id: Any, rows: list[tuple[int, datetime.datetime]], oldest: _OldestReady
+    parent_id: UUID, rows: list[tuple[int, datetime.datetime]], oldest: _OldestReady
 ) -> int:
     parent = LongTask.objects.filter(pk=parent_id).first()
     if parent is None:
@@ -303,4 +306,8 @@ def _recover_fan_ins() -> int:
         token="",
         subtasks_done=F("subtasks_total"),
     ).values_list("pk", flat=True)[:SWEEP_LIMIT]
-    return sum(_isolated("fan-in", pk, lambda p=pk: int(states.start_fan_in(p))) for pk in ready)
+    return sum(_isolated("fan-in", pk, partial(_start_fan_in, pk)) for pk in ready)
+
+
+def _start_fan_in(pk: UUID) -> int:
+    return int(states.start_fan_in(pk))

@@ -9,7 +9,9 @@ import datetime
 import logging
 import traceback
 from collections.abc import Iterator
-from typing import Any
+from types import TracebackType
+from typing import Literal
+from uuid import UUID
 
 from django.utils import timezone
 from django_q.exceptions import TimeoutException
@@ -23,6 +25,8 @@ from longtask.engine.values import result_to_json
 from longtask.exceptions import Cancelled, FatalError, RetryLater, TimeLimitExceeded
 from longtask.kinds import FanOutKind, IterativeKind, Kind, registry
 from longtask.models import LongTask, SubTask
+from longtask.progress import ProgressRecord
+from longtask.serialize import JSON
 
 logger = logging.getLogger("longtask")
 
@@ -120,7 +124,7 @@ def _claim_and_run(task_id: str, queue: queues.Queue, slot: str, kind_name: str)
 _NOTHING = object()
 
 
-def _run_kind(run_: states.Run, task: LongTask, kind: Kind) -> Any:
+def _run_kind(run_: states.Run, task: LongTask, kind: Kind) -> JSON | object:
     """Run one step of the task; return its result, or _NOTHING when it does not end here."""
     if isinstance(kind, FanOutKind):
         if task.fan_in_at is None:
@@ -151,7 +155,12 @@ class _time_limit:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Literal[False]:
         if isinstance(exc, TimeoutException):
             limit = self.kind.time_limit or "the cluster's timeout"
             error = TimeLimitExceeded(f"the run took longer than its time limit of {limit}s")
@@ -162,14 +171,14 @@ class _time_limit:
 class Results:
     """A fan-out's subtask results in index order, read in pages rather than all at once."""
 
-    def __init__(self, parent_id: Any, total: int) -> None:
+    def __init__(self, parent_id: UUID, total: int) -> None:
         self.parent_id = parent_id
         self.total = total
 
     def __len__(self) -> int:
         return self.total
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> Iterator[JSON]:
         rows = (
             SubTask.objects.filter(parent_id=self.parent_id)
             .order_by("index")
@@ -178,7 +187,7 @@ class Results:
         return rows.iterator(chunk_size=2000)
 
 
-def _progress_of(task: LongTask, kind: Kind | None) -> dict[str, Any] | None:
+def _progress_of(task: LongTask, kind: Kind | None) -> ProgressRecord | None:
     if isinstance(kind, FanOutKind):
         task.refresh_from_db()
         return task.fanout_progress()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from django.db import transaction
 
@@ -12,6 +11,7 @@ from longtask.engine import enqueue, states
 from longtask.engine.values import to_json
 from longtask.kinds import FanOutKind
 from longtask.models import LongTask, SubTask
+from longtask.serialize import JSONObject
 
 logger = logging.getLogger("longtask")
 
@@ -34,7 +34,7 @@ def split(run: states.Run, task: LongTask, kind: FanOutKind) -> None:
             )
             enqueue.chunk_indexes(task, waiting)
     if not task.split_done:
-        batch: list[dict[str, Any]] = []
+        batch: list[JSONObject] = []
         for position, params in enumerate(kind.split(task.parameters)):
             if position < already:
                 continue

@@ -18,12 +18,12 @@ import functools
 import math
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from django.core.cache import caches
-from django.db.models import F, QuerySet, Sum
+from django.core.cache import BaseCache, caches
+from django.db.models import F, Q, Sum
 from django.utils import timezone
-from limits import RateLimitItemPerSecond
+from limits import RateLimitItem, RateLimitItemPerSecond
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
@@ -37,6 +37,8 @@ from longtask.models import LongTask
 if TYPE_CHECKING:
     from django.http import HttpRequest
 
+    from longtask.guards.access import AnyUser, User
+
 #: How many of an IP's task ids the cache remembers to count its active tasks.
 IP_TASKS_KEPT = 1000
 #: How long an IP's task ids are remembered (a task active longer is no longer counted).
@@ -49,7 +51,7 @@ START_WINDOW = 60
 class Actor:
     """Who asks for a start: a user (anonymous or None) and, on the web, the client's IP."""
 
-    user: Any = None
+    user: AnyUser | None = None
     client_ip: str | None = None
     #: An operator at the command line: no login, permission or rate checks, only sizes.
     trusted: bool = False
@@ -60,15 +62,21 @@ class Actor:
         return cls(user=request.user, client_ip=client_ip(request))
 
     @property
+    def signed_in(self) -> User | None:
+        """The user, if one is signed in."""
+        return self.user if self.user is not None and self.user.is_authenticated else None
+
+    @property
     def authenticated(self) -> bool:
-        return bool(self.user is not None and self.user.is_authenticated)
+        return self.signed_in is not None
 
     @property
     def exempt(self) -> bool:
         """Say whether the rate and count limits pass this actor by."""
         if self.trusted:
             return True
-        return bool(settings.LIMITS_EXEMPT_STAFF and self.authenticated and self.user.is_staff)
+        user = self.signed_in
+        return bool(settings.LIMITS_EXEMPT_STAFF and user is not None and user.is_staff)
 
 
 def client_ip(request: HttpRequest) -> str:
@@ -90,13 +98,13 @@ def check_start(kind: Kind, actor: Actor) -> None:
     if actor.exempt:
         return
     per_minute, max_active = settings.STARTS_PER_MINUTE, settings.MAX_ACTIVE_TASKS
-    if actor.authenticated:
-        recent, active = _user_counts(actor.user, per_minute, max_active)
-        tasks = LongTask.objects.filter(owner=actor.user)
+    if (user := actor.signed_in) is not None:
+        recent, active = _user_counts(user, per_minute, max_active)
+        tasks = Q(owner=user)
     else:
         ip = actor.client_ip or "unknown"
         recent, active = _ip_counts(ip, per_minute, max_active)
-        tasks = LongTask.objects.filter(pk__in=_cache().get(_tasks_key(ip)) or [])
+        tasks = Q(pk__in=_cache().get(_tasks_key(ip)) or [])
     if per_minute is not None and recent >= per_minute:
         raise LimitExceeded(
             f"Too many tasks started: at most {per_minute} a minute. Try again in a minute.",
@@ -123,7 +131,7 @@ def record_start(task: LongTask, actor: Actor) -> None:
     cache.set(_tasks_key(ip), [*ids, str(task.pk)][-IP_TASKS_KEPT:], timeout=IP_TASKS_TTL)
 
 
-def _user_counts(user: Any, per_minute: int | None, max_active: int | None) -> tuple[int, int]:
+def _user_counts(user: User, per_minute: int | None, max_active: int | None) -> tuple[int, int]:
     tasks = LongTask.objects.filter(owner=user)
     since = timezone.now() - datetime.timedelta(minutes=1)
     recent = tasks.filter(created_at__gte=since).count() if per_minute is not None else 0
@@ -147,7 +155,7 @@ def _ip_counts(ip: str, per_minute: int | None, max_active: int | None) -> tuple
     return recent, active
 
 
-def _check_queued_subtasks(kind: Kind, tasks: QuerySet[LongTask]) -> None:
+def _check_queued_subtasks(kind: Kind, tasks: Q) -> None:
     """Refuse a fan-out start while the actor's own fan-outs have ``cap`` subtasks in flight.
 
     Counted from the parents' counters (total - done - failed of their active fan-outs),
@@ -158,7 +166,7 @@ def _check_queued_subtasks(kind: Kind, tasks: QuerySet[LongTask]) -> None:
     if cap is None or not isinstance(kind, FanOutKind):
         return
     left = F("subtasks_total") - F("subtasks_done") - F("subtasks_failed")
-    in_flight = tasks.active().aggregate(n=Sum(left))["n"] or 0
+    in_flight = LongTask.objects.active().filter(tasks).aggregate(n=Sum(left))["n"] or 0
     if in_flight >= cap:
         raise LimitExceeded(
             f"Too many subtasks of yours are waiting ({in_flight}, at most {cap}). "
@@ -167,21 +175,21 @@ def _check_queued_subtasks(kind: Kind, tasks: QuerySet[LongTask]) -> None:
         )
 
 
-def _cache() -> Any:
+def _cache() -> BaseCache:
     return caches[settings.LIMITS_CACHE_ALIAS or settings.CACHE_ALIAS]
 
 
-def _start_limiter() -> Any:
+def _start_limiter() -> MovingWindowRateLimiter:
     """Return the moving-window limiter of anonymous starts, on the queues' storage."""
     return _limiter_on(settings.RATE_LIMIT_STORAGE)
 
 
 @functools.cache
-def _limiter_on(uri: str | None) -> Any:
+def _limiter_on(uri: str | None) -> MovingWindowRateLimiter:
     return MovingWindowRateLimiter(storage_from_string(uri) if uri else database_storage())
 
 
-def _start_item(per_minute: int) -> Any:
+def _start_item(per_minute: int) -> RateLimitItem:
     return RateLimitItemPerSecond(per_minute, START_WINDOW, namespace="longtask-starts")
 
 

@@ -12,7 +12,7 @@ cancel or retry it. ``is_staff`` alone grants nothing: it only opens the admin's
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from uuid import UUID
 
 from django.core.exceptions import PermissionDenied
@@ -22,7 +22,16 @@ from longtask.kinds import TASK_KIND_PREFIX
 from longtask.models import LongTask, LongTaskQuerySet
 
 if TYPE_CHECKING:
+    from django.contrib.auth.models import AnonymousUser, _User
+
     from longtask.kinds import Kind
+
+#: A signed-in user: the project's AUTH_USER_MODEL (django-stubs' plugin reads it from the
+#: settings and puts that model in place of ``_User``).
+type User = _User
+#: Whoever asks: a user or an anonymous visitor (``request.user``); None where nobody
+#: asks (Python code starting a task).
+type AnyUser = _User | AnonymousUser
 
 VIEW_PERMISSION = "longtask.view_longtask"
 CHANGE_PERMISSION = "longtask.change_longtask"
@@ -32,33 +41,33 @@ def _open_by_url(task: LongTask) -> bool:
     return task.owner_id is None and not task.kind.startswith(TASK_KIND_PREFIX)
 
 
-def _is_owner(user: Any, task: LongTask) -> bool:
+def _is_owner(user: AnyUser | None, task: LongTask) -> bool:
     return bool(user is not None and user.is_authenticated and user.pk == task.owner_id)
 
 
-def can_view_all(user: Any) -> bool:
+def can_view_all(user: AnyUser | None) -> bool:
     """Return whether ``user`` may read every task (view or change permission)."""
     if user is None or not user.is_authenticated:
         return False
     return bool(user.has_perm(VIEW_PERMISSION) or user.has_perm(CHANGE_PERMISSION))
 
 
-def can_change_all(user: Any) -> bool:
+def can_change_all(user: AnyUser | None) -> bool:
     """Return whether ``user`` may cancel or retry every task."""
     return bool(user is not None and user.is_authenticated and user.has_perm(CHANGE_PERMISSION))
 
 
-def can_view(user: Any, task: LongTask) -> bool:
+def can_view(user: AnyUser | None, task: LongTask) -> bool:
     """Anonymous tasks: whoever holds the URL. Owned ones: the owner and viewers."""
     return _open_by_url(task) or _is_owner(user, task) or can_view_all(user)
 
 
-def can_change(user: Any, task: LongTask) -> bool:
+def can_change(user: AnyUser | None, task: LongTask) -> bool:
     """Cancel or retry: whoever may view an anonymous task, the owner, or a changer."""
     return _open_by_url(task) or _is_owner(user, task) or can_change_all(user)
 
 
-def get_visible_task(user: Any, task_id: UUID | str) -> LongTask:
+def get_visible_task(user: AnyUser | None, task_id: UUID | str) -> LongTask:
     """Return the task if ``user`` may see it; otherwise 404, so ids cannot be probed."""
     task = LongTask.objects.filter(pk=task_id).first()
     if task is None or not can_view(user, task):
@@ -66,7 +75,7 @@ def get_visible_task(user: Any, task_id: UUID | str) -> LongTask:
     return task
 
 
-def get_changeable_task(user: Any, task_id: UUID | str) -> LongTask:
+def get_changeable_task(user: AnyUser | None, task_id: UUID | str) -> LongTask:
     """Return the task if ``user`` may cancel it: 404 if unseen, 403 if only seen."""
     task = get_visible_task(user, task_id)
     if not can_change(user, task):
@@ -74,7 +83,7 @@ def get_changeable_task(user: Any, task_id: UUID | str) -> LongTask:
     return task
 
 
-def can_start(user: Any, kind: Kind) -> bool:
+def can_start(user: AnyUser | None, kind: Kind) -> bool:
     """A kind with ``login_required`` or a ``permission`` needs a user who has it."""
     if not kind.login_required and not kind.permission:
         return True
@@ -83,7 +92,7 @@ def can_start(user: Any, kind: Kind) -> bool:
     return kind.permission is None or bool(user.has_perm(kind.permission))
 
 
-def visible_tasks(user: Any) -> LongTaskQuerySet:
+def visible_tasks(user: AnyUser) -> LongTaskQuerySet:
     """Return the tasks ``user`` may list (anonymous tasks are reachable only by URL)."""
     if can_view_all(user):
         return LongTask.objects.all()

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from longtask.conf import settings
 from longtask.exceptions import ParametersTooLarge, ResultTooLarge
-from longtask.serialize import dumps
+from longtask.serialize import JSONObject, dumps
 
 
 def format_bytes(size: int) -> str:
@@ -17,12 +15,12 @@ def format_bytes(size: int) -> str:
     return f"{size} bytes"
 
 
-def json_size(value: Any) -> int:
+def json_size(value: object) -> int:
     """Return the length of ``value``'s JSON as stored (ASCII-escaped, so bytes = characters)."""
     return len(dumps(value))
 
 
-def check_parameters_size(parameters: Any) -> None:
+def check_parameters_size(parameters: JSONObject) -> None:
     """Raise ParametersTooLarge if the parameters' JSON is over the limit."""
     size, limit = json_size(parameters), settings.MAX_PARAMETERS_BYTES
     if size > limit:

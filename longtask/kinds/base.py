@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar, cast
 
 from django import forms
 from django.template.loader import render_to_string
@@ -12,7 +12,7 @@ from django.utils.safestring import SafeString
 
 from longtask.exceptions import InvalidParameters
 from longtask.kinds.retry import RetryPolicy
-from longtask.serialize import to_json
+from longtask.serialize import JSON, JSONObject, to_json
 
 if TYPE_CHECKING:
     from longtask.models import LongTask
@@ -91,14 +91,14 @@ class Kind:
     def retry_policy(self) -> RetryPolicy:
         return self.retry or RetryPolicy.default()
 
-    def clean_parameters(self, data: Mapping[str, Any]) -> dict[str, Any]:
+    def clean_parameters(self, data: Mapping[str, JSON]) -> JSONObject:
         """Validate ``data`` with the kind's form and return JSON-able parameters."""
         form = self.form_class(data=data)
         if not form.is_valid():
             raise InvalidParameters(form)
-        return to_json(form.cleaned_data)
+        return cast("JSONObject", to_json(form.cleaned_data))  # a dict's JSON is an object
 
-    def run(self, task: LongTask, params: dict[str, Any]) -> Any:
+    def run(self, task: LongTask, params: JSONObject) -> JSON:
         """Do the work, calling ``task.progress(...)`` as it goes; return a JSON-able result."""
         raise NotImplementedError
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from longtask.conf import settings
 from longtask.kinds.base import Kind
 from longtask.kinds.retry import RetryPolicy
+from longtask.serialize import JSON, JSONObject
 
 if TYPE_CHECKING:
     from longtask.models import LongTask
@@ -39,17 +40,17 @@ class FanOutKind(Kind):
     def subtask_queue_name(self) -> str:
         return self.subtask_queue or settings.SUBTASK_QUEUE
 
-    def split(self, params: dict[str, Any]) -> Iterable[dict[str, Any]]:
+    def split(self, params: JSONObject) -> Iterable[JSONObject]:
         """Yield the parameters of each subtask, in index order (a generator is best)."""
         raise NotImplementedError
 
-    def run_subtask(self, params: dict[str, Any]) -> Any:
+    def run_subtask(self, params: JSONObject) -> JSON:
         """Do one subtask and return its JSON-able result."""
         raise NotImplementedError
 
-    def gather(self, task: LongTask, results: Iterable[Any]) -> Any:
+    def gather(self, task: LongTask, results: Iterable[JSON]) -> JSON:
         """Combine the subtasks' results (iterated in index order) into the parent's result."""
         return list(results)
 
-    def run(self, task: LongTask, params: dict[str, Any]) -> Any:
+    def run(self, task: LongTask, params: JSONObject) -> JSON:
         raise TypeError("a fan-out kind runs through split/run_subtask/gather, not run")

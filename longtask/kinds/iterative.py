@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-from django.db.models import QuerySet
+from django.db.models import Model, QuerySet
 
 from longtask.kinds.base import Kind
+from longtask.serialize import JSON, JSONObject
 
 if TYPE_CHECKING:
     from longtask.models import LongTask
 
 
-class IterativeKind(Kind):
-    """A kind that processes every row of a queryset, one batch per job."""
+class IterativeKind[M: Model](Kind):
+    """A kind that processes every row of a queryset, one batch per job.
+
+    ``M`` is the rows' model, for the type checker: ``class Walk(IterativeKind[Book])``.
+    """
 
     #: Rows per batch (the fetch asks for one more, to know whether more remain).
     batch_size: ClassVar[int] = 1000
@@ -23,17 +27,17 @@ class IterativeKind(Kind):
     #: A unique, ordered field to walk by (the keyset cursor).
     cursor_field: ClassVar[str] = "pk"
 
-    def queryset(self, params: dict[str, Any]) -> QuerySet:
+    def queryset(self, params: JSONObject) -> QuerySet[M]:
         """Return the rows to walk (ordering is applied by the walker)."""
         raise NotImplementedError
 
-    def process(self, task: LongTask, rows: Sequence[Any], params: dict[str, Any]) -> None:
+    def process(self, task: LongTask, rows: Sequence[M], params: JSONObject) -> None:
         """Process some rows; runs inside the transaction that moves the cursor."""
         raise NotImplementedError
 
-    def finish(self, task: LongTask, params: dict[str, Any]) -> Any:
+    def finish(self, task: LongTask, params: JSONObject) -> JSON:
         """Return the task's result once every row is done."""
         return {"rows": task.rows_done}
 
-    def run(self, task: LongTask, params: dict[str, Any]) -> Any:
+    def run(self, task: LongTask, params: JSONObject) -> JSON:
         raise TypeError("an iterative kind runs batch by batch, not through run")

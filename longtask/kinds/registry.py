@@ -24,7 +24,7 @@ class KindRegistry:
         """Let ``resolve(name)`` answer for the kind names starting with ``prefix``."""
         self._resolvers[prefix] = resolve
 
-    def register(self, kind_class: type[Kind]) -> type[Kind]:
+    def register[K: type[Kind]](self, kind_class: K) -> K:
         name = kind_class.name
         if not name:
             raise KindConfigurationError(f"{kind_class.__qualname__} has no name")
@@ -62,6 +62,6 @@ class KindRegistry:
 registry = KindRegistry()
 
 
-def register(kind_class: type[Kind]) -> type[Kind]:
+def register[K: type[Kind]](kind_class: K) -> K:
     """Register a kind under its ``name`` (use as a class decorator)."""
     return registry.register(kind_class)

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import Protocol
 
 from longtask.conf import settings
+
+
+class Random(Protocol):
+    """Where the jitter comes from: the ``random`` module, or a seeded ``random.Random``."""
+
+    def random(self) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -38,13 +44,13 @@ class RetryPolicy:
         """Return the delay before retry number ``retry`` (1-based), without jitter."""
         k = max(0, retry - 1)
         if k <= self.max_doublings:
-            delay = self.min_backoff * 2**k
+            delay: float = self.min_backoff * 2**k
         else:
             step = self.min_backoff * 2**self.max_doublings
             delay = step * (k - self.max_doublings + 1)
         return min(delay, self.max_backoff)
 
-    def delay(self, retry: int, rng: Any = random) -> float:
+    def delay(self, retry: int, rng: Random = random) -> float:
         """Return the delay before retry ``retry``, with jitter."""
         base = self.backoff(retry)
         return max(0.0, base * (1 + self.jitter * (2 * rng.random() - 1)))

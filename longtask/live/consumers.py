@@ -32,7 +32,7 @@ import contextlib
 import json
 import logging
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
@@ -45,6 +45,10 @@ from longtask.live.cursor import parse_cursor
 from longtask.live.follow import Follow, ends
 from longtask.live.session import session_user as session_user  # its old home
 from longtask.live.session import still_allowed
+
+if TYPE_CHECKING:
+    from longtask.documents import StatusDocument
+    from longtask.guards.access import AnyUser
 
 logger = logging.getLogger("longtask")
 
@@ -85,9 +89,7 @@ class TaskConsumer(AsyncWebsocketConsumer):
         if since is None:
             await self.close(BAD_REQUEST)
             return
-        user = self.scope.get("user")
-        if user is None:
-            user = AnonymousUser()
+        user = cast("AnyUser | None", self.scope.get("user")) or AnonymousUser()
         snapshot = await database_sync_to_async(live.read_snapshot)(user, task_id)
         if snapshot is None:
             await self.close(NOT_FOUND)
@@ -175,7 +177,7 @@ class TaskConsumer(AsyncWebsocketConsumer):
             frame = {**frame, "document": self.absolute(frame["document"])}
         await self.send(text_data=json.dumps(frame, separators=(",", ":")))
 
-    def absolute(self, document: dict[str, Any] | None) -> dict[str, Any] | None:
+    def absolute(self, document: StatusDocument | None) -> StatusDocument | None:
         """Make the document's ``status_url`` absolute, as the JSON endpoint does."""
         if not document or not str(document.get("status_url", "")).startswith("/"):
             return document

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from longtask.models import FINISHED_STATUSES
+
+if TYPE_CHECKING:
+    from longtask.documents import StatusDocument
 
 #: Most finished subtasks read by one tick or sent in one frame.
 MAX_SUBTASKS_PER_TICK = 2000
@@ -16,7 +19,7 @@ def subtasks_frame(events: list[Frame], cursor: int) -> Frame:
     return {"type": "subtasks", "cursor": cursor, "events": events}
 
 
-def status_frame(status: str, document: dict[str, Any] | None) -> Frame:
+def status_frame(status: str, document: StatusDocument | None) -> Frame:
     return {
         "type": "status",
         "status": status,

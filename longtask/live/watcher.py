@@ -29,7 +29,7 @@ from channels.layers import get_channel_layer
 
 from longtask import progress
 from longtask.conf import settings
-from longtask.documents import status_document, subtask_events
+from longtask.documents import StatusDocument, status_document, subtask_events
 from longtask.guards.access import can_view
 from longtask.live.frames import (
     GONE,
@@ -40,7 +40,7 @@ from longtask.live.frames import (
     subtasks_frame,
 )
 from longtask.models import LongTask
-from longtask.progress import push
+from longtask.progress import ProgressPayload, push
 
 logger = logging.getLogger("longtask")
 
@@ -57,14 +57,14 @@ class State:
     status: str
     finished: bool
     subtask_cursor: int
-    progress: dict[str, Any]
+    progress: ProgressPayload
     eta_seconds: int | None
     #: (finish_seq, subtask event), in finishing order.
     events: list[tuple[int, Frame]] = field(default_factory=list)
     #: The cursor these events bring a reader to: the last one's place, or the task's
     #: cursor when they are all there is (a retry frees places, so a gap is no event).
     events_upto: int = 0
-    document: dict[str, Any] | None = None
+    document: StatusDocument | None = None
 
 
 def _read_events(task_id: Any, after: int, upto: int, limit: int) -> list[tuple[int, Frame]]:
@@ -189,6 +189,7 @@ class Watcher:
     async def listen(self) -> None:
         """Set ``changed`` whenever a worker pushes a change of this task."""
         layer = get_channel_layer()
+        assert layer is not None  # listen() runs only when push.enabled()
         group = push.group_name(self.task_id)
         channel = await layer.new_channel()
         await layer.group_add(group, channel)

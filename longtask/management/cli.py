@@ -7,6 +7,7 @@ stderr and exits 2, and the caller has started nothing yet.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import math
@@ -15,7 +16,7 @@ import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Never, TextIO
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -26,8 +27,15 @@ from tqdm import tqdm
 
 from longtask import display, progress
 from longtask.models import FINISHED_STATUSES, LongTask, Status
+from longtask.serialize import JSONObject
+
+if TYPE_CHECKING:
+    from longtask.guards.access import User
 
 logger = logging.getLogger("longtask")
+
+#: Where progress is shown: a text stream, or a command's OutputWrapper (an io.TextIOBase).
+type Stream = TextIO | io.TextIOBase
 
 BAD_INPUT = 2
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
@@ -57,7 +65,7 @@ def parse_assignments(tokens: Iterable[str]) -> dict[str, str]:
     return params
 
 
-def read_jsonl(path: str) -> list[tuple[int, dict[str, Any]]]:
+def read_jsonl(path: str) -> list[tuple[int, JSONObject]]:
     """Read every non-blank line of a JSONL file (``-``: stdin) as a parameters object."""
     try:
         if path == "-":
@@ -96,7 +104,7 @@ def find_task(ident: str) -> LongTask:
     return task
 
 
-def find_owner(username: str) -> Any:
+def find_owner(username: str) -> User:
     user_model = get_user_model()
     user = user_model._default_manager.filter(**{user_model.USERNAME_FIELD: username}).first()
     if user is None:
@@ -130,11 +138,11 @@ class Snapshot:
 class Display:
     """Shows snapshots: a tqdm bar on a terminal, else a plain line now and then."""
 
-    def __init__(self, stream: TextIO, label: str, *, every: float = PLAIN_EVERY) -> None:
+    def __init__(self, stream: Stream, label: str, *, every: float = PLAIN_EVERY) -> None:
         self.stream = stream
         self.label = label
         self.every = every
-        self.bar: Any = None
+        self.bar: tqdm[Never] | None = None
         self._last_line = -math.inf
         self._last_status = ""
         isatty = getattr(stream, "isatty", None)
@@ -187,7 +195,7 @@ def retry_message(task: LongTask) -> str:
     return message
 
 
-def follow(task: LongTask, stream: TextIO, *, interval: float = POLL_SECONDS) -> LongTask:
+def follow(task: LongTask, stream: Stream, *, interval: float = POLL_SECONDS) -> LongTask:
     """Poll ``task`` until it finishes, showing its progress, message and ETA."""
     display = Display(stream, f"{task.kind} {str(task.pk)[:8]}")
     try:
@@ -211,7 +219,7 @@ def follow(task: LongTask, stream: TextIO, *, interval: float = POLL_SECONDS) ->
 
 
 def follow_many(
-    tasks: list[LongTask], stream: TextIO, *, interval: float = POLL_SECONDS
+    tasks: list[LongTask], stream: Stream, *, interval: float = POLL_SECONDS
 ) -> dict[str, int]:
     """Poll ``tasks`` until all have finished, with one bar; return the count per status."""
     ids = [task.pk for task in tasks]

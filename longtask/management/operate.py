@@ -5,15 +5,16 @@ from __future__ import annotations
 import datetime
 import json
 import logging
-from typing import Any
+from typing import TYPE_CHECKING
 
-from django.core.management.base import CommandError
+from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
 from longtask import api, display, documents, progress
 from longtask.documents import status_document, subtask_breakdown
 from longtask.management import cli
 from longtask.models import LongTask, Status, SubTask
+from longtask.progress import ProgressRecord
 
 logger = logging.getLogger("longtask")
 
@@ -30,11 +31,18 @@ again starts nothing twice: lines whose task exists are reported as skipped.
 """
 
 
-class OperateCommands:
+if TYPE_CHECKING:
+    # The checker sees the command this is mixed into.
+    _Command = BaseCommand
+else:
+    _Command = object
+
+
+class OperateCommands(_Command):
     """The subcommands that work on existing tasks; mixed into the command."""
 
     def handle_list(
-        self, *, status: str | None, kind: str | None, limit: int, **options: Any
+        self, *, status: str | None, kind: str | None, limit: int, **options: object
     ) -> None:
         tasks = LongTask.objects.select_related("owner")
         if status:
@@ -57,7 +65,7 @@ class OperateCommands:
                 f"{task.owner or '-'!s:12}  {task.name or ''}"
             )
 
-    def handle_show(self, *, ident: str, as_json: bool, **options: Any) -> None:
+    def handle_show(self, *, ident: str, as_json: bool, **options: object) -> None:
         task = cli.find_task(ident)
         record = task.progress_record()
         url = cli.status_url(task)
@@ -105,7 +113,7 @@ class OperateCommands:
 
     # Changing ---------------------------------------------------------------------
 
-    def handle_retry(self, *, ident: str, **options: Any) -> None:
+    def handle_retry(self, *, ident: str, **options: object) -> None:
         task = cli.find_task(ident)
         again = 0
         if task.is_fanout and task.split_done:
@@ -120,7 +128,7 @@ class OperateCommands:
         detail = f" ({again} subtask(s) queued again)" if again else ""
         self.stdout.write(f"LongTask {task.pk} retried{detail}: {cli.status_url(task)}")
 
-    def handle_cancel(self, *, ident: str, **options: Any) -> None:
+    def handle_cancel(self, *, ident: str, **options: object) -> None:
         task = cli.find_task(ident)
         cancelled = api.cancel(task)
         if cancelled:
@@ -137,7 +145,7 @@ class OperateCommands:
                 f"LongTask {task.pk} asked to stop; it ends at its next progress report."
             )
 
-    def handle_purge(self, *, older_than: float, dry_run: bool, **options: Any) -> None:
+    def handle_purge(self, *, older_than: float, dry_run: bool, **options: object) -> None:
         if older_than < 0:
             raise cli.bad_input("--older-than must be zero or more days")
         cutoff = timezone.now() - datetime.timedelta(days=older_than)
@@ -154,7 +162,7 @@ class OperateCommands:
         )
 
 
-def progress_line(record: dict[str, Any] | None) -> str:
+def progress_line(record: ProgressRecord | None) -> str:
     """Describe progress in one line: percent, counts and message."""
     payload = progress.payload(record)
     if payload["total"]:

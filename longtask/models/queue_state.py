@@ -15,9 +15,11 @@ class QueueState(models.Model):
     #: The rate limiter's key, or ``slots:<queue>`` for the concurrency leases.
     key = models.CharField(max_length=200, primary_key=True)
     #: Rate limit: times (UNIX seconds) of the hits still inside the moving window.
-    hits = models.JSONField(default=list, blank=True)
+    hits: models.JSONField[list[float], list[float]] = models.JSONField(default=list, blank=True)
     #: Concurrency: lease token -> expiry time (UNIX seconds) of each running job.
-    leases = models.JSONField(default=dict, blank=True)
+    leases: models.JSONField[dict[str, float], dict[str, float]] = models.JSONField(
+        default=dict, blank=True
+    )
 
     class Meta:
         verbose_name = "queue state"

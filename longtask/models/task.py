@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any
+from typing import NotRequired, TypedDict
 
 from django.conf import settings
 from django.db import models
@@ -16,6 +16,8 @@ from django.utils.translation import gettext_lazy as _
 from longtask import progress as progress_store
 from longtask.exceptions import Cancelled
 from longtask.kinds import FanOutKind, registry
+from longtask.progress import ProgressRecord
+from longtask.serialize import JSONObject
 
 #: Longest stored one-line error; the full text is in ``traceback``.
 ERROR_MAX_LENGTH = 1000
@@ -34,6 +36,27 @@ ACTIVE_STATUSES = frozenset({Status.QUEUED, Status.RUNNING, Status.RETRYING})
 FINISHED_STATUSES = frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELLED})
 #: A worker may claim a task in these states.
 CLAIMABLE_STATUSES = (Status.QUEUED, Status.RETRYING)
+
+
+class HistoryEntry(TypedDict):
+    """One entry of ``LongTask.history``: a failure, a retry, a released name."""
+
+    event: str
+    #: The attempt it happened in (absent for a released name).
+    attempt: NotRequired[int]
+    #: The one-line error (the released name, for "name released").
+    error: str
+    #: ISO 8601 time.
+    at: str
+    #: The failure's exception class path, when known.
+    exception: NotRequired[str]
+
+
+class RunEntry(TypedDict):
+    """One entry of ``LongTask.runs``: who claimed an attempt, and when (ISO 8601)."""
+
+    worker: str
+    at: str
 
 
 class LongTaskQuerySet(models.QuerySet["LongTask"]):
@@ -60,7 +83,7 @@ class LongTask(models.Model):
         on_delete=models.CASCADE,
         related_name="longtasks",
     )
-    parameters = models.JSONField(default=dict)
+    parameters: models.JSONField[JSONObject, JSONObject] = models.JSONField(default=dict)
     result = models.JSONField(null=True, blank=True)
     status = models.CharField(max_length=10, choices=Status, default=Status.QUEUED)
     error = models.CharField(max_length=ERROR_MAX_LENGTH, blank=True)
@@ -68,9 +91,13 @@ class LongTask(models.Model):
     attempts = models.PositiveIntegerField(default=0)
     #: Past failures and retries, oldest first: [{"event", "attempt", "error", "at"}],
     #: failures with the exception's class path too ("exception").
-    history = models.JSONField(default=list, blank=True)
+    history: models.JSONField[list[HistoryEntry], list[HistoryEntry]] = models.JSONField(
+        default=list, blank=True
+    )
     #: The last progress record, persisted when the task ends (live progress is in the cache).
-    last_progress = models.JSONField(null=True, blank=True)
+    last_progress: models.JSONField[ProgressRecord | None, ProgressRecord | None] = (
+        models.JSONField(null=True, blank=True)
+    )
     created_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -79,7 +106,9 @@ class LongTask(models.Model):
     worker = models.CharField(max_length=200, blank=True)
     #: Each attempt's worker and start, oldest first: [{"worker", "at"}], kept across retries,
     #: for kinds with ``keeps_runs`` (django.tasks functions).
-    runs = models.JSONField(default=list, blank=True)
+    runs: models.JSONField[list[RunEntry], list[RunEntry]] = models.JSONField(
+        default=list, blank=True
+    )
     #: The fencing token of the run that holds the task ("" when no run does): every
     #: write a worker makes is conditional on it, so a run that lost the task (it was
     #: re-queued while slow but alive) can no longer change it.
@@ -115,6 +144,10 @@ class LongTask(models.Model):
     rows_total = models.PositiveIntegerField(null=True, blank=True)
 
     objects = LongTaskQuerySet.as_manager()
+
+    #: Set by ``longtask.start`` on the task it returns (not a column): True when a task
+    #: already held the name, so that one was returned and nothing was started.
+    deduplicated: bool
 
     class Meta:
         ordering = ["-created_at"]
@@ -191,7 +224,7 @@ class LongTask(models.Model):
     def is_fanout(self) -> bool:
         return isinstance(registry.find(self.kind), FanOutKind)
 
-    def progress_record(self) -> dict[str, Any] | None:
+    def progress_record(self) -> ProgressRecord | None:
         """Return the progress record: persisted once finished, else live.
 
         Live progress of a fan-out task comes from its own counters (no cache read).
@@ -202,7 +235,7 @@ class LongTask(models.Model):
             return self.fanout_progress()
         return progress_store.read_progress(self.pk)
 
-    def fanout_progress(self, now: float | None = None) -> dict[str, Any]:
+    def fanout_progress(self, now: float | None = None) -> ProgressRecord:
         """Progress of a fan-out task from its own counters: finished / total, rate since start."""
         now = time.time() if now is None else now
         done, total = self.subtasks_done, self.subtasks_total
@@ -240,9 +273,9 @@ class LongTask(models.Model):
             .exists()
         )
 
-    def event(self, event: str, error: str, exception: str = "") -> dict[str, Any]:
+    def event(self, event: str, error: str, exception: str = "") -> HistoryEntry:
         """One entry of ``history``; ``exception`` is the failure's class path, if known."""
-        entry = {
+        entry: HistoryEntry = {
             "event": event,
             "attempt": self.attempts,
             "error": error,

@@ -4,6 +4,8 @@ from longtask.progress.reporter import ProgressReporter, RateEstimator
 from longtask.progress.store import (
     MESSAGE_MAX_LENGTH,
     MIN_SAMPLE_INTERVAL,
+    ProgressPayload,
+    ProgressRecord,
     delete_progress,
     eta_seconds,
     payload,
@@ -15,6 +17,8 @@ from longtask.progress.store import (
 __all__ = [
     "MESSAGE_MAX_LENGTH",
     "MIN_SAMPLE_INTERVAL",
+    "ProgressPayload",
+    "ProgressRecord",
     "ProgressReporter",
     "RateEstimator",
     "delete_progress",

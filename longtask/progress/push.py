@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import logging
 from functools import cache
-from typing import Any
 from uuid import UUID
 
 from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
+from channels.layers import BaseChannelLayer, get_channel_layer
 
 logger = logging.getLogger("longtask")
 
@@ -25,13 +24,13 @@ logger = logging.getLogger("longtask")
 CHANGED = {"type": "longtask.changed"}
 
 
-def group_name(task_id: Any) -> str:
+def group_name(task_id: UUID | str) -> str:
     """The channel-layer group of one task (letters, digits and dots only)."""
     return f"longtask.task.{UUID(str(task_id)).hex}"
 
 
 @cache
-def _layer() -> Any:
+def _layer() -> BaseChannelLayer | None:
     layer = get_channel_layer()
     # The in-memory layer stays inside one process: the web process polls instead.
     if layer is None or type(layer).__name__ == "InMemoryChannelLayer":
@@ -44,7 +43,7 @@ def enabled() -> bool:
     return _layer() is not None
 
 
-def notify(task_id: Any) -> None:
+def notify(task_id: UUID | str) -> None:
     """Tell the watchers of ``task_id`` that it changed; never raises."""
     layer = _layer()
     if layer is None:

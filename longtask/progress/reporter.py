@@ -6,11 +6,15 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 from uuid import UUID
 
 from longtask.conf import settings
-from longtask.progress.store import MESSAGE_MAX_LENGTH, MIN_SAMPLE_INTERVAL, write_progress
+from longtask.progress.store import (
+    MESSAGE_MAX_LENGTH,
+    MIN_SAMPLE_INTERVAL,
+    ProgressRecord,
+    write_progress,
+)
 
 
 class RateEstimator:
@@ -63,7 +67,7 @@ class ProgressReporter:
         self._timer: threading.Timer | None = None
         self._last_write: float | None = None
         self._dirty = False
-        self.record: dict[str, Any] = {
+        self.record: ProgressRecord = {
             "current": 0,
             "total": None,
             "message": "",
@@ -92,7 +96,7 @@ class ProgressReporter:
                 return
         self.flush()
 
-    def flush(self) -> dict[str, Any]:
+    def flush(self) -> ProgressRecord:
         """Write the last value if it has not been written; return it."""
         with self._lock:
             if self._timer is not None and self._timer is not threading.current_thread():

@@ -14,7 +14,7 @@ import json
 import logging
 import math
 import time
-from typing import Any
+from typing import TypedDict, cast
 from uuid import UUID
 
 from django.core.cache import caches
@@ -31,11 +31,32 @@ MIN_SAMPLE_INTERVAL = 0.2
 logger = logging.getLogger("longtask")
 
 
+class ProgressRecord(TypedDict):
+    """What a task last reported: live in the cache, kept on the row (``last_progress``)."""
+
+    current: float
+    total: float | None
+    message: str
+    #: When it was reported (seconds since the epoch).
+    updated_at: float
+    #: The smoothed count per second behind the ETA; None until it can be told.
+    rate: float | None
+
+
+class ProgressPayload(TypedDict):
+    """The public progress shape shared by the page, the JSON and the live frames."""
+
+    current: float
+    total: float | None
+    percent: int | None
+    message: str
+
+
 def progress_key(task_id: UUID | str) -> str:
     return f"{settings.KEY_PREFIX}:progress:{task_id}"
 
 
-def read_progress(task_id: UUID | str) -> dict[str, Any] | None:
+def read_progress(task_id: UUID | str) -> ProgressRecord | None:
     """Return the live progress record of a task, or None."""
     raw = caches[settings.CACHE_ALIAS].get(progress_key(task_id))
     if raw is None:
@@ -44,10 +65,11 @@ def read_progress(task_id: UUID | str) -> dict[str, Any] | None:
         record = json.loads(raw)
     except (TypeError, ValueError):
         return None
-    return record if isinstance(record, dict) else None
+    # The shape a reporter wrote (any object that is not one is a miss).
+    return cast("ProgressRecord", record) if isinstance(record, dict) else None
 
 
-def write_progress(task_id: UUID | str, record: dict[str, Any]) -> None:
+def write_progress(task_id: UUID | str, record: ProgressRecord) -> None:
     """Publish live progress; a cache that does not answer (Redis restarting) loses it.
 
     Progress is advisory: the work goes on, the next write (or the row's final
@@ -67,9 +89,10 @@ def delete_progress(task_id: UUID | str) -> None:
     caches[settings.CACHE_ALIAS].delete(progress_key(task_id))
 
 
-def payload(record: dict[str, Any] | None) -> dict[str, Any]:
+def payload(record: ProgressRecord | None) -> ProgressPayload:
     """Return the public progress shape shared by the page, the JSON and the websocket."""
-    record = record or {}
+    if not record:
+        return {"current": 0, "total": None, "percent": None, "message": ""}
     current = record.get("current") or 0
     total = record.get("total")
     percent = None
@@ -83,7 +106,7 @@ def payload(record: dict[str, Any] | None) -> dict[str, Any]:
     }
 
 
-def eta_seconds(record: dict[str, Any] | None, now: float | None = None) -> int | None:
+def eta_seconds(record: ProgressRecord | None, now: float | None = None) -> int | None:
     """Return the seconds left by the smoothed rate, or None when unknown."""
     if not record:
         return None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 from uuid import UUID
 
 from django.contrib.auth.views import redirect_to_login
@@ -119,7 +118,7 @@ def status(request: HttpRequest, task_id: UUID) -> HttpResponse:
     record = task.progress_record()
     kind = registry.find(task.kind)
     now = timezone.now()
-    context: dict[str, Any] = {
+    context: dict[str, object] = {
         "task": task,
         "kind": kind,
         "waiting_seconds": (now - task.created_at).total_seconds(),

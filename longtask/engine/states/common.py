@@ -6,14 +6,20 @@ import datetime
 import logging
 import secrets
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import NamedTuple
 from uuid import UUID
 
 from django.db import transaction
 
 from longtask import progress
-from longtask.models import CLAIMABLE_STATUSES, FINISHED_STATUSES, LongTask, Status
-from longtask.progress import push
+from longtask.models import (
+    CLAIMABLE_STATUSES,
+    FINISHED_STATUSES,
+    LongTask,
+    LongTaskQuerySet,
+    Status,
+)
+from longtask.progress import ProgressRecord, push
 
 logger = logging.getLogger("longtask")
 
@@ -73,7 +79,7 @@ class Run:
     heartbeat_at: datetime.datetime | None = None
 
 
-def task_rows(name: str, task_id: UUID | str, run: Run | None) -> Any:
+def task_rows(name: str, task_id: UUID | str, run: Run | None) -> LongTaskQuerySet:
     rows = LongTask.objects.filter(pk=task_id, status__in=TASK_TRANSITIONS[name].sources)
     if run is not None:
         rows = rows.filter(token=run.token)
@@ -90,7 +96,7 @@ def changed(task_id: UUID | str, *, finished: bool = False) -> None:
     push.notify(task_id)
 
 
-def move_task(name: str, task_id: UUID | str, run: Run | None, **changes: Any) -> bool:
+def move_task(name: str, task_id: UUID | str, run: Run | None, **changes: object) -> bool:
     target = TASK_TRANSITIONS[name].target
     moved = task_rows(name, task_id, run).update(status=target, **changes)
     if moved:
@@ -111,6 +117,6 @@ class Failure:
 
     error: str
     traceback: str = ""
-    progress: dict[str, Any] | None = None
+    progress: ProgressRecord | None = None
     #: The exception's class path, if known.
     exception: str = ""

@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 from uuid import UUID
 
 from django.db import connection, transaction
-from django.db.models import F
+from django.db.models import F, Field
 from django.utils import timezone
 
 from longtask.engine import enqueue
@@ -26,6 +26,7 @@ from longtask.engine.states.tasks import start_fan_in
 from longtask.kinds import FanOutKind, Kind
 from longtask.models import LongTask, SubTask, one_line
 from longtask.progress import push
+from longtask.serialize import JSON
 
 
 @dataclass
@@ -36,7 +37,7 @@ class Outcome:
     seconds: float
     #: The token of the run that produced it: only that run's claim is recorded.
     token: str = ""
-    result: Any = None
+    result: JSON = None
     error: str = ""
     traceback: str = ""
     #: The failure may not be retried (FatalError or one of the kind's fatal exceptions).
@@ -86,7 +87,7 @@ def record(parent_id: UUID | str, kind: FanOutKind, outcomes: list[Outcome]) -> 
                 len(tokens) - len(live),
             )
         seq = parent.subtask_cursor
-        finished: dict[str, list[list[Any]]] = {SUCCEEDED: [], FAILED: []}
+        finished: dict[str, list[list[object]]] = {SUCCEEDED: [], FAILED: []}
         retrying: dict[datetime.datetime, list[Outcome]] = {}
         skipped: list[Outcome] = []
         seconds, first_failure = 0.0, None
@@ -147,7 +148,7 @@ def record(parent_id: UUID | str, kind: FanOutKind, outcomes: list[Outcome]) -> 
     return Recorded(moved, parent_running=running)
 
 
-def _update_running(fields: list[str], rows: list[list[Any]]) -> int:
+def _update_running(fields: list[str], rows: list[list[object]]) -> int:
     """Write ``fields`` of each row where it is still RUNNING under the given token.
 
     Each row is [*values, pk, token]. One executemany; returns the rows it moved.
@@ -157,14 +158,13 @@ def _update_running(fields: list[str], rows: list[list[Any]]) -> int:
     if not rows:
         return 0
     meta = SubTask._meta
-    quote = connection.ops.quote_name
-    columns = [meta.get_field(name) for name in fields]
-    assignments = ", ".join(f"{quote(f.column)} = %s" for f in columns)
+    columns = [_field(name) for name in fields]
+    assignments = ", ".join(f"{_column(f)} = %s" for f in columns)
     # Only quoted column names from the model's own _meta are interpolated; values are params.
     sql = (
-        f"UPDATE {quote(meta.db_table)} SET {assignments} "  # noqa: S608
-        f"WHERE {quote(meta.pk.column)} = %s AND {quote(meta.get_field('status').column)} = %s "
-        f"AND {quote(meta.get_field('token').column)} = %s"
+        f"UPDATE {connection.ops.quote_name(meta.db_table)} SET {assignments} "  # noqa: S608
+        f"WHERE {_column(meta.pk)} = %s AND {_column(_field('status'))} = %s "
+        f"AND {_column(_field('token'))} = %s"
     )
     params = [
         [f.get_db_prep_save(value, connection) for f, value in zip(columns, row[:-2], strict=True)]
@@ -173,7 +173,7 @@ def _update_running(fields: list[str], rows: list[list[Any]]) -> int:
     ]
     with connection.cursor() as cursor:
         cursor.executemany(sql, params)
-        moved = cursor.rowcount
+        moved: int = cursor.rowcount
     if moved != len(rows):
         logger.warning(
             "subtask writes refused: %s of %s (fenced or recorded before)",
@@ -181,6 +181,19 @@ def _update_running(fields: list[str], rows: list[list[Any]]) -> int:
             len(rows),
         )
     return moved
+
+
+def _field(name: str) -> Field[Any, Any]:
+    """One of SubTask's own fields (``get_field`` may also answer a reverse relation)."""
+    field = SubTask._meta.get_field(name)
+    assert isinstance(field, Field)
+    return field
+
+
+def _column(field: Field[Any, Any]) -> str:
+    """The field's quoted column (every concrete field has one)."""
+    assert field.column is not None
+    return connection.ops.quote_name(field.column)
 
 
 def _fail_fast(parent: LongTask, kind: Kind, failure: Outcome) -> None:

@@ -5,11 +5,10 @@ from __future__ import annotations
 import datetime
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 from uuid import UUID
 
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
 from longtask.engine import enqueue
@@ -26,11 +25,16 @@ from longtask.engine.states.common import (
     new_token,
 )
 from longtask.models import LongTask, SubTask
+from longtask.serialize import JSONObject
+
+# A parent id arrives as a UUID or as the str a job carried. Django takes
+# both in ``parent_id=`` (as in ``pk=``), but django-stubs types an FK's lookup with the
+# related pk's UUID only: the lines marked "type: ignore[misc]" below are those.
 
 
 def skip_subtasks(parent_id: UUID | str) -> int:
     """Skip a stopped parent's subtasks that have not started (they are not counted)."""
-    return SubTask.objects.filter(parent_id=parent_id, status__in=CLAIMABLE).update(
+    return SubTask.objects.filter(parent_id=parent_id, status__in=CLAIMABLE).update(  # type: ignore[misc]
         status=CANCELLED, token=""
     )
 
@@ -41,7 +45,7 @@ def abandon_subtasks(parent_id: UUID | str) -> int:
         parent = lock_parent(parent_id)
         if parent is None or parent.status not in (SUCCEEDED, FAILED, CANCELLED):
             return 0
-        return SubTask.objects.filter(parent_id=parent_id, status=RUNNING).update(
+        return SubTask.objects.filter(parent_id=parent_id, status=RUNNING).update(  # type: ignore[misc]
             status=CANCELLED, token=""
         )
 
@@ -52,8 +56,8 @@ def reset_subtasks(parent_id: UUID | str) -> int:
     Call with the parent's row locked. Running ones are taken from their chunk (its
     token no longer matches), so nothing it writes later counts.
     """
-    rows = SubTask.objects.filter(parent_id=parent_id)
-    changes: dict[str, Any] = {
+    rows = SubTask.objects.filter(parent_id=parent_id)  # type: ignore[misc]
+    changes: dict[str, object] = {
         "status": QUEUED,
         "finish_seq": None,
         "finished_at": None,
@@ -71,7 +75,7 @@ def reset_subtasks(parent_id: UUID | str) -> int:
 class Claimed:
     token: str
     #: (pk, index, parameters, attempt) of each subtask, in index order.
-    rows: list[tuple[int, int, Any, int]] = field(default_factory=list)
+    rows: list[tuple[int, int, JSONObject, int]] = field(default_factory=list)
 
 
 def claim_subtasks(
@@ -80,7 +84,7 @@ def claim_subtasks(
     """Mark a chunk's claimable subtasks RUNNING under one new token."""
     now, claimed = timezone.now(), Claimed(new_token())
     with transaction.atomic():
-        rows = SubTask.objects.filter(
+        rows = SubTask.objects.filter(  # type: ignore[misc]
             Q(status=QUEUED) | Q(due_at__isnull=True) | Q(due_at__lte=now + DUE_TOLERANCE),
             parent_id=parent_id,
             parent__status=RUNNING,
@@ -147,7 +151,7 @@ def give_back(parent_id: UUID | str, token: str, pks: Sequence[int], eta: dateti
         return _give_back(parent, rows, eta)
 
 
-def _give_back(parent: LongTask, rows: Any, eta: datetime.datetime) -> int:
+def _give_back(parent: LongTask, rows: QuerySet[SubTask], eta: datetime.datetime) -> int:
     indexes = list(rows.order_by("index").values_list("index", flat=True))
     moved = rows.update(status=QUEUED, attempts=F("attempts") - 1, worker="", token="", due_at=eta)
     enqueue.chunk_indexes(parent, indexes, eta=eta)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-from typing import Any
 from uuid import UUID
 
 from django.db import transaction
@@ -27,8 +26,9 @@ from longtask.engine.states.common import (
 )
 from longtask.engine.states.subtasks import reset_subtasks, skip_subtasks
 from longtask.kinds import FanOutKind
-from longtask.models import LongTask, SubTask, one_line
-from longtask.progress import push
+from longtask.models import LongTask, RunEntry, SubTask, one_line
+from longtask.progress import ProgressRecord, push
+from longtask.serialize import JSON, JSONObject
 
 
 def claim(task_id: UUID | str, *, keep_runs: bool = False) -> tuple[Run, LongTask] | None:
@@ -59,7 +59,10 @@ def claim(task_id: UUID | str, *, keep_runs: bool = False) -> tuple[Run, LongTas
 
 def record_run(run: Run, task: LongTask) -> bool:
     """Append the claimed attempt's worker and start to ``runs`` (fenced by the run's token)."""
-    entry = {"worker": task.worker, "at": (task.heartbeat_at or timezone.now()).isoformat()}
+    entry: RunEntry = {
+        "worker": task.worker,
+        "at": (task.heartbeat_at or timezone.now()).isoformat(),
+    }
     task.runs = [*task.runs, entry]
     return bool(
         LongTask.objects.filter(pk=run.task_id, status=RUNNING, token=run.token).update(
@@ -83,11 +86,11 @@ def holds(run: Run) -> bool:
 
 
 def succeed(
-    run: Run, result: Any, progress: dict[str, Any] | None, task: LongTask | None = None
+    run: Run, result: JSON, progress: ProgressRecord | None, task: LongTask | None = None
 ) -> bool:
     """Store the result; ``task``, the run's copy of the row, then shows what was written
     (so that what follows, ``on_finished`` say, needs no read of it)."""
-    changes = {
+    changes: dict[str, object] = {
         "result": result,
         "last_progress": progress,
         "error": "",
@@ -101,7 +104,7 @@ def succeed(
 
 
 def _record_failure(
-    name: str, event: str, run: Run, task: LongTask, failure: Failure, **changes: Any
+    name: str, event: str, run: Run, task: LongTask, failure: Failure, **changes: object
 ) -> bool:
     # Inside the caller's transaction: the failure and the job or skip that follows it.
     error = one_line(failure.error)
@@ -143,7 +146,7 @@ def schedule_retry(run: Run, task: LongTask, failure: Failure, next_at: datetime
     return moved
 
 
-def finish_cancelled(run: Run, progress: dict[str, Any] | None) -> bool:
+def finish_cancelled(run: Run, progress: ProgressRecord | None) -> bool:
     with transaction.atomic():
         moved = move_task(
             "finish_cancelled",
@@ -169,7 +172,7 @@ def continue_later(run: Run, task: LongTask) -> bool:
     return moved
 
 
-def move_cursor(run: Run, cursor: Any, rows_done: int) -> bool:
+def move_cursor(run: Run, cursor: JSON, rows_done: int) -> bool:
     """Move an iterative task's cursor (inside the batch's transaction); False if fenced off."""
     moved = LongTask.objects.filter(pk=run.task_id, status=RUNNING, token=run.token).update(
         cursor=cursor, rows_done=rows_done
@@ -253,9 +256,7 @@ def requeue(task: LongTask) -> bool:
 # Fan-out parents -------------------------------------------------------------------
 
 
-def save_split_batch(
-    run: Run, task: LongTask, kind: FanOutKind, batch: list[dict[str, Any]]
-) -> bool:
+def save_split_batch(run: Run, task: LongTask, kind: FanOutKind, batch: list[JSONObject]) -> bool:
     """Save one batch of subtasks and queue their chunks, fenced; False if the run lost it."""
     first, now = task.subtasks_total, timezone.now()
     with transaction.atomic():

@@ -11,8 +11,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
@@ -33,6 +33,10 @@ from longtask.kinds import Kind, registry
 from longtask.management import cli
 from longtask.management.operate import OperateCommands
 from longtask.models import LongTask, Status
+from longtask.serialize import JSON, JSONObject
+
+if TYPE_CHECKING:
+    from longtask.guards.access import User
 
 logger = logging.getLogger("longtask")
 
@@ -130,7 +134,7 @@ class Command(OperateCommands, BaseCommand):
         owner: str | None,
         wait: bool,
         as_json: bool,
-        **options: Any,
+        **options: object,
     ) -> None:
         kind_obj = self._kind(kind)
         self._queue(queue)
@@ -160,7 +164,13 @@ class Command(OperateCommands, BaseCommand):
             self._exit_for(task, quiet=as_json)
 
     def _start_task(
-        self, kind: Kind, params: Any, *, name: str | None, queue: str | None, owner: Any
+        self,
+        kind: Kind,
+        params: Mapping[str, JSON],
+        *,
+        name: str | None,
+        queue: str | None,
+        owner: User | None,
     ) -> tuple[LongTask, bool]:
         """Start a task; the limits apply to an ``--owner`` (the operator alone is trusted)."""
         actor = abuse.Actor(user=owner, trusted=owner is None)
@@ -184,7 +194,7 @@ class Command(OperateCommands, BaseCommand):
         except KeyboardInterrupt:
             raise CommandError(f"stopped following; {what} keeps running", returncode=130) from None
 
-    def _progress_stream(self) -> Any:
+    def _progress_stream(self) -> cli.Stream:
         # tqdm writes "\r" updates; Django's OutputWrapper would end each with a newline.
         return getattr(self.stderr, "_out", self.stderr)
 
@@ -197,14 +207,14 @@ class Command(OperateCommands, BaseCommand):
         queue: str | None,
         owner: str | None,
         wait: bool,
-        **options: Any,
+        **options: object,
     ) -> None:
         kind_obj = self._kind(kind)
         self._queue(queue)
         owner_obj = cli.find_owner(owner) if owner else None
         lines = cli.read_jsonl(file)
         max_name = LongTask._meta.get_field("name").max_length or 0
-        valid: list[tuple[int, dict[str, Any], str | None]] = []
+        valid: list[tuple[int, JSONObject, str | None]] = []
         rejected: list[tuple[int, str]] = []
         for number, data in lines:
             name = None
