@@ -8,6 +8,7 @@ from longtask.progress.store import (
     eta_seconds,
     payload,
     progress_key,
+    read_many_progress,
     read_progress,
     write_progress,
 )
@@ -21,6 +22,7 @@ __all__ = [
     "eta_seconds",
     "payload",
     "progress_key",
+    "read_many_progress",
     "read_progress",
     "write_progress",
 ]

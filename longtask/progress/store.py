@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Iterable
 from typing import Any
 from uuid import UUID
 
@@ -45,6 +46,26 @@ def read_progress(task_id: UUID | str) -> dict[str, Any] | None:
     except (TypeError, ValueError):
         return None
     return record if isinstance(record, dict) else None
+
+
+def read_many_progress(task_ids: Iterable[UUID | str]) -> dict[str, dict[str, Any]]:
+    """Return the live progress records of several tasks by id (as text), in one cache read.
+
+    Tasks without a record (or with an unreadable one) are left out.
+    """
+    keys = {progress_key(task_id): str(task_id) for task_id in task_ids}
+    if not keys:
+        return {}
+    found = caches[settings.CACHE_ALIAS].get_many(list(keys))
+    records = {}
+    for key, raw in found.items():
+        try:
+            record = json.loads(raw)
+        except (TypeError, ValueError):
+            continue
+        if isinstance(record, dict):
+            records[keys[key]] = record
+    return records
 
 
 def write_progress(task_id: UUID | str, record: dict[str, Any]) -> None:
