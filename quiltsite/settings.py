@@ -281,7 +281,11 @@ STATIC_ROOT = DATA_DIR / "static"  # for `collectstatic` in deployments (made by
 # WhiteNoise serves static files from the app directories under daphne, no DEBUG needed.
 WHITENOISE_USE_FINDERS = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
-LOGIN_URL = "admin:login"
+
+# Sign-in for people at /accounts/ (quiltsite/urls.py); the first account is made with
+# `python manage.py createsuperuser`.
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "longtask:index"
 
 LOGGING = {
     "version": 1,
