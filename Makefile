@@ -25,6 +25,7 @@ $(VENV)/.dev: requirements-dev.txt $(VENV)/.runtime
 run: $(VENV)/.runtime
 	$(PY) manage.py migrate --noinput
 	@echo "longtask demo: http://127.0.0.1:$(PORT)/  (Ctrl-C stops the web server and the workers)"
+	@echo "To sign in (/accounts/login/, the admin at /admin/), create the first account: $(PY) manage.py createsuperuser"
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" exec $(VENV)/bin/honcho start -f Procfile -p $(PORT)
 
 # The browser tests drive Debian's chromium. Where it is missing, CI (or

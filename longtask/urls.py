@@ -1,12 +1,14 @@
 from django.urls import path
 
 from longtask.live import sse
-from longtask.web import views
+from longtask.web import views, yours
 
 app_name = "longtask"
 
 urlpatterns = [
     path("", views.index, name="index"),
+    path("tasks/", yours.your_tasks_page, name="yours"),
+    path("tasks/live.json", yours.your_tasks_json, name="yours_json"),
     path("tasks/new/<slug:kind>/", views.new_task, name="new"),
     path("tasks/<uuid:task_id>/", views.status, name="status"),
     path("tasks/<uuid:task_id>.json", views.status_json, name="status_json"),

@@ -13,6 +13,7 @@ from django import forms
 from django.core.validators import RegexValidator
 from django.db.models import Count, Sum
 from django.template.loader import render_to_string
+from django.utils import timezone
 from django.utils.safestring import SafeString
 
 import longtask
@@ -24,9 +25,16 @@ from quiltsite.models import Invoice
 REPORT_HEADER = ["date", "invoices", "net", "vat", "gross"]
 
 
+def last_month() -> str:
+    """The month before today's (YYYY-MM): the report's default."""
+    first_of_this_month = timezone.localdate().replace(day=1)
+    return (first_of_this_month - datetime.timedelta(days=1)).strftime("%Y-%m")
+
+
 class ReportForm(forms.Form):
     month = forms.CharField(
         max_length=7,
+        initial=last_month,
         help_text="YYYY-MM, e.g. 2026-10",
         validators=[RegexValidator(r"^(19|20)\d\d-(0[1-9]|1[0-2])$", "Enter a month as YYYY-MM.")],
     )

@@ -6,6 +6,7 @@ a file-based cache, so the site runs on a fresh machine with no services.
 
 from __future__ import annotations
 
+import datetime
 import os
 from pathlib import Path
 
@@ -34,6 +35,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_q",
+    "axes",
     "longtask",
     "quiltsite",
 ]
@@ -49,6 +51,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: turns a refused sign-in into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 # Security headers on every response (SECURITY.md). Scripts and styles: only the site's
@@ -290,7 +294,31 @@ STATIC_ROOT = DATA_DIR / "static"  # for `collectstatic` in deployments (made by
 # WhiteNoise serves static files from the app directories under daphne, no DEBUG needed.
 WHITENOISE_USE_FINDERS = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
-LOGIN_URL = "admin:login"
+
+# Sign-in for people at /accounts/ (quiltsite/urls.py); the first account is made with
+# `python manage.py createsuperuser`.
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "longtask:index"
+
+# Failed sign-ins are limited by django-axes, on /accounts/login/ and the admin's login
+# alike: AXES_FAILURE_LIMIT failures for one username (from any address), or from one
+# client address (for any usernames), block signing in with that username, or from that
+# address, for AXES_COOLOFF_TIME; each failure while blocked starts it again, and a
+# correct password is refused meanwhile. A success clears nothing (no
+# AXES_RESET_ON_SUCCESS): it would delete every failure from the same address, so an
+# attacker with an account of their own could sign in between guesses at another's.
+# Attempts are rows in the database (the admin lists them under "Axes"; `manage.py
+# axes_reset` unblocks everyone). The client address is REMOTE_ADDR, as for the start
+# limits: behind a proxy, set it from the proxy's header in a middleware of your own.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",  # first: refuses a blocked sign-in
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_int("DJANGO_LOGIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = datetime.timedelta(minutes=env_int("DJANGO_LOGIN_COOLOFF_MINUTES", 15))
+AXES_LOCKOUT_PARAMETERS = [["username"], ["ip_address"]]
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+AXES_IPWARE_META_PRECEDENCE_ORDER = ("REMOTE_ADDR",)
 
 LOGGING = {
     "version": 1,

@@ -7,6 +7,7 @@ LONGTASK_REQUIRE_BROWSER=1 or CI=true, which make them fail.
 
 from __future__ import annotations
 
+import datetime
 import importlib.util
 import os
 from collections.abc import Iterator
@@ -14,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.utils import timezone
 
+from longtask.models import LongTask, Status
 from tests.processes import ROOT
 from tests.test_live import daphne, workers
 
@@ -249,3 +252,172 @@ def test_a_kind_with_its_own_live_script_gets_every_frame(tmp_path, chromium, mo
         assert '"framed": 4' in page.locator("main .result").inner_text()
         assert page.evaluate("window.__csp") == []
     assert errors == []
+
+
+# Your tasks and sign-in ---------------------------------------------------------------
+# Rows are made before Playwright starts: no ORM call while its event loop runs here.
+
+WALKER_PASSWORD = "pw-walker-1"
+
+# Records, from inside the page, every state the rows of the table went through.
+ROWS_OBSERVER = """() => {
+  const seen = (window.__rows = {});
+  const table = document.querySelector("table.tasks");
+  const record = () => {
+    for (const row of table.querySelectorAll("tr[data-task-id]")) {
+      const states = (seen[row.dataset.taskId] ??= []);
+      const bar = row.querySelector("progress");
+      const state = row.dataset.status + " " + (bar.hasAttribute("value") ? bar.value : "-");
+      if (states[states.length - 1] !== state) states.push(state);
+    }
+  };
+  new MutationObserver(record).observe(table, {
+    subtree: true, childList: true, attributes: true, characterData: true,
+  });
+  record();
+}"""
+
+
+@pytest.fixture
+def walker(django_user_model) -> tuple[str, Any]:
+    """A user to sign in as, and another user's running task that must never show."""
+    django_user_model.objects.create_user("walker", password=WALKER_PASSWORD)
+    other = django_user_model.objects.create_user("stranger", password="pw-stranger-1")
+    now = timezone.now()
+    theirs = LongTask.objects.create(
+        kind="report",
+        owner=other,
+        status=Status.RUNNING,
+        started_at=now - datetime.timedelta(seconds=5),
+        heartbeat_at=now,
+        parameters={"month": "2026-10", "work_ms": 0},
+    )
+    return "walker", str(theirs.pk)
+
+
+def sign_in_through_the_header(page: Any, base: str, username: str, password: str) -> None:
+    """Sign in through the header's link and the login form, as a person would."""
+    page.goto(base + "/")
+    page.click("header.site a.sign-in")
+    page.wait_for_url("**/accounts/login/**")
+    page.fill("#id_username", username)
+    page.fill("#id_password", password)
+    page.click("form.sign-in button[type=submit]")
+    page.wait_for_url(base + "/")
+
+
+def start_own_quilt(page: Any, base: str, work_ms: int, rows: int = 8, cols: int = 8) -> str:
+    """Start a quilt from the home page's form; return its id."""
+    page.goto(base + "/")
+    form = page.locator('form[action="/tasks/new/quilt/"]')
+    form.locator('[name="rows"]').fill(str(rows))
+    form.locator('[name="cols"]').fill(str(cols))
+    form.locator('[name="work_ms"]').fill(str(work_ms))
+    form.locator('button[type="submit"]').click()
+    page.wait_for_url("**/tasks/*/")
+    return page.url.rstrip("/").rsplit("/", 1)[1]
+
+
+def row_selector(task_id: str, status: str | None = None) -> str:
+    selector = f'table.tasks tr[data-task-id="{task_id}"]'
+    return selector + (f'[data-status="{status}"]' if status else "")
+
+
+def test_your_tasks_rows_update_live_with_one_poll_and_never_show_others(
+    tmp_path, walker, chromium
+):
+    username, theirs = walker
+    errors: list[str] = []
+    with daphne(tmp_path / "daphne.log") as base:
+        # Another browser, anonymous, starts a quilt of its own.
+        stranger = chromium.new_context().new_page()
+        anonymous_task = start_own_quilt(stranger, base, work_ms=0, rows=1, cols=1)
+
+        context = chromium.new_context()
+        page = context.new_page()
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        sign_in_through_the_header(page, base, username, WALKER_PASSWORD)
+        slow = start_own_quilt(page, base, work_ms=250)
+        quick = start_own_quilt(page, base, work_ms=100, rows=2, cols=2)
+
+        polls: list[str] = []
+        page.on(
+            "request",
+            lambda request: "/tasks/live.json" in request.url and polls.append(request.url),
+        )
+        page.goto(base + "/tasks/")
+        sockets: list[str] = []  # from here on: the status pages opened one each
+        page.on("websocket", lambda socket: sockets.append(socket.url))
+        assert page.locator("table.tasks tr[data-task-id]").count() == 2
+        assert page.locator(row_selector(slow, "QUEUED")).count() == 1  # no workers yet
+        html = page.content()
+        assert theirs not in html and anonymous_task not in html
+        page.evaluate("window.__marker = 'still here'")
+        page.evaluate(ROWS_OBSERVER)
+        with workers(tmp_path):
+            page.wait_for_selector(row_selector(quick, "SUCCEEDED"), timeout=DEADLINE_MS)
+            page.wait_for_selector(row_selector(slow, "SUCCEEDED"), timeout=DEADLINE_MS)
+        seen = page.evaluate("window.__rows")
+        assert page.evaluate("window.__marker") == "still here", "the page was reloaded"
+        # The slow quilt's row went through its states in place, its bar moving on the way.
+        states = seen[slow]
+        assert states[0] == "QUEUED -" and states[-1] == "SUCCEEDED 100", states
+        assert any(state.startswith("RUNNING") for state in states), states
+        assert page.locator(row_selector(slow) + " .timing").inner_text().startswith("took ")
+        # One connection for the page: no websocket, and each poll asks about both rows.
+        assert sockets == []
+        assert polls and all(slow in url and quick in url for url in polls[:1]), polls
+        assert all(theirs not in url and anonymous_task not in url for url in polls)
+        # Finished: the polling stops.
+        page.wait_for_selector("table.tasks[data-live=done]", timeout=DEADLINE_MS)
+        assert theirs not in page.content()
+
+        # The anonymous browser sees its own quilt only.
+        stranger.goto(base + "/tasks/")
+        assert stranger.locator("table.tasks tr[data-task-id]").count() == 1
+        assert stranger.locator(row_selector(anonymous_task)).count() == 1
+        context.close()
+    assert errors == []
+
+
+def test_your_tasks_without_javascript_refresh_until_the_end(tmp_path, walker, chromium):
+    username, theirs = walker
+    with daphne(tmp_path / "daphne.log") as base:
+        context = chromium.new_context(java_script_enabled=False)
+        page = context.new_page()
+        sign_in_through_the_header(page, base, username, WALKER_PASSWORD)
+        task_id = start_own_quilt(page, base, work_ms=150)
+        loads: list[str] = []
+        page.on("load", lambda: loads.append(page.url))
+        page.goto(base + "/tasks/")
+        assert 'http-equiv="refresh"' in page.content()
+        assert page.locator(row_selector(task_id, "QUEUED")).count() == 1
+        with workers(tmp_path):
+            page.wait_for_selector(row_selector(task_id, "SUCCEEDED"), timeout=DEADLINE_MS)
+        assert len(loads) >= 2, loads  # the list, then at least one refresh
+        assert set(loads) == {base + "/tasks/"}
+        assert 'http-equiv="refresh"' not in page.content()  # nothing runs: no more reloads
+        assert theirs not in page.content()
+        context.close()
+
+
+def test_sign_in_and_sign_out_through_the_header(tmp_path, walker, chromium):
+    username, _ = walker
+    with daphne(tmp_path / "daphne.log") as base:
+        page = chromium.new_page()
+        page.goto(base + "/tasks/")
+        page.click("header.site a.sign-in")
+        page.wait_for_url("**/accounts/login/?next=/tasks/")
+        page.fill("#id_username", username)
+        page.fill("#id_password", "not-the-password")
+        page.click("form.sign-in button[type=submit]")
+        page.wait_for_selector("form.sign-in .errorlist", timeout=DEADLINE_MS)
+        page.fill("#id_password", WALKER_PASSWORD)
+        page.click("form.sign-in button[type=submit]")
+        page.wait_for_url(base + "/tasks/")  # back where the link was followed
+        assert page.locator("header.site .user").inner_text() == username
+        page.click("header.site form.logout button")
+        page.wait_for_url("**/accounts/logout/")
+        assert "You have signed out" in page.locator("main").inner_text()
+        assert page.locator("header.site a.sign-in").count() == 1
+        assert page.locator("header.site .user").count() == 0

@@ -361,7 +361,7 @@ def test_the_status_page_and_json_show_a_task_to_viewers_only(client, django_use
     assert client.get(row.get_absolute_url()).status_code == 404  # no owner: not open by URL
     viewer = django_user_model.objects.create_user("viewer", password="pw")
     viewer.user_permissions.add(Permission.objects.get(codename="view_longtask"))
-    client.login(username="viewer", password="pw")
+    client.force_login(viewer)
     page = client.get(row.get_absolute_url())
     assert page.status_code == 200
     assert "tests.tasks_sample.with_progress" in page.content.decode()
@@ -388,16 +388,16 @@ def test_a_backend_without_queues_accepts_any_longtask_queue():
 
 def test_using_owner_gives_the_task_an_owner_who_sees_it(client, django_user_model):
     owner = django_user_model.objects.create_user("owner", password="pw")
-    django_user_model.objects.create_user("other", password="pw")
+    other = django_user_model.objects.create_user("other", password="pw")
     with longtask.using_owner(owner):
         owned = sample.noop_task.enqueue()
     unowned = sample.noop_task.enqueue()
     assert LongTask.objects.get(pk=owned.id).owner == owner
     assert LongTask.objects.get(pk=unowned.id).owner is None
     url = reverse("longtask:status", args=[owned.id])
-    client.login(username="other", password="pw")
+    client.force_login(other)
     assert client.get(url).status_code == 404
-    client.login(username="owner", password="pw")
+    client.force_login(owner)
     assert client.get(url).status_code == 200
 
 

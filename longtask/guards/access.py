@@ -12,7 +12,8 @@ cancel or retry it. ``is_staff`` alone grants nothing: it only opens the admin's
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from django.core.exceptions import PermissionDenied
@@ -99,3 +100,22 @@ def visible_tasks(user: AnyUser) -> LongTaskQuerySet:
     if user.is_authenticated:
         return LongTask.objects.filter(owner=user)
     return LongTask.objects.none()
+
+
+def own_tasks(user: Any, started_here: Iterable[UUID | str] = ()) -> LongTaskQuerySet:
+    """Return what "your tasks" lists: never anybody else's, whatever the permissions.
+
+    A signed-in user's own tasks (staff included: a permission to read every task does
+    not make them theirs). For an anonymous visitor, those of ``started_here`` (the ids
+    their session remembers) that are open by URL: an id that became owned, or a
+    django.tasks function's, is left out. Always a part of what ``can_view`` allows
+    (owners see their own; anonymous tasks are open by URL), with no permission read.
+    """
+    if user is not None and user.is_authenticated:
+        return LongTask.objects.filter(owner=user)
+    ids = list(started_here)
+    if not ids:
+        return LongTask.objects.none()
+    return LongTask.objects.filter(pk__in=ids, owner__isnull=True).exclude(
+        kind__startswith=TASK_KIND_PREFIX
+    )

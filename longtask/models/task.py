@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Mapping
 from typing import NotRequired, TypedDict
 
 from django.conf import settings
@@ -224,15 +225,21 @@ class LongTask(models.Model):
     def is_fanout(self) -> bool:
         return isinstance(registry.find(self.kind), FanOutKind)
 
-    def progress_record(self) -> ProgressRecord | None:
+    def progress_record(
+        self, cached: Mapping[str, ProgressRecord] | None = None, now: float | None = None
+    ) -> ProgressRecord | None:
         """Return the progress record: persisted once finished, else live.
 
-        Live progress of a fan-out task comes from its own counters (no cache read).
+        Live progress of a fan-out task comes from its own counters (no cache read); a
+        plain task's from the cache, or from ``cached`` (records by id, read for many
+        tasks at once with ``progress.read_many_progress``).
         """
         if self.is_finished:
             return self.last_progress
         if self.is_fanout and self.started_at:
-            return self.fanout_progress()
+            return self.fanout_progress(now)
+        if cached is not None:
+            return cached.get(str(self.pk))
         return progress_store.read_progress(self.pk)
 
     def fanout_progress(self, now: float | None = None) -> ProgressRecord:

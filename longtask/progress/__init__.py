@@ -10,6 +10,7 @@ from longtask.progress.store import (
     eta_seconds,
     payload,
     progress_key,
+    read_many_progress,
     read_progress,
     write_progress,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "eta_seconds",
     "payload",
     "progress_key",
+    "read_many_progress",
     "read_progress",
     "write_progress",
 ]

@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Iterable
 from typing import TypedDict, cast
 from uuid import UUID
 
@@ -67,6 +68,26 @@ def read_progress(task_id: UUID | str) -> ProgressRecord | None:
         return None
     # The shape a reporter wrote (any object that is not one is a miss).
     return cast("ProgressRecord", record) if isinstance(record, dict) else None
+
+
+def read_many_progress(task_ids: Iterable[UUID | str]) -> dict[str, ProgressRecord]:
+    """Return the live progress records of several tasks by id (as text), in one cache read.
+
+    Tasks without a record (or with an unreadable one) are left out.
+    """
+    keys = {progress_key(task_id): str(task_id) for task_id in task_ids}
+    if not keys:
+        return {}
+    found = caches[settings.CACHE_ALIAS].get_many(list(keys))
+    records: dict[str, ProgressRecord] = {}
+    for key, raw in found.items():
+        try:
+            record = json.loads(raw)
+        except (TypeError, ValueError):
+            continue
+        if isinstance(record, dict):
+            records[keys[key]] = cast("ProgressRecord", record)
+    return records
 
 
 def write_progress(task_id: UUID | str, record: ProgressRecord) -> None:

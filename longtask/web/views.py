@@ -34,6 +34,7 @@ from longtask.kinds import Kind, registry
 from longtask.live.cursor import parse_cursor
 from longtask.live.routing import websocket_path
 from longtask.models import Status
+from longtask.web import yours
 
 #: A form body may be this many times the parameters' limit: percent-encoding
 #: triples punctuation, and the CSRF token and field names come on top.
@@ -53,7 +54,12 @@ def index(request: HttpRequest) -> HttpResponse:
     kinds = [
         (kind, kind.form_class() if can_start(request.user, kind) else None) for kind in registry
     ]
-    return render(request, "longtask/index.html", {"kinds": kinds})
+    context = {
+        "kinds": kinds,
+        "your_tasks": yours.recent_rows(request),
+        "refresh_seconds": settings.REFRESH_SECONDS,
+    }
+    return render(request, "longtask/index.html", context)
 
 
 @require_http_methods(["GET", "POST"])
@@ -75,6 +81,7 @@ def new_task(request: HttpRequest, kind: str) -> HttpResponse:
             return _not_allowed(request, kind_obj)
         except LimitExceeded as exc:
             return refused(request, exc)
+        yours.remember(request, task)  # an anonymous visitor's "your tasks"
         return redirect_303(task.get_absolute_url())
     return render(request, "longtask/new.html", {"kind": kind_obj, "form": kind_obj.form_class()})
 
