@@ -56,6 +56,7 @@ bench: $(VENV)/.dev
 	$(PY) bench/fanout.py
 	$(PY) bench/tasks.py
 	$(PY) bench/live.py
+	$(PY) bench/reads.py
 
 clean:
 	rm -rf $(VENV) var
