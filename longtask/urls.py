@@ -1,20 +1,10 @@
-from django.urls import path
+"""longtask's URLs, under the ``longtask`` namespace: ``path("", include("longtask.urls"))``."""
 
-from longtask.live import sse
-from longtask.web import views, yours
+from django.urls import include, path
 
 app_name = "longtask"
 
 urlpatterns = [
-    path("", views.index, name="index"),
-    path("tasks/", yours.your_tasks_page, name="yours"),
-    path("tasks/live.json", yours.your_tasks_json, name="yours_json"),
-    path("tasks/new/<slug:kind>/", views.new_task, name="new"),
-    path("tasks/<uuid:task_id>/", views.status, name="status"),
-    path("tasks/<uuid:task_id>.json", views.status_json, name="status_json"),
-    path("tasks/<uuid:task_id>/subtasks.json", views.subtasks_json, name="subtasks_json"),
-    # Server-Sent Events (needs an ASGI server): the websocket's frames over plain HTTP.
-    path("tasks/<uuid:task_id>/events", sse.events, name="events"),
-    path("tasks/<uuid:task_id>/download/", views.download, name="download"),
-    path("tasks/<uuid:task_id>/cancel/", views.cancel, name="cancel"),
+    path("", include("longtask.web.urls")),
+    path("", include("longtask.live.urls")),
 ]

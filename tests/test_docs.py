@@ -251,12 +251,22 @@ def test_every_system_check_is_documented():
     assert ids and documented == ids
 
 
+def _routes(patterns, prefix=""):
+    for pattern in patterns:
+        if hasattr(pattern, "url_patterns"):  # an include()
+            yield from _routes(pattern.url_patterns, prefix + str(pattern.pattern))
+        else:
+            yield prefix + str(pattern.pattern)
+
+
 def test_every_url_is_documented():
     from longtask.urls import urlpatterns
 
     table = page("status-pages.md").split("| URL |")[1].split("\n\n")[0]
-    for pattern in urlpatterns:
-        route = re.sub(r"<(?:\w+:)?(\w+)>", r"<\1>", str(pattern.pattern))
+    routes = list(_routes(urlpatterns))
+    assert len(routes) >= 10
+    for route in routes:
+        route = re.sub(r"<(?:\w+:)?(\w+)>", r"<\1>", route)
         route = route.replace("<task_id>", "<uuid>")
         assert f"/{route}`" in table or f"/{route}?" in table, route
 
