@@ -50,6 +50,10 @@ class Settings:
     CHUNK_TARGET_SECONDS: float = 1.0
     #: Upper bound of an automatic chunk size.
     MAX_CHUNK_SIZE: int = 500
+    #: Chunk jobs of one fan-out queued at once; more are queued as chunks finish, so a
+    #: later fan-out's jobs wait behind a few of an earlier one's, not all of them.
+    #: None: twice SUBTASK_PARALLELISM; 0: no window (every subtask queued at its split).
+    FANOUT_WINDOW_JOBS: int | None = None
     #: A chunk records its finished subtasks at least this often (seconds).
     RECORD_INTERVAL: float = 0.2
     #: Default retry policy of a kind (fields of longtask.RetryPolicy).

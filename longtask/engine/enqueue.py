@@ -39,6 +39,12 @@ def chunk_ranges(task: LongTask, kind: FanOutKind, first: int, count: int) -> No
     dispatch.enqueue_many(dispatch.CHUNK_JOB, jobs, cluster=subtask_cluster(kind))
 
 
+def chunk_spans(task: LongTask, kind: FanOutKind, spans: list[tuple[int, int]]) -> None:
+    """Queue one chunk job per [start, end) span of subtask indexes."""
+    jobs = [(str(task.pk), start, end - 1) for start, end in spans]
+    dispatch.enqueue_many(dispatch.CHUNK_JOB, jobs, cluster=subtask_cluster(kind))
+
+
 def chunk_indexes(task: LongTask, indexes: list[int], eta: datetime.datetime | None = None) -> None:
     """Queue chunk jobs for the given subtask indexes."""
     if not indexes:

@@ -7,10 +7,10 @@ import logging
 from django.db import transaction
 
 from longtask.conf import settings
-from longtask.engine import enqueue, states
+from longtask.engine import states, window
 from longtask.engine.values import to_json
 from longtask.kinds import FanOutKind
-from longtask.models import LongTask, SubTask
+from longtask.models import LongTask
 from longtask.serialize import JSONObject
 
 logger = logging.getLogger("longtask")
@@ -27,12 +27,8 @@ def split(run: states.Run, task: LongTask, kind: FanOutKind) -> None:
         with transaction.atomic():
             if not states.holds(run):
                 return
-            waiting = list(
-                SubTask.objects.filter(parent_id=task.pk, status__in=states.CLAIMABLE)
-                .order_by("index")
-                .values_list("index", flat=True)
-            )
-            enqueue.chunk_indexes(task, waiting)
+            window.redispatch_below_line(task)
+            window.refill(task, kind)
     if not task.split_done:
         batch: list[JSONObject] = []
         for position, params in enumerate(kind.split(task.parameters)):

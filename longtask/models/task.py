@@ -132,6 +132,9 @@ class LongTask(models.Model):
     subtasks_failed = models.PositiveIntegerField(default=0)
     #: Last finish_seq handed out; unlike subtasks_done it never goes back (retries).
     subtask_cursor = models.PositiveIntegerField(default=0)
+    #: Subtasks with an index below this have had their chunk jobs queued; the rest wait
+    #: for room in the fan-out's window (longtask/engine/window.py).
+    dispatched_upto = models.PositiveIntegerField(default=0)
     #: Sum of the run times of finished subtasks (seconds), for chunk sizing and the ETA.
     subtask_seconds = models.FloatField(default=0)
     #: The split has queued every subtask (the seeds' "all loaded" flag).

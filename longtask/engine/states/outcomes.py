@@ -11,7 +11,7 @@ from django.db import connection, transaction
 from django.db.models import F, Field
 from django.utils import timezone
 
-from longtask.engine import enqueue
+from longtask.engine import enqueue, window
 from longtask.engine.states.common import (
     CANCELLED,
     FAILED,
@@ -143,8 +143,8 @@ def record(parent_id: UUID | str, kind: FanOutKind, outcomes: list[Outcome]) -> 
         ):
             _fail_fast(parent, kind, first_failure)
             running = False
-        elif moved and running:
-            start_fan_in(parent_id)
+        elif moved and running and not start_fan_in(parent_id):
+            window.refill(parent, kind)  # room for the next chunks, at the queue's tail
     return Recorded(moved, parent_running=running)
 
 

@@ -64,7 +64,8 @@ def reset_subtasks(parent_id: UUID | str) -> int:
         "attempts": 0,
         "token": "",
         "error": "",
-        "due_at": timezone.now(),
+        # No job yet: the parent's next attempt queues them (engine/window.py).
+        "due_at": None,
     }
     failed = rows.filter(status=FAILED).update(**changes)
     rows.filter(status__in=SUBTASK_TRANSITIONS["reset"].sources).update(**changes)

@@ -10,7 +10,7 @@ from django.db.models import F
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from longtask.engine import enqueue
+from longtask.engine import enqueue, window
 from longtask.engine.heartbeat import node_name
 from longtask.engine.states.common import (
     CLAIMABLE,
@@ -258,7 +258,7 @@ def requeue(task: LongTask) -> bool:
 
 def save_split_batch(run: Run, task: LongTask, kind: FanOutKind, batch: list[JSONObject]) -> bool:
     """Save one batch of subtasks and queue their chunks, fenced; False if the run lost it."""
-    first, now = task.subtasks_total, timezone.now()
+    first = task.subtasks_total
     with transaction.atomic():
         moved = LongTask.objects.filter(pk=run.task_id, status=RUNNING, token=run.token).update(
             subtasks_total=F("subtasks_total") + len(batch)
@@ -267,11 +267,11 @@ def save_split_batch(run: Run, task: LongTask, kind: FanOutKind, batch: list[JSO
             return False
         SubTask.objects.bulk_create(
             [
-                SubTask(parent_id=run.task_id, index=first + offset, parameters=params, due_at=now)
+                SubTask(parent_id=run.task_id, index=first + offset, parameters=params)
                 for offset, params in enumerate(batch)
             ]
         )
-        enqueue.chunk_ranges(task, kind, first, len(batch))
+        window.refill(task, kind)  # due_at is set as each subtask is dispatched
     task.subtasks_total = first + len(batch)
     return True
 
