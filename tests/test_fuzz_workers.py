@@ -12,9 +12,11 @@ import pytest
 from django.db import transaction
 from django.db.models import JSONField, TextField, Value
 
+from longtask.backends import kind_name
 from longtask.engine import enqueue, run
 from longtask.kinds import registry
-from longtask.models import LongTask, Status
+from longtask.models import LongTask, Status, SubTask
+from quiltsite import tasks as demo_tasks
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -60,6 +62,14 @@ def assert_failed_clearly(task: LongTask, hostile: Hostile) -> None:
     assert task.attempts <= 1, (hostile, task.attempts, task.history)
 
 
+COUNT_TO = kind_name(demo_tasks.count_to)
+MISSING_KEYS = Hostile("quilt", {}, names="rows: This field is required")
+HUGE_QUILT = Hostile("quilt", {"rows": 10**9, "cols": 10**9}, names="less than or equal to 200")
+NEGATIVE = Hostile("quilt", {"rows": -3, "cols": 2}, names="rows: Ensure")
+BOOL_AS_INT = Hostile("quilt", {"rows": True, "cols": 2}, names="rows: Enter a whole number")
+BAD_MONTH = Hostile("report", {"month": "2026-13", "work_ms": 0}, names="month: Enter a month")
+NOT_AN_OBJECT = Hostile("recount", [2026], names="a JSON object is needed, not an array")
+ARGS_NOT_A_LIST = Hostile(COUNT_TO, {"args": 5, "kwargs": {}}, names="invalid parameters")
 IMPORT_VALUE_ERROR = Hostile("task:.x", {}, names="unknown task kind 'task:.x'")
 IMPORT_TYPE_ERROR = Hostile("task:..", {}, names="unknown task kind 'task:..'")
 
@@ -80,3 +90,29 @@ def test_a_kind_name_the_import_chokes_on_is_an_unknown_kind(hostile, client, vi
     task.refresh_from_db()
     assert_failed_clearly(task, hostile)
     assert client.get(f"/tasks/{task.pk}.json").json()["status"] == "FAILED"
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [MISSING_KEYS, HUGE_QUILT, NEGATIVE, BOOL_AS_INT, BAD_MONTH, NOT_AN_OBJECT, ARGS_NOT_A_LIST],
+    ids=repr,
+)
+def test_the_worker_checks_stored_parameters_before_the_kind_sees_them(hostile):
+    task = hostile.row()
+    run.run(str(task.pk))
+    task.refresh_from_db()
+    assert_failed_clearly(task, hostile)
+    assert task.history[-1]["exception"] == "longtask.exceptions.InvalidStoredParameters"
+    assert not SubTask.objects.filter(parent=task).exists()  # nothing split
+
+
+def test_the_kind_runs_with_the_parameters_as_its_form_reads_them():
+    # Numbers as text, and no optional fields (as from a form that has gained them since):
+    # the split gets ints and the defaults (range("2") raised TypeError, then a KeyError).
+    task = Hostile("quilt", {"rows": "2", "cols": " 3 "}).row()
+    run.run(str(task.pk))
+    task.refresh_from_db()
+    assert (task.status, task.subtasks_total, task.error) == (Status.RUNNING, 6, "")
+    last = SubTask.objects.get(parent=task, index=5)
+    assert last.parameters == {"row": 1, "col": 2, "work_ms": 0, "fail_rate": 0.0}
+    assert task.parameters == {"rows": "2", "cols": " 3 "}  # the row is left as written
