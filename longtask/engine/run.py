@@ -36,7 +36,8 @@ logger = logging.getLogger("longtask")
 
 def run(task_id: str) -> None:
     """Run the task once if it can be claimed; a duplicate delivery does nothing."""
-    task = LongTask.objects.filter(pk=task_id).first()
+    # The parameters are read by stored_parameters, which fails a row Python cannot decode.
+    task = LongTask.objects.defer("parameters").filter(pk=task_id).first()
     if task is None:
         logger.warning("LongTask id=%s not found; skipping", task_id)
         return
@@ -167,7 +168,12 @@ def stored_parameters(kind: Kind, task: LongTask) -> dict[str, Any]:
     kind gets the cleaned parameters, so a form must accept its own cleaned output (a
     field added since gets its default).
     """
-    params = task.parameters
+    try:
+        params = task.parameters  # deferred by the claim: read here
+    except (ValueError, RecursionError) as exc:  # JSON Python cannot decode (a 5,000-digit int)
+        raise InvalidStoredParameters(
+            f"the parameters cannot be read: {type(exc).__name__}: {exc}"
+        ) from exc
     if not isinstance(params, dict):
         found = _JSON_TYPES.get(type(params), "null")
         raise InvalidStoredParameters(f"invalid parameters: a JSON object is needed, not {found}")

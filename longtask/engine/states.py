@@ -141,7 +141,9 @@ def claim(task_id: UUID | str, *, keep_runs: bool = False) -> tuple[Run, LongTas
         if not moved:
             return None
         transaction.on_commit(lambda: push.notify(task_id))
-        run, task = Run(task_id, token), LongTask.objects.get(pk=task_id)
+        # The parameters are read (and checked) by the run: a row that Python cannot
+        # decode must fail there, not make the claim raise and the job vanish.
+        run, task = Run(task_id, token), LongTask.objects.defer("parameters").get(pk=task_id)
         if keep_runs:
             record_run(run, task)
     return run, task
