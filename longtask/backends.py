@@ -108,10 +108,20 @@ class FunctionKind(Kind):
 
 
 def find_task(name: str) -> Task[..., JSON] | None:
-    """Import the django.tasks Task a ``task:`` kind name points at, or None."""
+    """Import the django.tasks Task a ``task:`` kind name points at, or None.
+
+    The name comes from a row, so an import that fails in any way means "no such Task":
+    ``task:.x`` raises ValueError, ``task:..`` TypeError, a module that cannot load its
+    library ImproperlyConfigured. Raised, those stopped the dispatch of the task's job,
+    the worker's job before its claim (the task stayed QUEUED), every sweep's re-dispatch
+    of it, and the task's pages (a 500).
+    """
     try:
         found = import_string(name.removeprefix(TASK_KIND_PREFIX))
     except ImportError:
+        return None
+    except Exception as exc:
+        logger.warning("kind %r cannot be imported: %s: %s", name, type(exc).__name__, exc)
         return None
     return found if isinstance(found, Task) else None
 

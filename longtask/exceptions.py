@@ -83,3 +83,11 @@ class ParametersTooLarge(LimitExceeded):
 
 class ResultTooLarge(FatalError):
     """A result's JSON is over ``LONGTASK_MAX_RESULT_BYTES`` (fatal: a retry returns as much)."""
+
+
+class InvalidStoredParameters(FatalError):
+    """A task's stored parameters fail its kind's validation, checked again by the worker.
+
+    ``start()`` saves only what the kind's form cleaned; a row written around it (SQL,
+    the admin, a form changed since) fails with this at once, without retries.
+    """

@@ -138,6 +138,7 @@ def _recover_runs(now: datetime.datetime, stale_before: datetime.datetime) -> in
     stale = (
         LongTask.objects.filter(status=Status.RUNNING, heartbeat_at__lt=stale_before)
         .exclude(token="")
+        .defer("parameters")  # one row Python cannot decode must not stop the step
         .order_by("heartbeat_at")[:SWEEP_LIMIT]
     )
     return sum(_isolated("recovery", task.pk, partial(_recover_run, now, task)) for task in stale)

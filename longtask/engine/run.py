@@ -22,18 +22,26 @@ from longtask.engine import iterative, split, states
 from longtask.engine.current import running
 from longtask.engine.heartbeat import Heartbeat
 from longtask.engine.values import result_to_json
-from longtask.exceptions import Cancelled, FatalError, RetryLater, TimeLimitExceeded
+from longtask.exceptions import (
+    Cancelled,
+    FatalError,
+    InvalidParameters,
+    InvalidStoredParameters,
+    RetryLater,
+    TimeLimitExceeded,
+)
 from longtask.kinds import FanOutKind, IterativeKind, Kind, registry
 from longtask.models import LongTask, SubTask
 from longtask.progress import ProgressRecord
-from longtask.serialize import JSON
+from longtask.serialize import JSON, JSONObject
 
 logger = logging.getLogger("longtask")
 
 
 def run(task_id: str) -> None:
     """Run the task once if it can be claimed; a duplicate delivery does nothing."""
-    task = LongTask.objects.filter(pk=task_id).first()
+    # The parameters are read by stored_parameters, which fails a row Python cannot decode.
+    task = LongTask.objects.defer("parameters").filter(pk=task_id).first()
     if task is None:
         logger.warning("LongTask id=%s not found; skipping", task_id)
         return
@@ -126,6 +134,7 @@ _NOTHING = object()
 
 def _run_kind(run_: states.Run, task: LongTask, kind: Kind) -> JSON | object:
     """Run one step of the task; return its result, or _NOTHING when it does not end here."""
+    task.parameters = stored_parameters(kind, task)
     if isinstance(kind, FanOutKind):
         if task.fan_in_at is None:
             # The parent's job splits; the last subtask's recorder queues the gather.
@@ -140,6 +149,46 @@ def _run_kind(run_: states.Run, task: LongTask, kind: Kind) -> JSON | object:
             return _NOTHING
         return result_to_json(result)
     return result_to_json(kind.run(task, task.parameters))
+
+
+#: How a stored value that is not a JSON object is named in the error.
+_JSON_TYPES = {
+    list: "an array",
+    str: "a string",
+    bool: "a boolean",
+    int: "a number",
+    float: "a number",
+}
+
+
+def stored_parameters(kind: Kind, task: LongTask) -> JSONObject:
+    """The task's parameters as its kind's validation reads them; InvalidStoredParameters if not.
+
+    ``start()`` saves what the kind's form cleaned, but a row can be written around it
+    (SQL, the admin, a bug, a form changed since): each run, split, batch and gather
+    checks again, so such a row fails at once with the form's message instead of
+    reaching the kind's code, where it raised KeyError or TypeError on each attempt, or
+    split a quilt of 10**18 squares until the time limit, attempt after attempt. The
+    kind gets the cleaned parameters, so a form must accept its own cleaned output (a
+    field added since gets its default).
+    """
+    try:
+        # Typed as an object, but a row written around start() may hold any JSON value.
+        params: object = task.parameters  # deferred by the claim when undecodable
+    except (ValueError, RecursionError) as exc:  # JSON Python cannot decode (a 5,000-digit int)
+        raise InvalidStoredParameters(
+            f"the parameters cannot be read: {type(exc).__name__}: {exc}"
+        ) from exc
+    if not isinstance(params, dict):
+        found = _JSON_TYPES.get(type(params), "null")
+        raise InvalidStoredParameters(f"invalid parameters: a JSON object is needed, not {found}")
+    try:
+        return kind.clean_parameters(params)
+    except InvalidParameters as exc:
+        raise InvalidStoredParameters(str(exc)) from exc
+    except (TypeError, ValueError, LookupError, AttributeError, RecursionError) as exc:
+        # A kind's own clean_parameters (a django.tasks function's: "args" not a list).
+        raise InvalidStoredParameters(f"invalid parameters: {type(exc).__name__}: {exc}") from exc
 
 
 class _time_limit:

@@ -61,7 +61,8 @@ class Kind:
     #: Human title on the start page.
     title: ClassVar[str] = ""
     description: ClassVar[str] = ""
-    #: Validates the parameters; bad parameters never reach a worker.
+    #: Validates the parameters: at start, and again in the worker before each run (a row
+    #: written around start() fails then), so it must accept its own cleaned output.
     form_class: ClassVar[type[forms.Form]] = forms.Form
     #: Position on the start page (lowest first).
     order: ClassVar[int] = 100

@@ -51,7 +51,13 @@ def claim(task_id: UUID | str, *, keep_runs: bool = False) -> tuple[Run, LongTas
         if not moved:
             return None
         transaction.on_commit(lambda: push.notify(task_id))
-        run, task = Run(task_id, token), LongTask.objects.get(pk=task_id)
+        run = Run(task_id, token)
+        try:
+            task = LongTask.objects.get(pk=task_id)
+        except (ValueError, RecursionError):
+            # Parameters Python cannot decode (a 5,000-digit number): the run reads them
+            # in stored_parameters and fails the task, rather than the claim raising.
+            task = LongTask.objects.defer("parameters").get(pk=task_id)
         if keep_runs:
             record_run(run, task)
     return run, task
