@@ -70,7 +70,8 @@ def kind_name(task: Task) -> str:
 
 def dedup_name(task: Task, parameters: dict[str, Any], owner: Any) -> str:
     """The LongTask name of a ``dedup`` call: ``task:<path>:<sha256 of args, kwargs, owner>``."""
-    key = json.dumps([parameters, getattr(owner, "pk", None)], sort_keys=True)
+    owner_id = getattr(owner, "pk", None)  # any primary key type (a UUID, say) as text
+    key = json.dumps([parameters, None if owner_id is None else str(owner_id)], sort_keys=True)
     return f"{kind_name(task)}:{hashlib.sha256(key.encode()).hexdigest()}"
 
 

@@ -8,6 +8,7 @@ import json
 import re
 import uuid
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -25,7 +26,7 @@ from django_q.exceptions import TimeoutException
 
 import longtask
 from longtask import api
-from longtask.backends import STATUS_MAP, LongTaskBackend, LongTaskTask
+from longtask.backends import STATUS_MAP, LongTaskBackend, LongTaskTask, dedup_name
 from longtask.engine import recovery, states
 from longtask.engine.heartbeat import node_name
 from longtask.exceptions import Cancelled, TimeLimitExceeded
@@ -505,3 +506,10 @@ def test_without_dedup_the_same_call_makes_two_tasks():
     second = sample.echo.enqueue(1)
     assert first.id != second.id and LongTask.objects.count() == 2
     assert set(LongTask.objects.values_list("name", flat=True)) == {None}
+
+
+def test_dedup_names_take_any_owner_key():
+    parameters = {"args": ["x"], "kwargs": {}}
+    by_uuid = dedup_name(sample.dedup_echo, parameters, SimpleNamespace(pk=uuid.uuid4()))
+    assert re.fullmatch(r"task:tests\.tasks_sample\.dedup_echo:[0-9a-f]{64}", by_uuid)
+    assert dedup_name(sample.dedup_echo, parameters, None) != by_uuid
