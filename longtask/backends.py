@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import hashlib
+import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -59,10 +61,19 @@ class LongTaskTask(Task):
     time_limit: int | None = None
     #: Exceptions that fail the task at once even when retries are left.
     fatal_exceptions: tuple[type[BaseException], ...] = ()
+    #: While a call with the same arguments (and owner) is unfinished, enqueue returns it.
+    dedup: bool = False
 
 
 def kind_name(task: Task[..., JSON]) -> str:
     return f"{TASK_KIND_PREFIX}{task.module_path}"
+
+
+def dedup_name(task: Task, parameters: dict[str, Any], owner: Any) -> str:
+    """The LongTask name of a ``dedup`` call: ``task:<path>:<sha256 of args, kwargs, owner>``."""
+    owner_id = getattr(owner, "pk", None)  # any primary key type (a UUID, say) as text
+    key = json.dumps([parameters, None if owner_id is None else str(owner_id)], sort_keys=True)
+    return f"{kind_name(task)}:{hashlib.sha256(key.encode()).hexdigest()}"
 
 
 class FunctionKind(Kind):
@@ -206,15 +217,24 @@ class LongTaskBackend(BaseTaskBackend):
         self, task: Task[P, R], args: list[JSON], kwargs: dict[str, JSON]
     ) -> TaskResult[P, R]:
         self.validate_task(task)
+        kind = FunctionKind(task)
+        parameters = kind.clean_parameters({"args": args, "kwargs": kwargs})
+        owner = api.current_owner()
+        # dedup: the unique name is taken while the task is unfinished; a finished task
+        # gives it up to the next enqueue (a dedup window of zero).
+        dedup = getattr(task, "dedup", False)
         row = api.start(
-            FunctionKind(task),
-            {"args": args, "kwargs": kwargs},
-            owner=api.current_owner(),
+            kind,
+            parameters,
+            owner=owner,
+            name=dedup_name(task, parameters, owner) if dedup else None,
+            dedup_window=datetime.timedelta(0),
             queue=task.queue_name,
             run_after=task.run_after,
         )
         result = to_task_result(row, task)
-        transaction.on_commit(partial(task_enqueued.send, type(self), task_result=result))
+        if not row.deduplicated:  # an unfinished call returned: nothing was enqueued
+            transaction.on_commit(partial(task_enqueued.send, type(self), task_result=result))
         return result
 
     def get_result(self, result_id: str) -> TaskResult[..., JSON]:

@@ -330,5 +330,10 @@ LOGGING = {
             "handlers": ["console"],
             "level": os.environ.get("LONGTASK_LOG_LEVEL", "INFO"),
         },
+        # Django's own lines for @task functions (started, finished: sent by the workers).
+        "django.tasks": {
+            "handlers": ["console"],
+            "level": os.environ.get("LONGTASK_LOG_LEVEL", "INFO"),
+        },
     },
 }

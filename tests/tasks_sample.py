@@ -25,6 +25,11 @@ def noop_task_from_bare_decorator(*args: Any, **kwargs: Any) -> None:
     return None
 
 
+@task(dedup=True)
+def dedup_echo(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    return {"args": list(args), "kwargs": kwargs}
+
+
 @task()
 async def noop_task_async(*args: Any, **kwargs: Any) -> None:
     return None

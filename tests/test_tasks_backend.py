@@ -8,6 +8,7 @@ import json
 import re
 import uuid
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -25,7 +26,7 @@ from django_q.exceptions import TimeoutException
 
 import longtask
 from longtask import api
-from longtask.backends import STATUS_MAP, LongTaskBackend, LongTaskTask
+from longtask.backends import STATUS_MAP, LongTaskBackend, LongTaskTask, dedup_name
 from longtask.engine import recovery, states
 from longtask.engine.heartbeat import node_name
 from longtask.exceptions import Cancelled, TimeLimitExceeded
@@ -458,3 +459,57 @@ def test_a_task_finished_receiver_that_raises_changes_nothing(caplog):
     result.refresh()
     assert result.status == TaskResultStatus.SUCCESSFUL and result.return_value == 42
     assert "receiver broke" in caplog.text
+
+
+def test_dedup_returns_the_unfinished_task_of_the_same_call():
+    seen: list[Any] = []
+
+    def receive(sender: Any, task_result: Any, **kwargs: Any) -> None:
+        seen.append(task_result.id)
+
+    task_enqueued.connect(receive)
+    try:
+        first = sample.dedup_echo.enqueue(1, a=[2], b=3)
+        again = sample.dedup_echo.enqueue(1, b=3, a=(2,))  # the same call once normalised
+    finally:
+        task_enqueued.disconnect(receive)
+    assert again.id == first.id and seen == [first.id]  # one task, enqueued once
+    assert LongTask.objects.count() == 1 and broker.count() == 1
+    row = LongTask.objects.get(pk=first.id)
+    assert row.name.startswith("task:tests.tasks_sample.dedup_echo:")
+    other = sample.dedup_echo.enqueue(2, a=[2], b=3)  # other arguments: another task
+    assert other.id != first.id and LongTask.objects.count() == 2
+
+
+def test_dedup_lets_a_finished_task_give_up_its_name():
+    first = sample.dedup_echo.enqueue("x")
+    drain_queue()
+    first.refresh()
+    assert first.status == TaskResultStatus.SUCCESSFUL
+    second = sample.dedup_echo.enqueue("x")
+    assert second.id != first.id and second.status == TaskResultStatus.READY
+    assert LongTask.objects.get(pk=first.id).name is None
+    assert sample.dedup_echo.enqueue("x").id == second.id
+
+
+def test_dedup_is_per_owner(django_user_model):
+    owner = django_user_model.objects.create_user("owner", password="pw")
+    anonymous = sample.dedup_echo.enqueue("x")
+    with longtask.using_owner(owner):
+        owned = sample.dedup_echo.enqueue("x")
+        assert sample.dedup_echo.enqueue("x").id == owned.id
+    assert owned.id != anonymous.id
+
+
+def test_without_dedup_the_same_call_makes_two_tasks():
+    first = sample.echo.enqueue(1)
+    second = sample.echo.enqueue(1)
+    assert first.id != second.id and LongTask.objects.count() == 2
+    assert set(LongTask.objects.values_list("name", flat=True)) == {None}
+
+
+def test_dedup_names_take_any_owner_key():
+    parameters = {"args": ["x"], "kwargs": {}}
+    by_uuid = dedup_name(sample.dedup_echo, parameters, SimpleNamespace(pk=uuid.uuid4()))
+    assert re.fullmatch(r"task:tests\.tasks_sample\.dedup_echo:[0-9a-f]{64}", by_uuid)
+    assert dedup_name(sample.dedup_echo, parameters, None) != by_uuid
