@@ -69,7 +69,7 @@ def kind_name(task: Task[..., JSON]) -> str:
     return f"{TASK_KIND_PREFIX}{task.module_path}"
 
 
-def dedup_name(task: Task, parameters: dict[str, Any], owner: Any) -> str:
+def dedup_name(task: Task[..., JSON], parameters: JSONObject, owner: object) -> str:
     """The LongTask name of a ``dedup`` call: ``task:<path>:<sha256 of args, kwargs, owner>``."""
     owner_id = getattr(owner, "pk", None)  # any primary key type (a UUID, say) as text
     key = json.dumps([parameters, None if owner_id is None else str(owner_id)], sort_keys=True)
