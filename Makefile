@@ -57,6 +57,7 @@ bench: $(VENV)/.dev
 	$(PY) bench/tasks.py
 	$(PY) bench/live.py
 	$(PY) bench/reads.py
+	$(PY) bench/fairness.py
 
 clean:
 	rm -rf $(VENV) var

@@ -222,6 +222,10 @@ LONGTASK_SUBTASK_PARALLELISM = int(LONGTASK_QUEUES["subtasks"]["workers"])
 LONGTASK_STARTS_PER_MINUTE = env_int("LONGTASK_STARTS_PER_MINUTE", 20)
 LONGTASK_MAX_ACTIVE_TASKS = env_int("LONGTASK_MAX_ACTIVE_TASKS", 5)
 LONGTASK_MAX_QUEUED_SUBTASKS = env_int("LONGTASK_MAX_QUEUED_SUBTASKS", 100_000)
+# Chunk jobs of one fan-out in the broker at a time (unset: twice the subtask workers; 0:
+# no window, every square queued at the split).
+if os.environ.get("LONGTASK_FANOUT_WINDOW_JOBS"):
+    LONGTASK_FANOUT_WINDOW_JOBS = env_int("LONGTASK_FANOUT_WINDOW_JOBS", 0)
 # Crash recovery: a running task or subtask that has not beaten for STALE_AFTER
 # seconds is re-queued (counted as a failed attempt) by `manage.py longtask_worker`.
 LONGTASK_HEARTBEAT_INTERVAL = float(os.environ.get("LONGTASK_HEARTBEAT_INTERVAL", 5))
