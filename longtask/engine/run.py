@@ -186,7 +186,14 @@ def stored_parameters(kind: Kind, task: LongTask) -> JSONObject:
         return kind.clean_parameters(params)
     except InvalidParameters as exc:
         raise InvalidStoredParameters(str(exc)) from exc
-    except (TypeError, ValueError, LookupError, AttributeError, RecursionError) as exc:
+    except (
+        TypeError,
+        ValueError,
+        LookupError,
+        AttributeError,
+        ArithmeticError,
+        RecursionError,
+    ) as exc:
         # A kind's own clean_parameters (a django.tasks function's: "args" not a list).
         raise InvalidStoredParameters(f"invalid parameters: {type(exc).__name__}: {exc}") from exc
 
