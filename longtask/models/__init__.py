@@ -1,6 +1,7 @@
-"""The durable records: tasks, their subtasks, and the shared state of each queue."""
+"""The durable records: tasks, their subtasks, the shared state of each queue, the counts."""
 
 from longtask.models.queue_state import QueueState
+from longtask.models.rollup import RUN_BUCKETS, TOTALS, TaskMinute
 from longtask.models.subtask import SubTask
 from longtask.models.task import (
     ACTIVE_STATUSES,
@@ -18,10 +19,13 @@ __all__ = [
     "CLAIMABLE_STATUSES",
     "ERROR_MAX_LENGTH",
     "FINISHED_STATUSES",
+    "RUN_BUCKETS",
+    "TOTALS",
     "LongTask",
     "LongTaskQuerySet",
     "QueueState",
     "Status",
     "SubTask",
+    "TaskMinute",
     "one_line",
 ]
