@@ -1,6 +1,6 @@
 from django.urls import path
 
-from longtask.web import views
+from longtask.web import dashboard, views
 
 app_name = "longtask"
 
@@ -12,4 +12,7 @@ urlpatterns = [
     path("tasks/<uuid:task_id>/subtasks.json", views.subtasks_json, name="subtasks_json"),
     path("tasks/<uuid:task_id>/download/", views.download, name="download"),
     path("tasks/<uuid:task_id>/cancel/", views.cancel, name="cancel"),
+    path("tasks/ops/", dashboard.dashboard, name="ops"),
+    path("tasks/ops/<uuid:task_id>/retry/", dashboard.retry, name="ops_retry"),
+    path("tasks/ops/<uuid:task_id>/cancel/", dashboard.cancel, name="ops_cancel"),
 ]
