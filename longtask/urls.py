@@ -1,6 +1,6 @@
 from django.urls import path
 
-from longtask.web import dashboard, views
+from longtask.web import dashboard, metrics, views
 
 app_name = "longtask"
 
@@ -15,4 +15,5 @@ urlpatterns = [
     path("tasks/ops/", dashboard.dashboard, name="ops"),
     path("tasks/ops/<uuid:task_id>/retry/", dashboard.retry, name="ops_retry"),
     path("tasks/ops/<uuid:task_id>/cancel/", dashboard.cancel, name="ops_cancel"),
+    path("metrics", metrics.metrics, name="metrics"),
 ]

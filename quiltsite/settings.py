@@ -209,6 +209,9 @@ LONGTASK_SUBTASK_PARALLELISM = int(LONGTASK_QUEUES["subtasks"]["workers"])
 LONGTASK_STARTS_PER_MINUTE = env_int("LONGTASK_STARTS_PER_MINUTE", 20)
 LONGTASK_MAX_ACTIVE_TASKS = env_int("LONGTASK_MAX_ACTIVE_TASKS", 5)
 LONGTASK_MAX_QUEUED_SUBTASKS = env_int("LONGTASK_MAX_QUEUED_SUBTASKS", 100_000)
+# /metrics answers a scraper sending "Authorization: Bearer <this token>" (and staff
+# sessions that may view all tasks); unset, no token gets in.
+LONGTASK_METRICS_TOKEN = os.environ.get("LONGTASK_METRICS_TOKEN", "").strip() or None
 # Crash recovery: a running task or subtask that has not beaten for STALE_AFTER
 # seconds is re-queued (counted as a failed attempt) by `manage.py longtask_worker`.
 LONGTASK_HEARTBEAT_INTERVAL = float(os.environ.get("LONGTASK_HEARTBEAT_INTERVAL", 5))
