@@ -15,11 +15,11 @@ from django.utils import timezone
 
 from longtask import progress
 from longtask.dispatch import queues
-from longtask.engine import enqueue, states
+from longtask.engine import enqueue, recovery, states
 from longtask.engine.current import current_task
 from longtask.guards import abuse, sizes
 from longtask.kinds import Kind, registry
-from longtask.models import FINISHED_STATUSES, HistoryEntry, LongTask, SubTask
+from longtask.models import FINISHED_STATUSES, TOTALS, HistoryEntry, LongTask, SubTask, TaskMinute
 from longtask.serialize import JSON
 
 if TYPE_CHECKING:
@@ -129,6 +129,21 @@ def cancel(task: LongTask) -> bool:
     return states.cancel(task)
 
 
+def recover(task: LongTask) -> bool:
+    """Take up a stuck task now instead of at the next sweep; False if it is not stuck.
+
+    Stuck: RUNNING without a heartbeat for LONGTASK_STALE_AFTER (its worker died; the
+    attempt fails and is retried under the kind's policy, or a requested cancel
+    finishes), or QUEUED/RETRYING that long past its due time (its job is dispatched
+    again). See ``engine.recovery.take_up``.
+    """
+    if not recovery.take_up(task.pk):
+        return False
+    task.refresh_from_db()
+    logger.info("LongTask id=%s kind=%s status=%s (recovered)", task.pk, task.kind, task.status)
+    return True
+
+
 #: Tasks deleted per transaction by ``delete_finished``.
 DELETE_BATCH = 500
 
@@ -154,6 +169,19 @@ def delete_finished(queryset: QuerySet[LongTask]) -> tuple[int, int]:
             progress.delete_progress(pk)
     logger.info("LongTask deleted tasks=%s subtasks=%s (finished only)", tasks, subtasks)
     return tasks, subtasks
+
+
+#: Per-minute counts younger than this are never pruned: the dashboard draws the last day.
+COUNTS_KEPT = datetime.timedelta(days=1)
+
+
+def old_counts(before: datetime.datetime) -> QuerySet[TaskMinute]:
+    """The per-minute counts older than ``before`` (and than a day), to count or delete.
+
+    The totals rows are never among them: the /metrics counters never go back.
+    """
+    before = min(before, timezone.now() - COUNTS_KEPT)
+    return TaskMinute.objects.filter(minute__lt=before).exclude(minute=TOTALS)
 
 
 def set_progress(current: float, total: float | None = None, message: str = "") -> None:

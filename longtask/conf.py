@@ -101,6 +101,9 @@ class Settings:
     MAX_PARAMETERS_BYTES: int = 64 * 1024
     #: Largest JSON of a result (a task's, a subtask's, a gather's); larger ones fail.
     MAX_RESULT_BYTES: int = 1024 * 1024
+    #: A scraper sending ``Authorization: Bearer <this>`` may read /metrics; None: only
+    #: staff sessions that may view every task.
+    METRICS_TOKEN: str | None = None
 
     def __getattribute__(self, name: str) -> object:
         if name.isupper():

@@ -226,6 +226,9 @@ LONGTASK_MAX_QUEUED_SUBTASKS = env_int("LONGTASK_MAX_QUEUED_SUBTASKS", 100_000)
 # no window, every square queued at the split).
 if os.environ.get("LONGTASK_FANOUT_WINDOW_JOBS"):
     LONGTASK_FANOUT_WINDOW_JOBS = env_int("LONGTASK_FANOUT_WINDOW_JOBS", 0)
+# /metrics answers a scraper sending "Authorization: Bearer <this token>" (and staff
+# sessions that may view all tasks); unset, no token gets in.
+LONGTASK_METRICS_TOKEN = os.environ.get("LONGTASK_METRICS_TOKEN", "").strip() or None
 # Crash recovery: a running task or subtask that has not beaten for STALE_AFTER
 # seconds is re-queued (counted as a failed attempt) by `manage.py longtask_worker`.
 LONGTASK_HEARTBEAT_INTERVAL = float(os.environ.get("LONGTASK_HEARTBEAT_INTERVAL", 5))

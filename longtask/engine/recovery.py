@@ -165,6 +165,28 @@ def _recover_run(now: datetime.datetime, task: LongTask) -> int:
     return 1
 
 
+def take_up(task_id: UUID | str, now: datetime.datetime | None = None) -> bool:
+    """Take up one stuck task at once, as a sweep would; False if it is not stuck (any more).
+
+    A run quiet for STALE_AFTER is a failed attempt (retried or failed by the kind's
+    policy; a requested cancel finishes), fenced by the heartbeat read here; a task
+    waiting STALE_AFTER past its due time has its job dispatched again, conditional on
+    that due time (a duplicate job is harmless: the claim takes the task once).
+    """
+    now = now or timezone.now()
+    stale_before = now - datetime.timedelta(seconds=settings.STALE_AFTER)
+    task = LongTask.objects.filter(pk=task_id).first()
+    if task is None:
+        return False
+    if task.status == Status.RUNNING:
+        if task.token and task.heartbeat_at and task.heartbeat_at < stale_before:
+            return bool(_recover_run(now, task))
+        return False
+    if task.status in states.CLAIMABLE and (task.due_at or task.created_at) < stale_before:
+        return bool(_redispatch_task(task))
+    return False
+
+
 def _recover_subtasks(now: datetime.datetime, stale_before: datetime.datetime) -> int:
     """Subtasks claimed by a chunk that stopped beating: record a failed attempt each."""
     stale = SubTask.objects.filter(status=Status.RUNNING, heartbeat_at__lt=stale_before)

@@ -150,15 +150,21 @@ class OperateCommands(_Command):
             raise cli.bad_input("--older-than must be zero or more days")
         cutoff = timezone.now() - datetime.timedelta(days=older_than)
         old = LongTask.objects.finished().filter(finished_at__lt=cutoff)
+        counts = api.old_counts(cutoff)
         if dry_run:
             tasks, subtasks = old.count(), SubTask.objects.filter(parent__in=old).count()
+            minutes = counts.count()
             verb = "Would delete"
         else:
             tasks, subtasks = api.delete_finished(old)
+            minutes = counts.delete()[0]
             verb = "Deleted"
         self.stdout.write(
             f"{verb} {tasks} finished task(s) and {subtasks} subtask(s) "
             f"finished before {cutoff.isoformat(timespec='seconds')}."
+        )
+        self.stdout.write(
+            f"{verb} {minutes} per-minute count row(s) of the dashboard (the totals stay)."
         )
 
 

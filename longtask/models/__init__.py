@@ -1,6 +1,7 @@
-"""The durable records: tasks, their subtasks, and the shared state of each queue."""
+"""The durable records: tasks, their subtasks, the shared state of each queue, the counts."""
 
 from longtask.models.queue_state import QueueState
+from longtask.models.rollup import RUN_BUCKETS, TOTALS, TaskMinute
 from longtask.models.subtask import SubTask
 from longtask.models.task import (
     ACTIVE_STATUSES,
@@ -20,6 +21,8 @@ __all__ = [
     "CLAIMABLE_STATUSES",
     "ERROR_MAX_LENGTH",
     "FINISHED_STATUSES",
+    "RUN_BUCKETS",
+    "TOTALS",
     "HistoryEntry",
     "LongTask",
     "LongTaskQuerySet",
@@ -27,5 +30,6 @@ __all__ = [
     "RunEntry",
     "Status",
     "SubTask",
+    "TaskMinute",
     "one_line",
 ]

@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from longtask.web import views, yours
+from longtask.web import dashboard, metrics, views, yours
 
 urlpatterns = [
     path("", views.index, name="index"),
@@ -14,4 +14,8 @@ urlpatterns = [
     path("tasks/<uuid:task_id>/subtasks.json", views.subtasks_json, name="subtasks_json"),
     path("tasks/<uuid:task_id>/download/", views.download, name="download"),
     path("tasks/<uuid:task_id>/cancel/", views.cancel, name="cancel"),
+    path("tasks/ops/", dashboard.dashboard, name="ops"),
+    path("tasks/ops/<uuid:task_id>/retry/", dashboard.retry, name="ops_retry"),
+    path("tasks/ops/<uuid:task_id>/cancel/", dashboard.cancel, name="ops_cancel"),
+    path("metrics", metrics.metrics, name="metrics"),
 ]

@@ -77,6 +77,10 @@ class Run:
     token: str
     #: The sweeper acting for a run it found stale also requires the heartbeat it saw.
     heartbeat_at: datetime.datetime | None = None
+    #: The task's kind and first start, as the claim read them (for the counts; a Run
+    #: made without them has them read from the row when it finishes).
+    kind: str = ""
+    started_at: datetime.datetime | None = None
 
 
 def task_rows(name: str, task_id: UUID | str, run: Run | None) -> LongTaskQuerySet:

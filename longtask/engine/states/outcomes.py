@@ -12,6 +12,7 @@ from django.db.models import F, Field
 from django.utils import timezone
 
 from longtask.engine import enqueue, window
+from longtask.engine.states import tallies
 from longtask.engine.states.common import (
     CANCELLED,
     FAILED,
@@ -135,6 +136,7 @@ def record(parent_id: UUID | str, kind: FanOutKind, outcomes: list[Outcome]) -> 
                 subtask_seconds=F("subtask_seconds") + seconds,
             )
             transaction.on_commit(lambda: push.notify(parent_id))
+            tallies.add(parent.kind, now, subtasks_done=moved, subtasks_failed=done[FAILED])
         if (
             first_failure
             and done[FAILED]
@@ -200,6 +202,7 @@ def _fail_fast(parent: LongTask, kind: Kind, failure: Outcome) -> None:
     """Fail the parent for one subtask's failure and skip the subtasks not yet run."""
     error = one_line(f"subtask {failure.index} failed: {failure.error}")
     full = LongTask.objects.get(pk=parent.pk)  # the counters as this transaction left them
+    now = timezone.now()
     if move_task(
         "fail_fast",
         parent.pk,
@@ -208,10 +211,11 @@ def _fail_fast(parent: LongTask, kind: Kind, failure: Outcome) -> None:
         error=error,
         traceback=failure.traceback,
         last_progress=full.fanout_progress(),
-        finished_at=timezone.now(),
+        finished_at=now,
         token="",
     ):
         skip_subtasks(parent.pk)
+        tallies.finished(full.kind, FAILED, now, full.started_at)
         logger.info(
             "LongTask id=%s status=FAILED (fail_fast at subtask %s)", parent.pk, failure.index
         )

@@ -12,10 +12,14 @@ from django.utils import timezone
 
 from longtask.engine import enqueue, window
 from longtask.engine.heartbeat import node_name
+from longtask.engine.states import tallies
 from longtask.engine.states.common import (
+    CANCELLED,
     CLAIMABLE,
+    FAILED,
     QUEUED,
     RUNNING,
+    SUCCEEDED,
     TASK_TRANSITIONS,
     Failure,
     Run,
@@ -51,13 +55,15 @@ def claim(task_id: UUID | str, *, keep_runs: bool = False) -> tuple[Run, LongTas
         if not moved:
             return None
         transaction.on_commit(lambda: push.notify(task_id))
-        run = Run(task_id, token)
         try:
             task = LongTask.objects.get(pk=task_id)
         except (ValueError, RecursionError):
             # Parameters Python cannot decode (a 5,000-digit number): the run reads them
             # in stored_parameters and fails the task, rather than the claim raising.
             task = LongTask.objects.defer("parameters").get(pk=task_id)
+        run = Run(task_id, token, kind=task.kind, started_at=task.started_at)
+        if task.started_at == now:  # its first run (a later claim keeps started_at)
+            tallies.add(task.kind, now, started=1)
         if keep_runs:
             record_run(run, task)
     return run, task
@@ -96,13 +102,17 @@ def succeed(
 ) -> bool:
     """Store the result; ``task``, the run's copy of the row, then shows what was written
     (so that what follows, ``on_finished`` say, needs no read of it)."""
+    now = timezone.now()
     changes: dict[str, object] = {
         "result": result,
         "last_progress": progress,
         "error": "",
-        "finished_at": timezone.now(),
+        "finished_at": now,
     }
-    moved = move_task("succeed", run.task_id, run, **changes)
+    with transaction.atomic():
+        moved = move_task("succeed", run.task_id, run, **changes)
+        if moved:
+            tallies.run_finished(run, SUCCEEDED, now)
     if moved and task is not None:
         for name, value in {**changes, "status": TASK_TRANSITIONS["succeed"].target}.items():
             setattr(task, name, value)
@@ -128,10 +138,12 @@ def _record_failure(
 
 def fail(run: Run, task: LongTask, failure: Failure) -> bool:
     """Fail the task for good; its subtasks still waiting are skipped with it."""
+    now = timezone.now()
     with transaction.atomic():
-        moved = _record_failure("fail", "failed", run, task, failure, finished_at=timezone.now())
+        moved = _record_failure("fail", "failed", run, task, failure, finished_at=now)
         if moved:
             skip_subtasks(run.task_id)
+            tallies.finished(task.kind, FAILED, now, task.started_at)
     return moved
 
 
@@ -149,20 +161,23 @@ def schedule_retry(run: Run, task: LongTask, failure: Failure, next_at: datetime
         )
         if moved:
             enqueue.task_job(task, eta=next_at)
+            tallies.add(task.kind, timezone.now(), retried=1)
     return moved
 
 
 def finish_cancelled(run: Run, progress: ProgressRecord | None) -> bool:
+    now = timezone.now()
     with transaction.atomic():
         moved = move_task(
             "finish_cancelled",
             run.task_id,
             run,
             last_progress=progress,
-            finished_at=timezone.now(),
+            finished_at=now,
         )
         if moved:
             skip_subtasks(run.task_id)
+            tallies.run_finished(run, CANCELLED, now)
     return moved
 
 
@@ -212,6 +227,7 @@ def cancel(task: LongTask) -> bool:
         if row.status in CLAIMABLE or (row.status == RUNNING and not in_run):
             move_task("cancel", row.pk, None, finished_at=now, cancel_requested_at=now)
             skip_subtasks(row.pk)
+            tallies.finished(row.kind, CANCELLED, now, row.started_at)
             moved = True
         elif row.status == RUNNING:
             if row.cancel_requested_at is None:
@@ -255,6 +271,7 @@ def requeue(task: LongTask) -> bool:
             subtasks_failed=F("subtasks_failed") - failed,
         )
         enqueue.task_job(row)
+        tallies.add(row.kind, now, retried=1)
     task.refresh_from_db()
     return True
 

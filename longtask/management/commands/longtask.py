@@ -32,6 +32,7 @@ from longtask.guards import abuse, sizes
 from longtask.kinds import Kind, registry
 from longtask.management import cli
 from longtask.management.operate import OperateCommands
+from longtask.management.ops import OpsCommands
 from longtask.models import LongTask, Status
 from longtask.serialize import JSON, JSONObject
 
@@ -53,9 +54,10 @@ again starts nothing twice: lines whose task exists are reported as skipped.
 """
 
 
-class Command(OperateCommands, BaseCommand):
+class Command(OperateCommands, OpsCommands, BaseCommand):
     help = (
-        "Start, follow, list, show, retry, cancel and purge long tasks. Exit codes: 0 done; "
+        "Start, follow, list, show, retry, cancel and purge long tasks; watch them (top, "
+        "stats). Exit codes: 0 done; "
         "1 failed, cancelled, refused or lines rejected; 2 bad input (nothing started)."
     )
 
@@ -97,6 +99,7 @@ class Command(OperateCommands, BaseCommand):
             "--older-than", type=float, required=True, metavar="DAYS", help="Finished before."
         )
         purge.add_argument("--dry-run", action="store_true", help="Count, delete nothing.")
+        self.add_ops_arguments(sub)
 
     def _common_start_options(self, parser: CommandParser) -> None:
         parser.add_argument("--queue", help="Queue name (default: the kind's).")

@@ -11,7 +11,7 @@ def dispatched_already(apps: Any, schema_editor: Any) -> None:
 
 
 class Migration(migrations.Migration):
-    dependencies = [("longtask", "0004_attempt_runs")]
+    dependencies = [("longtask", "0005_task_minutes")]
 
     operations = [
         migrations.AddField(

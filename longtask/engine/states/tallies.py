@@ -1,0 +1,92 @@
+"""The counts behind the dashboard and /metrics, kept by the transitions themselves.
+
+Each counted transition makes one call here, in its own transaction, after its UPDATE
+moved the row: the counts commit with the change they count, or not at all. The call is
+one statement, ``INSERT ... ON CONFLICT (minute, kind) DO UPDATE SET n = n + excluded.n``
+(what ``F("n") + 1`` would write, without a read or a second round trip to create the
+row), on two rows of ``TaskMinute``: the kind's current minute and its totals row. Both
+are locked until the transaction ends, always in that order.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+from typing import Any
+
+from django.db import connection
+
+from longtask.engine.states.common import CANCELLED, FAILED, SUCCEEDED, Run
+from longtask.models import RUN_BUCKETS, TOTALS, LongTask, TaskMinute
+from longtask.models.rollup import EVENTS, bucket_field
+
+#: The counter a finished status adds to.
+FINISHED_EVENT: dict[str, str] = {SUCCEEDED: "succeeded", FAILED: "failed", CANCELLED: "cancelled"}
+
+_COUNTERS = (
+    *EVENTS,
+    "subtasks_done",
+    "subtasks_failed",
+    "runs",
+    "run_seconds",
+    *(bucket_field(bound) for bound in RUN_BUCKETS),
+)
+
+
+def add(kind: str, at: datetime.datetime, **counts: float) -> None:
+    """Add ``counts`` (``started=1``, ``subtasks_done=40``...) to ``kind`` at ``at``'s minute."""
+    unknown = set(counts) - set(_COUNTERS)
+    if unknown:
+        raise ValueError(f"no such counter: {sorted(unknown)}")
+    fields = _fields()
+    minute = at.astimezone(datetime.UTC).replace(second=0, microsecond=0)
+    values = [counts.get(name, 0) for name in _COUNTERS]
+    params: list[Any] = []
+    for when in (minute, TOTALS):  # the minute first: every writer locks in this order
+        row = [when, kind, *values]
+        params += [f.get_db_prep_save(v, connection) for f, v in zip(fields, row, strict=True)]
+    with connection.cursor() as cursor:
+        cursor.execute(_upsert(connection.vendor), params)
+
+
+def _fields() -> list[Any]:
+    return [TaskMinute._meta.get_field(name) for name in ("minute", "kind", *_COUNTERS)]
+
+
+@functools.cache
+def _upsert(vendor: str) -> str:
+    """The statement: two rows inserted, or each added to the row already there."""
+    quote = connection.ops.quote_name
+    table = quote(TaskMinute._meta.db_table)
+    columns = [quote(field.column) for field in _fields()]
+    marks = ", ".join(["%s"] * len(columns))
+    increments = ", ".join(
+        f"{column} = {table}.{column} + excluded.{column}" for column in columns[2:]
+    )
+    # Only quoted names from the model's own _meta are interpolated; values are params.
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks}), ({marks}) "  # noqa: S608
+        f"ON CONFLICT ({columns[0]}, {columns[1]}) DO UPDATE SET {increments}"
+    )
+
+
+def finished(
+    kind: str, status: str, at: datetime.datetime, started_at: datetime.datetime | None
+) -> None:
+    """Count a task that reached ``status`` at ``at``, and its run time if it had started."""
+    counts: dict[str, float] = {FINISHED_EVENT[status]: 1}
+    if started_at is not None:
+        seconds = max(0.0, (at - started_at).total_seconds())
+        counts.update(runs=1, run_seconds=seconds)
+        counts.update({bucket_field(bound): 1 for bound in RUN_BUCKETS if seconds <= bound})
+    add(kind, at, **counts)
+
+
+def run_finished(run: Run, status: str, at: datetime.datetime) -> None:
+    """``finished`` for the task ``run`` held; a Run made without its kind reads the row."""
+    kind, started_at = run.kind, run.started_at
+    if not kind:
+        kind, started_at = (
+            LongTask.objects.filter(pk=run.task_id).values_list("kind", "started_at").get()
+        )
+    finished(kind, status, at, started_at)
