@@ -150,6 +150,7 @@ def measure(bench: Bench, n: int, repeat: int) -> None:
 
     from longtask import stats
     from longtask.engine.states import tallies
+    from longtask.stats import counts
 
     print(f"filling {connection.vendor} ...", flush=True)
     fill(n)
@@ -164,7 +165,7 @@ def measure(bench: Bench, n: int, repeat: int) -> None:
             return (time.perf_counter() - began) * 1000
 
     figures = {
-        "(a) series from the rollup": timed(lambda: stats._series(now), repeat),
+        "(a) series from the rollup": timed(lambda: counts._series(now), repeat),
         "(b) series by bounded windows": timed(windows, repeat),
         "(b') one count over the day's window": timed(day_count, repeat),
         "(c) stats.snapshot()": timed(stats.snapshot, repeat),

@@ -123,3 +123,18 @@ def in_use(queue: Queue) -> int:
         return int(store.zcount(f"longtask:{_key(queue)}", f"({now}", "+inf"))
     row = QueueState.objects.filter(key=_key(queue)).values_list("leases", flat=True).first()
     return sum(1 for until in (row or {}).values() if until > now)
+
+
+def in_use_many(names: list[str], now: float | None = None) -> dict[str, int]:
+    """``in_use`` of several queues by name: one round trip (a Redis pipeline, or one query)."""
+    now = time.time() if now is None else now
+    if (store := _store()) is not None:
+        pipe = store.pipeline(transaction=False)
+        for name in names:
+            pipe.zcount(f"longtask:slots:{name}", f"({now}", "+inf")
+        return {name: int(n) for name, n in zip(names, pipe.execute(), strict=True)}
+    found = dict.fromkeys(names, 0)
+    keys = {f"slots:{name}": name for name in names}
+    for key, leases in QueueState.objects.filter(key__in=list(keys)).values_list("key", "leases"):
+        found[keys[key]] = sum(1 for until in (leases or {}).values() if until > now)
+    return found
