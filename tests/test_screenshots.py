@@ -1,0 +1,75 @@
+"""The pictures in the docs, taken by a real browser from a real site.
+
+Each run takes them again into a temporary folder and checks they are real pictures of
+the page they name; ``LONGTASK_SCREENSHOTS=1`` writes them into ``docs/_static/screenshots``
+instead, where the docs show them (operating.md, status-pages.md).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.processes import ROOT
+from tests.test_browser import DEADLINE_MS, chromium, sign_in_through_the_header  # noqa: F401
+from tests.test_live import daphne, workers
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+DOCS = ROOT / "docs" / "_static" / "screenshots"
+PASSWORD = "pw-screens-1"
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def operator(django_user_model) -> str:
+    django_user_model.objects.create_superuser("operator", password=PASSWORD)
+    return "operator"
+
+
+def _shoot(page: Any, folder: Path, name: str) -> Path:
+    path = folder / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def _start_quilt(page: Any, base: str, rows: int, cols: int, work_ms: int) -> None:
+    page.goto(base + "/")
+    form = page.locator('form[action="/tasks/new/quilt/"]')
+    form.locator('[name="rows"]').fill(str(rows))
+    form.locator('[name="cols"]').fill(str(cols))
+    form.locator('[name="work_ms"]').fill(str(work_ms))
+    form.locator('button[type="submit"]').click()
+    page.wait_for_url("**/tasks/*/")
+
+
+def test_the_docs_pictures(tmp_path, operator, chromium):  # noqa: F811
+    folder = DOCS if os.environ.get("LONGTASK_SCREENSHOTS") == "1" else tmp_path
+    folder.mkdir(parents=True, exist_ok=True)
+    shots = []
+    with daphne(tmp_path / "daphne.log") as base:
+        page = chromium.new_context(viewport={"width": 1000, "height": 800}).new_page()
+        sign_in_through_the_header(page, base, operator, PASSWORD)
+        _start_quilt(page, base, rows=12, cols=16, work_ms=60)
+        with workers(tmp_path):
+            # Running: some squares coloured, not all.
+            page.wait_for_function(
+                "() => document.querySelectorAll('.live .quilt > rect[fill]').length > 40",
+                timeout=DEADLINE_MS,
+            )
+            shots.append(_shoot(page, folder, "quilt-running"))
+            page.wait_for_selector(".task-status[data-status=SUCCEEDED]", timeout=DEADLINE_MS)
+            shots.append(_shoot(page, folder, "quilt-done"))
+            _start_quilt(page, base, rows=30, cols=30, work_ms=40)
+            page.goto(base + "/tasks/")
+            page.wait_for_selector("table.tasks tr[data-status=RUNNING]", timeout=DEADLINE_MS)
+            shots.append(_shoot(page, folder, "your-tasks"))
+            page.goto(base + "/tasks/ops/")
+            page.wait_for_selector("svg", timeout=DEADLINE_MS)
+            shots.append(_shoot(page, folder, "dashboard"))
+    for path in shots:
+        data = path.read_bytes()
+        assert data.startswith(PNG) and len(data) > 10_000, path
