@@ -26,6 +26,7 @@ from longtask.engine.states.common import (
     Transition,
     new_token,
 )
+from longtask.engine.states.fanout import finish_split, save_split_batch, start_fan_in
 from longtask.engine.states.outcomes import Outcome, Recorded, record
 from longtask.engine.states.subtasks import (
     Claimed,
@@ -46,14 +47,11 @@ from longtask.engine.states.tasks import (
     defer,
     fail,
     finish_cancelled,
-    finish_split,
     holds,
     move_cursor,
     record_run,
     requeue,
-    save_split_batch,
     schedule_retry,
-    start_fan_in,
     succeed,
 )
 

@@ -22,8 +22,8 @@ from longtask.engine.states.common import (
     logger,
     move_task,
 )
+from longtask.engine.states.fanout import start_fan_in
 from longtask.engine.states.subtasks import lock_parent, skip_subtasks
-from longtask.engine.states.tasks import start_fan_in
 from longtask.kinds import FanOutKind, Kind
 from longtask.models import LongTask, SubTask, one_line
 from longtask.progress import push

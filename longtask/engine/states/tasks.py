@@ -10,14 +10,13 @@ from django.db.models import F
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from longtask.engine import enqueue, window
+from longtask.engine import enqueue
 from longtask.engine.heartbeat import node_name
 from longtask.engine.states import tallies
 from longtask.engine.states.common import (
     CANCELLED,
     CLAIMABLE,
     FAILED,
-    QUEUED,
     RUNNING,
     SUCCEEDED,
     TASK_TRANSITIONS,
@@ -29,10 +28,9 @@ from longtask.engine.states.common import (
     task_rows,
 )
 from longtask.engine.states.subtasks import reset_subtasks, skip_subtasks
-from longtask.kinds import FanOutKind
-from longtask.models import LongTask, RunEntry, SubTask, one_line
+from longtask.models import LongTask, RunEntry, one_line
 from longtask.progress import ProgressRecord, push
-from longtask.serialize import JSON, JSONObject
+from longtask.serialize import JSON
 
 
 def claim(task_id: UUID | str, *, keep_runs: bool = False) -> tuple[Run, LongTask] | None:
@@ -274,62 +272,3 @@ def requeue(task: LongTask) -> bool:
         tallies.add(row.kind, now, retried=1)
     task.refresh_from_db()
     return True
-
-
-# Fan-out parents -------------------------------------------------------------------
-
-
-def save_split_batch(run: Run, task: LongTask, kind: FanOutKind, batch: list[JSONObject]) -> bool:
-    """Save one batch of subtasks and queue their chunks, fenced; False if the run lost it."""
-    first = task.subtasks_total
-    with transaction.atomic():
-        moved = LongTask.objects.filter(pk=run.task_id, status=RUNNING, token=run.token).update(
-            subtasks_total=F("subtasks_total") + len(batch)
-        )
-        if not moved:  # cancelled, failed fast, or taken over while splitting
-            return False
-        SubTask.objects.bulk_create(
-            [
-                SubTask(parent_id=run.task_id, index=first + offset, parameters=params)
-                for offset, params in enumerate(batch)
-            ]
-        )
-        window.refill(task, kind)  # due_at is set as each subtask is dispatched
-    task.subtasks_total = first + len(batch)
-    return True
-
-
-def finish_split(run: Run, task: LongTask) -> bool:
-    """Mark the split done and let go of the parent (it waits on its subtasks now)."""
-    with transaction.atomic():
-        moved = LongTask.objects.filter(pk=run.task_id, status=RUNNING, token=run.token).update(
-            split_done=True, token=""
-        )
-        if moved:
-            start_fan_in(run.task_id)
-    return bool(moved)
-
-
-def start_fan_in(parent_id: UUID | str) -> bool:
-    """Queue the gather step once every subtask has finished; True for the one who does.
-
-    The parent goes back to QUEUED with ``fan_in_at`` set and a fresh attempt budget:
-    gather then runs as the task's own run (claimed, fenced, heart-beaten, under the
-    kind's time limit, retried alone when it fails), never inside a recorder or sweeper.
-    """
-    now = timezone.now()
-    with transaction.atomic():
-        moved = (
-            task_rows("start_fan_in", parent_id, None)
-            .filter(
-                split_done=True,
-                fan_in_at__isnull=True,
-                token="",
-                subtasks_done=F("subtasks_total"),
-            )
-            .update(status=QUEUED, fan_in_at=now, attempts=0, due_at=now)
-        )
-        if moved:
-            transaction.on_commit(lambda: push.notify(parent_id))
-            enqueue.task_job(LongTask.objects.get(pk=parent_id))
-    return bool(moved)
