@@ -24,8 +24,9 @@ from tests.processes import ROOT
 
 LIBRARY = ROOT / "longtask"
 
-#: The demo's vocabulary: its kinds and the fields of the quilt's subtask results.
-DEMO_WORDS = re.compile(r"\b(quilts?|squares?|rows?|cols?|colou?rs?|report)\b", re.IGNORECASE)
+#: The demo's vocabulary: its kinds, and the fields of the quilt's subtask results read as
+#: properties (a table's rows are anybody's: "your tasks" has rows too).
+DEMO_WORDS = re.compile(r"\b(quilts?|squares?|colou?rs?|report)\b|\.(row|col)\b", re.IGNORECASE)
 #: CSS's own ``color`` property is no mention of the demo.
 CSS_COLOR_PROPERTY = re.compile(r"(?<![\w-])color\s*:", re.IGNORECASE)
 
