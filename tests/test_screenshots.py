@@ -1,4 +1,4 @@
-"""The pictures in the docs, taken by a real browser from a real site.
+"""The pictures in the docs, taken by a real browser from a real site; the dashboard at work.
 
 Each run takes them again into a temporary folder and checks they are real pictures of
 the page they name; ``LONGTASK_SCREENSHOTS=1`` writes them into ``docs/_static/screenshots``
@@ -7,12 +7,15 @@ instead, where the docs show them (operating.md, status-pages.md).
 
 from __future__ import annotations
 
+import datetime
 import os
 from pathlib import Path
 from typing import Any
 
 import pytest
+from django.utils import timezone
 
+from longtask.models import LongTask, Status
 from tests.processes import ROOT
 from tests.test_browser import DEADLINE_MS, chromium, sign_in_through_the_header  # noqa: F401
 from tests.test_live import daphne, workers
@@ -73,3 +76,40 @@ def test_the_docs_pictures(tmp_path, operator, chromium):  # noqa: F811
     for path in shots:
         data = path.read_bytes()
         assert data.startswith(PNG) and len(data) > 10_000, path
+
+
+@pytest.fixture
+def stuck_task(operator) -> str:
+    """A report whose worker died: RUNNING, its heartbeat far older than STALE_AFTER."""
+    old = timezone.now() - datetime.timedelta(hours=1)
+    task = LongTask.objects.create(
+        kind="report",
+        queue="default",
+        parameters={"month": "2026-10", "work_ms": 0},
+        status=Status.RUNNING,
+        token="dead-worker",
+        started_at=old,
+        heartbeat_at=old,
+        attempts=1,
+    )
+    return str(task.pk)
+
+
+def test_the_dashboard_lists_a_stuck_task_and_its_retry_takes_it_up(
+    tmp_path,
+    stuck_task,
+    chromium,  # noqa: F811
+):
+    row = f'tr.stuck-task[data-task="{stuck_task}"]'
+    with daphne(tmp_path / "daphne.log") as base:
+        page = chromium.new_context().new_page()
+        sign_in_through_the_header(page, base, "operator", PASSWORD)
+        page.goto(base + "/tasks/ops/")
+        assert page.locator("svg polyline, svg path").count() >= 3  # the sparklines
+        assert page.locator(row).count() == 1
+        with workers(tmp_path):
+            page.locator(row + ' form[action$="/retry/"] button').click()
+            page.wait_for_url("**/tasks/ops/**")
+            assert page.locator(row).count() == 0  # taken up: no longer stuck
+            page.goto(f"{base}/tasks/{stuck_task}/")
+            page.wait_for_selector(".task-status[data-status=SUCCEEDED]", timeout=DEADLINE_MS)
