@@ -107,8 +107,12 @@ class FunctionKind(Kind):
 
     def on_finished(self, task: LongTask) -> None:
         # The run's own copy is current once it succeeded; other endings read the row.
-        row = task if task.status == Status.SUCCEEDED else LongTask.objects.get(pk=task.pk)
-        result = to_task_result(row, self.task)
+        try:
+            row = task if task.status == Status.SUCCEEDED else LongTask.objects.get(pk=task.pk)
+            result = to_task_result(row, self.task)
+        except (ValueError, RecursionError):  # arguments Python cannot decode: no TaskResult
+            logger.warning("LongTask id=%s: no task_finished signal (unreadable row)", task.pk)
+            return
         # The outcome is recorded already: a receiver that raises must not look like a
         # failure of the job (or of the sweep that finished it).
         for receiver, error in task_finished.send_robust(LongTaskBackend, task_result=result):

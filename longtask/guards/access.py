@@ -69,8 +69,22 @@ def can_change(user: AnyUser | None, task: LongTask) -> bool:
 
 
 def get_visible_task(user: AnyUser | None, task_id: UUID | str) -> LongTask:
-    """Return the task if ``user`` may see it; otherwise 404, so ids cannot be probed."""
-    task = LongTask.objects.filter(pk=task_id).first()
+    """Return the task if ``user`` may see it; otherwise 404, so ids cannot be probed.
+
+    A row written around ``start()`` may hold parameters or a result Python cannot
+    decode (a 5,000-digit number): such a value reads as None here, so its pages still
+    answer (the task itself was failed by its worker), never a 500.
+    """
+    try:
+        task = LongTask.objects.filter(pk=task_id).first()
+    except (ValueError, RecursionError):
+        task = LongTask.objects.defer("parameters", "result").filter(pk=task_id).first()
+        if task is not None:
+            for name in ("parameters", "result"):
+                try:
+                    getattr(task, name)
+                except (ValueError, RecursionError):
+                    task.__dict__[name] = {} if name == "parameters" else None
     if task is None or not can_view(user, task):
         raise Http404("No such task.")
     return task

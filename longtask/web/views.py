@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable
 from uuid import UUID
 
 from django.contrib.auth.views import redirect_to_login
@@ -10,6 +12,7 @@ from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
 from django.utils import timezone
 from django.utils.http import content_disposition_header
+from django.utils.safestring import SafeString
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from longtask import api, progress
@@ -33,8 +36,10 @@ from longtask.guards.access import (
 from longtask.kinds import Kind, registry
 from longtask.live.cursor import parse_cursor
 from longtask.live.routing import websocket_path
-from longtask.models import Status
+from longtask.models import LongTask, Status
 from longtask.web import yours
+
+logger = logging.getLogger("longtask")
 
 #: A form body may be this many times the parameters' limit: percent-encoding
 #: triples punctuation, and the CSRF token and field names come on top.
@@ -119,6 +124,18 @@ def redirect_303(url: str) -> HttpResponseRedirect:
     return response
 
 
+def _drawn(
+    hook: Callable[[LongTask], SafeString | str], task: LongTask, what: str
+) -> SafeString | str:
+    """A kind's drawing of the task, or a plain line if it fails: a row written around
+    ``start()`` (parameters its kind cannot read) must not make its page a 500."""
+    try:
+        return hook(task)
+    except Exception:
+        logger.exception("LongTask id=%s kind=%s: its %s cannot be drawn", task.pk, task.kind, what)
+        return f"This task's {what} cannot be shown."
+
+
 @require_GET
 def status(request: HttpRequest, task_id: UUID) -> HttpResponse:
     task = get_visible_task(request.user, task_id)
@@ -150,14 +167,14 @@ def status(request: HttpRequest, task_id: UUID) -> HttpResponse:
         if task.next_attempt_at:
             context["retry_in_seconds"] = max(0, (task.next_attempt_at - now).total_seconds())
     if not task.is_finished and kind is not None:
-        context["progress_html"] = kind.display_progress(task)
+        context["progress_html"] = _drawn(kind.display_progress, task, "progress")
         if kind.live_template:  # the kind's live area gets the JSON document, as its script does
             url = request.build_absolute_uri(task.get_absolute_url())
             context["document"] = status_document(task, record, status_url=url)
     if task.status == Status.SUCCEEDED and kind is not None:
         if task.result_viewed_at is None:
             task.mark_result_viewed()
-        context["result_html"] = kind.display_result(task)
+        context["result_html"] = _drawn(kind.display_result, task, "result")
         context["has_download"] = kind.offers_download(task)
     return render(request, "longtask/status.html", context)
 
