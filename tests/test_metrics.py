@@ -45,7 +45,7 @@ def value(samples, name: str, **labels: str) -> float:
 # Access -------------------------------------------------------------------------------
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)  # Redis pushes jobs on commit
 def test_metrics_are_never_public(client, django_user_model, staff, viewer, settings):
     assert client.get("/metrics").status_code == 403
     for wrong in ("nope", TOKEN + "x", TOKEN[:-1], ""):
@@ -68,7 +68,7 @@ def test_metrics_are_never_public(client, django_user_model, staff, viewer, sett
 # Content ------------------------------------------------------------------------------
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)  # Redis pushes jobs on commit
 def test_the_counters_move_as_tasks_run(client):
     before = scrape(client)
     longtask.start("test-count", {"n": 2})
@@ -98,7 +98,7 @@ def test_the_counters_move_as_tasks_run(client):
     assert value(after, "longtask_tasks", kind="test-count", status="QUEUED") == 0
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)  # Redis pushes jobs on commit
 def test_subtasks_finished_is_a_counter_whose_rate_is_subtasks_per_second(client):
     longtask.start("test-squares-tolerant", {"n": 5, "fail_index": 3})
     drain_queue()
@@ -108,7 +108,7 @@ def test_subtasks_finished_is_a_counter_whose_rate_is_subtasks_per_second(client
     assert value(samples, name, kind="test-squares-tolerant", status="FAILED") == 1
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)  # Redis pushes jobs on commit
 def test_the_counters_never_go_back_when_tasks_are_deleted(client):
     for n in range(3):
         longtask.start("test-count", {"n": n})
@@ -120,7 +120,7 @@ def test_the_counters_never_go_back_when_tasks_are_deleted(client):
         assert value(after, name, kind="test-count") == value(before, name, kind="test-count") == 3
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)  # Redis pushes jobs on commit
 def test_every_family_is_described_and_typed(client):
     longtask.start("test-count", {"n": 1})
     drain_queue()
@@ -149,7 +149,7 @@ def test_every_family_is_described_and_typed(client):
     assert "process_cpu_seconds_total" not in response.content.decode()
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)  # Redis pushes jobs on commit
 def test_queue_limits_and_leases_in_use_are_gauges(client, settings):
     settings.LONGTASK_QUEUES = {
         **settings.LONGTASK_QUEUES,

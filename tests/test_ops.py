@@ -70,7 +70,7 @@ def stuck_run(kind: str = "test-count", seconds: float = 600) -> LongTask:
 # Access -------------------------------------------------------------------------------
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)  # Redis pushes jobs on commit
 def test_the_dashboard_is_for_staff_who_may_view_every_task(
     client, django_user_model, staff, viewer, changer, operator
 ):
@@ -89,7 +89,7 @@ def test_the_dashboard_is_for_staff_who_may_view_every_task(
     assert "Retry now" in page(client)
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)  # Redis pushes jobs on commit
 def test_acting_from_the_dashboard_needs_the_change_permission(client, viewer, operator):
     task = stuck_run()
     retry_url = reverse("longtask:ops_retry", args=[task.pk])
@@ -104,7 +104,7 @@ def test_acting_from_the_dashboard_needs_the_change_permission(client, viewer, o
     assert client.post(missing).status_code == 404
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)  # Redis pushes jobs on commit
 def test_the_admin_index_links_to_the_dashboard(client, viewer, staff):
     client.force_login(viewer)
     assert reverse(OPS) in client.get(reverse("admin:index")).content.decode()
@@ -130,7 +130,7 @@ def test_a_sparkline_is_well_formed_svg_with_one_point_per_value():
     assert parse(sparkline([], label="none")).find(f"{SVG}polyline").get("points") == ""
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)  # Redis pushes jobs on commit
 def test_the_dashboard_draws_the_last_hour_and_day_as_sparklines_without_inline_style(
     client, viewer
 ):
@@ -159,7 +159,7 @@ def test_the_dashboard_draws_the_last_hour_and_day_as_sparklines_without_inline_
 # Stuck tasks --------------------------------------------------------------------------
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)  # Redis pushes jobs on commit
 def test_a_run_without_heartbeat_is_listed_and_retried_from_the_dashboard(client, operator):
     task = stuck_run()
     fresh = stuck_run(seconds=1)  # beating recently: not stuck
@@ -180,7 +180,7 @@ def test_a_run_without_heartbeat_is_listed_and_retried_from_the_dashboard(client
     assert task.status == Status.SUCCEEDED
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)  # Redis pushes jobs on commit
 def test_a_queued_task_whose_job_was_lost_is_listed_and_dispatched_again(client, operator):
     task = longtask.start("test-count", {"n": 1})
     broker.clear()  # the job is lost
@@ -198,7 +198,7 @@ def test_a_queued_task_whose_job_was_lost_is_listed_and_dispatched_again(client,
     assert task.status == Status.SUCCEEDED
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)  # Redis pushes jobs on commit
 def test_cancelling_a_stuck_run_from_the_dashboard_finishes_it(client, operator):
     task = stuck_run()
     client.force_login(operator)
@@ -208,7 +208,7 @@ def test_cancelling_a_stuck_run_from_the_dashboard_finishes_it(client, operator)
     assert task.status == Status.CANCELLED  # not left waiting for a dead worker to stop
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)  # Redis pushes jobs on commit
 def test_a_healthy_task_is_left_alone_by_a_stale_retry_form(client, operator):
     task = longtask.start("test-count", {"n": 1})
     client.force_login(operator)
@@ -316,7 +316,7 @@ def full_scans(statements: list[tuple[str, object]]) -> list[str]:
     return found
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)  # Redis pushes jobs on commit
 def test_dashboard_metrics_and_stats_cost_as_many_queries_with_100k_finished_tasks(
     client, operator, settings
 ):
@@ -384,7 +384,7 @@ def minute_rows(kind: str = "test-count") -> int:
     return TaskMinute.objects.filter(kind=kind).exclude(minute=TOTALS).count()
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)  # Redis pushes jobs on commit
 def test_each_transition_counts_once_in_its_minute_and_the_totals():
     task = longtask.start("test-count", {"n": 1})
     assert totals() == {}  # starting saves a row; its first run is what counts
@@ -406,7 +406,7 @@ def test_each_transition_counts_once_in_its_minute_and_the_totals():
     assert (after["started"], after["retried"], after["succeeded"]) == (2, 1, 2)
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)  # Redis pushes jobs on commit
 def test_retries_failures_and_subtasks_are_counted():
     longtask.start("test-flaky", {"fail_times": 1})
     longtask.start("test-boom", {})
@@ -420,7 +420,7 @@ def test_retries_failures_and_subtasks_are_counted():
     assert squares["subtasks_failed"] == 1 and squares["subtasks_done"] >= 1
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)  # Redis pushes jobs on commit
 def test_a_transition_rolled_back_counts_nothing():
     task = longtask.start("test-count", {"n": 1})
     with pytest.raises(RuntimeError), transaction.atomic():
@@ -431,7 +431,7 @@ def test_a_transition_rolled_back_counts_nothing():
     assert task.status == Status.QUEUED
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)  # Redis pushes jobs on commit
 def test_purging_tasks_leaves_the_totals():
     for _ in range(2):
         longtask.start("test-count", {"n": 1})
@@ -441,7 +441,7 @@ def test_purging_tasks_leaves_the_totals():
     assert not LongTask.objects.exists() and totals() == before
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)  # Redis pushes jobs on commit
 def test_purge_prunes_old_minutes_but_never_the_last_day_nor_the_totals():
     now = timezone.now().replace(second=0, microsecond=0)
     for days in (0, 0.5, 2, 40):
@@ -466,7 +466,7 @@ def run(*args: str) -> str:
     return out.getvalue()
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)  # Redis pushes jobs on commit
 def test_top_prints_one_frame_when_not_on_a_terminal():
     stuck_run()
     longtask.start("test-count", {"n": 1})
@@ -484,7 +484,7 @@ class Terminal(io.StringIO):
         return True
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)  # Redis pushes jobs on commit
 def test_top_redraws_on_a_terminal_until_ctrl_c(monkeypatch):
     frames = []
 
@@ -499,7 +499,7 @@ def test_top_redraws_on_a_terminal_until_ctrl_c(monkeypatch):
     assert out.getvalue().count(ops.CLEAR) == 2 and frames == [0.5, 0.5]
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)  # Redis pushes jobs on commit
 def test_stats_json_has_every_section():
     longtask.start("test-count", {"n": 1})
     drain_queue()

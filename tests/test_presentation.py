@@ -132,7 +132,7 @@ def test_a_running_kind_with_hooks_gets_its_template_script_and_stylesheet(clien
     )
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)  # Redis pushes jobs on commit
 def test_a_finished_kind_keeps_its_stylesheet_only(client, framed):
     task = longtask.start("test-framed", {"n": 2})
     runner.run(str(task.pk))
@@ -153,7 +153,7 @@ def test_a_kind_without_hooks_gets_the_library_alone(client, test_kinds_register
     assert 'class="live"' not in html
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)  # Redis pushes jobs on commit
 def test_the_quilt_plugs_its_renderer_in_through_the_hook(client):
     task = longtask.start("quilt", {"rows": 2, "cols": 3})
     runner.run(str(task.pk))  # split: six squares queued

@@ -91,7 +91,9 @@ def queued_jobs(queue_name: str) -> int:
 
 
 def mid_quilt(task: LongTask) -> bool:
-    """Squares have finished and chunk jobs still wait in Redis: the moment to break things."""
+    """Squares have finished and chunk jobs still wait in Redis: the moment to break things.
+
+    (These tests run without the fan-out window, which would keep few jobs in Redis.)"""
     return done_at_least(task, 100) and queued_jobs("subtasks") >= 3
 
 
@@ -316,8 +318,11 @@ def test_a_quilt_completes_when_redis_restarts_mid_way(tmp_path):
     began = time.monotonic()
     with ExitStack() as stack:
         stack.enter_context(redis_comes_back())  # exits last: after the workers stopped
-        tasks = stack.enter_context(qcluster(logs[0], command=TASK_WORKER, **FAST_RECOVERY))
-        subtasks = stack.enter_context(qcluster(logs[1], command=SUBTASK_WORKER, **FAST_RECOVERY))
+        # Every square queued at the split (no window), so that many chunk jobs wait in
+        # Redis when it goes away: a window's few are soon in the workers' own queues.
+        env = {**FAST_RECOVERY, "LONGTASK_FANOUT_WINDOW_JOBS": "0"}
+        tasks = stack.enter_context(qcluster(logs[0], command=TASK_WORKER, **env))
+        subtasks = stack.enter_context(qcluster(logs[1], command=SUBTASK_WORKER, **env))
         wait_for(lambda: mid_quilt(task), 60, "100 squares done and chunk jobs waiting")
         run_id = redis_info("run_id")
         restart_redis()  # the queued chunk jobs are gone with it
@@ -350,8 +355,11 @@ def test_a_quilt_completes_when_postgresql_restarts_mid_way(tmp_path):
     began = time.monotonic()
     with ExitStack() as stack:
         stack.enter_context(postgres_comes_back())  # exits last: after the workers stopped
-        tasks = stack.enter_context(qcluster(logs[0], command=TASK_WORKER, **FAST_RECOVERY))
-        subtasks = stack.enter_context(qcluster(logs[1], command=SUBTASK_WORKER, **FAST_RECOVERY))
+        # Every square queued at the split (no window), so that many chunk jobs wait in
+        # Redis when it goes away: a window's few are soon in the workers' own queues.
+        env = {**FAST_RECOVERY, "LONGTASK_FANOUT_WINDOW_JOBS": "0"}
+        tasks = stack.enter_context(qcluster(logs[0], command=TASK_WORKER, **env))
+        subtasks = stack.enter_context(qcluster(logs[1], command=SUBTASK_WORKER, **env))
         wait_for(lambda: mid_quilt(task), 60, "100 squares done and chunk jobs waiting")
         started = postmaster_started()
         restart = pg_ctl("restart")
