@@ -17,7 +17,12 @@ from django.utils import timezone
 
 from longtask.models import LongTask, Status
 from tests.processes import ROOT
-from tests.test_browser import DEADLINE_MS, chromium, sign_in_through_the_header  # noqa: F401
+from tests.test_browser import (  # noqa: F401  (chromium: the fixture)
+    DEADLINE_MS,
+    chromium,
+    sign_in_through_the_header,
+    start_own_quilt,
+)
 from tests.test_live import daphne, workers
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -39,16 +44,6 @@ def _shoot(page: Any, folder: Path, name: str) -> Path:
     return path
 
 
-def _start_quilt(page: Any, base: str, rows: int, cols: int, work_ms: int) -> None:
-    page.goto(base + "/")
-    form = page.locator('form[action="/tasks/new/quilt/"]')
-    form.locator('[name="rows"]').fill(str(rows))
-    form.locator('[name="cols"]').fill(str(cols))
-    form.locator('[name="work_ms"]').fill(str(work_ms))
-    form.locator('button[type="submit"]').click()
-    page.wait_for_url("**/tasks/*/")
-
-
 def test_the_docs_pictures(tmp_path, operator, chromium):  # noqa: F811
     folder = DOCS if os.environ.get("LONGTASK_SCREENSHOTS") == "1" else tmp_path
     folder.mkdir(parents=True, exist_ok=True)
@@ -56,7 +51,7 @@ def test_the_docs_pictures(tmp_path, operator, chromium):  # noqa: F811
     with daphne(tmp_path / "daphne.log") as base:
         page = chromium.new_context(viewport={"width": 1000, "height": 800}).new_page()
         sign_in_through_the_header(page, base, operator, PASSWORD)
-        _start_quilt(page, base, rows=12, cols=16, work_ms=60)
+        start_own_quilt(page, base, work_ms=60, rows=12, cols=16)
         with workers(tmp_path):
             # Running: some squares coloured, not all.
             page.wait_for_function(
@@ -66,7 +61,7 @@ def test_the_docs_pictures(tmp_path, operator, chromium):  # noqa: F811
             shots.append(_shoot(page, folder, "quilt-running"))
             page.wait_for_selector(".task-status[data-status=SUCCEEDED]", timeout=DEADLINE_MS)
             shots.append(_shoot(page, folder, "quilt-done"))
-            _start_quilt(page, base, rows=30, cols=30, work_ms=40)
+            start_own_quilt(page, base, work_ms=40, rows=30, cols=30)
             page.goto(base + "/tasks/")
             page.wait_for_selector("table.tasks tr[data-status=RUNNING]", timeout=DEADLINE_MS)
             shots.append(_shoot(page, folder, "your-tasks"))

@@ -21,15 +21,6 @@ logger = logging.getLogger("longtask")
 #: Longest result printed by ``show`` (``show --json`` prints it whole).
 RESULT_PREVIEW = 2000
 
-BATCH_HELP = """\
-Start one task of KIND per line of FILE, a JSONL file of parameter objects ("-": stdin).
-Every line is read first: a line that is not a JSON object stops the command with exit
-code 2 before anything starts. Lines whose parameters the kind's form rejects are
-reported with their line number and error while the valid lines start (exit code 1).
-With --name-field F, the value of field F names each task, so running the same file
-again starts nothing twice: lines whose task exists are reported as skipped.
-"""
-
 
 if TYPE_CHECKING:
     # The checker sees the command this is mixed into.

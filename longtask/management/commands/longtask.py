@@ -41,9 +41,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("longtask")
 
-#: Longest result printed by ``show`` (``show --json`` prints it whole).
-RESULT_PREVIEW = 2000
-
 BATCH_HELP = """\
 Start one task of KIND per line of FILE, a JSONL file of parameter objects ("-": stdin).
 Every line is read first: a line that is not a JSON object stops the command with exit
