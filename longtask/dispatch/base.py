@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -60,9 +61,21 @@ def register(broker_class: type) -> Callable[[type[Dispatcher]], type[Dispatcher
     return add
 
 
+@functools.cache
+def broker_of(cluster: str | None) -> Broker:
+    """``cluster``'s broker, one per process and cluster.
+
+    django-q2's ``get_broker()`` makes a new one, with a new Redis connection pool, on
+    every call; a new connection per job (and redis-py reading its own package metadata
+    for each) cost more than the job's own database write. Redis pools are thread-safe
+    and reconnect in a forked child; the ORM broker holds no connection of its own.
+    """
+    return get_broker(cluster) if cluster else get_broker()
+
+
 def dispatcher(cluster: str | None) -> Dispatcher:
     """The dispatcher of ``cluster``'s broker (the closest registered class wins)."""
-    broker = get_broker(cluster) if cluster else get_broker()
+    broker = broker_of(cluster)
     for klass in type(broker).__mro__:
         if klass in _DISPATCHERS:
             return _DISPATCHERS[klass](broker)

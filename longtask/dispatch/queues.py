@@ -112,6 +112,15 @@ def default_cluster() -> str:
     return str(getattr(django_settings, "Q_CLUSTER", {}).get("name", "default"))
 
 
+def any_limited() -> bool:
+    """Say whether some queue has a rate limit or a concurrency limit."""
+    return any(
+        options.get(key) not in (None, "")
+        for options in settings.QUEUES.values()
+        for key in ("rate", "max_concurrency")
+    )
+
+
 def get_or_default(name: str | None) -> Queue:
     """The queue ``name``, or the default queue if it is no longer defined."""
     try:

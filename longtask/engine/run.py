@@ -40,6 +40,10 @@ logger = logging.getLogger("longtask")
 
 def run(task_id: str) -> None:
     """Run the task once if it can be claimed; a duplicate delivery does nothing."""
+    if not queues.any_limited():
+        # No queue has a limit to pass: the claim is the run's first statement.
+        _claim_and_run(task_id, None, "")
+        return
     # The parameters are read by stored_parameters, which fails a row Python cannot decode.
     task = LongTask.objects.defer("parameters").filter(pk=task_id).first()
     if task is None:
@@ -50,7 +54,7 @@ def run(task_id: str) -> None:
     if slot is None:
         return
     try:
-        _claim_and_run(task_id, queue, slot, task.kind)
+        _claim_and_run(task_id, queue, slot)
     finally:
         concurrency.release_slot(queue, slot)
 
@@ -82,11 +86,17 @@ def _pass_limits(task: LongTask, queue: queues.Queue) -> str | None:
     return slot
 
 
-def _claim_and_run(task_id: str, queue: queues.Queue, slot: str, kind_name: str) -> None:
+def _keeps_runs(kind_name: str) -> bool:
     known = registry.find(kind_name)
-    claimed = states.claim(task_id, keep_runs=bool(known and known.keeps_runs))
+    return bool(known and known.keeps_runs)
+
+
+def _claim_and_run(task_id: str, queue: queues.Queue | None, slot: str) -> None:
+    """Claim and run the task; ``queue`` and ``slot`` are the concurrency lease it holds
+    (None and "" when no queue has limits)."""
+    claimed = states.claim(task_id, keep_runs=_keeps_runs)
     if claimed is None:
-        logger.info("LongTask id=%s not claimable; skipping", task_id)
+        logger.info("LongTask id=%s not claimable (or not found); skipping", task_id)
         return
     run_, task = claimed
     logger.info(
@@ -98,7 +108,8 @@ def _claim_and_run(task_id: str, queue: queues.Queue, slot: str, kind_name: str)
         return
 
     def beat() -> bool:
-        concurrency.renew_slot(queue, slot)
+        if queue is not None:
+            concurrency.renew_slot(queue, slot)
         return states.beat(run_)
 
     with Heartbeat(beat) as heartbeat:

@@ -11,11 +11,13 @@ until the watcher's fallback read. Without a channel layer this does nothing.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import threading
 from functools import cache
 from uuid import UUID
 
-from asgiref.sync import async_to_sync
 from channels.layers import BaseChannelLayer, get_channel_layer
 
 logger = logging.getLogger("longtask")
@@ -43,12 +45,42 @@ def enabled() -> bool:
     return _layer() is not None
 
 
+#: How long a worker waits for one message to be sent before it gives up on it.
+SEND_TIMEOUT = 5.0
+
+_loops: dict[int, asyncio.AbstractEventLoop] = {}
+_loops_lock = threading.Lock()
+
+
+def _sender_loop() -> asyncio.AbstractEventLoop:
+    """This process's event loop for sending, run by a daemon thread.
+
+    One loop for the life of the process, so the channel layer's connection pool (kept
+    per loop) is reused: ``async_to_sync`` made a new loop, hence a new Redis
+    connection, for every message, which cost a worker more than its database writes.
+    Keyed by process id: a forked worker starts its own.
+    """
+    pid = os.getpid()
+    with _loops_lock:
+        loop = _loops.get(pid)
+        if loop is None:
+            loop = asyncio.new_event_loop()
+            name = f"longtask-push-{pid}"
+            threading.Thread(target=loop.run_forever, name=name, daemon=True).start()
+            _loops.clear()  # a parent's loop, copied by fork, has no thread here
+            _loops[pid] = loop
+        return loop
+
+
 def notify(task_id: UUID | str) -> None:
     """Tell the watchers of ``task_id`` that it changed; never raises."""
     layer = _layer()
     if layer is None:
         return
     try:
-        async_to_sync(layer.group_send)(group_name(task_id), dict(CHANGED))
+        sent = asyncio.run_coroutine_threadsafe(
+            layer.group_send(group_name(task_id), dict(CHANGED)), _sender_loop()
+        )
+        sent.result(timeout=SEND_TIMEOUT)
     except Exception:  # Redis away: the watchers' fallback reads still see the change
         logger.warning("could not push a change of LongTask id=%s", task_id, exc_info=True)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import datetime
+from collections.abc import Callable
 from uuid import UUID
 
 from django.db import transaction
 from django.db.models import F
-from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from longtask.engine import enqueue
@@ -33,42 +33,58 @@ from longtask.progress import ProgressRecord, push
 from longtask.serialize import JSON
 
 
-def claim(task_id: UUID | str, *, keep_runs: bool = False) -> tuple[Run, LongTask] | None:
+def claim(
+    task_id: UUID | str, *, keep_runs: Callable[[str], bool] = lambda kind: False
+) -> tuple[Run, LongTask] | None:
     """Mark a queued task RUNNING under a new token; None if it is not claimable now.
 
-    With ``keep_runs`` the attempt is added to ``runs`` in the same transaction, so a
-    worker killed right after its claim still leaves its entry.
+    The row is locked and read first (``SELECT ... FOR UPDATE``; on SQLite the write
+    lock is taken at BEGIN), then moved by an UPDATE that still requires the token it
+    read: two statements, and the run's copy of the row is the one it claimed. When
+    ``keep_runs(kind)`` says so, the attempt is added to ``runs`` by the same UPDATE,
+    so a worker killed right after its claim still leaves its entry.
     """
-    now, token = timezone.now(), new_token()
+    now, token, worker = timezone.now(), new_token(), node_name()
     with transaction.atomic():
-        moved = task_rows("claim", task_id, None).update(
-            status=RUNNING,
-            token=token,
-            attempts=F("attempts") + 1,
-            started_at=Coalesce(F("started_at"), now),
-            heartbeat_at=now,
-            next_attempt_at=None,
-            worker=node_name(),
+        rows = LongTask.objects.select_for_update().filter(
+            pk=task_id, status__in=TASK_TRANSITIONS["claim"].sources
         )
-        if not moved:
-            return None
-        transaction.on_commit(lambda: push.notify(task_id))
         try:
-            task = LongTask.objects.get(pk=task_id)
+            task = rows.first()
         except (ValueError, RecursionError):
             # Parameters Python cannot decode (a 5,000-digit number): the run reads them
             # in stored_parameters and fails the task, rather than the claim raising.
-            task = LongTask.objects.defer("parameters").get(pk=task_id)
-        run = Run(task_id, token, kind=task.kind, started_at=task.started_at)
-        if task.started_at == now:  # its first run (a later claim keeps started_at)
+            task = rows.defer("parameters").first()
+        if task is None:
+            return None
+        first_run = task.started_at is None
+        changes: dict[str, object] = {
+            "status": RUNNING,
+            "token": token,
+            "attempts": task.attempts + 1,
+            "started_at": task.started_at or now,
+            "heartbeat_at": now,
+            "next_attempt_at": None,
+            "worker": worker,
+        }
+        if keep_runs(task.kind):
+            entry: RunEntry = {"worker": worker, "at": now.isoformat()}
+            changes["runs"] = [*task.runs, entry]
+        if not task_rows("claim", task_id, None).filter(token=task.token).update(**changes):
+            return None  # not under the row lock: cannot happen, but never claim twice
+        for name, value in changes.items():
+            setattr(task, name, value)
+        transaction.on_commit(lambda: push.notify(task_id))
+        if first_run:  # a later claim keeps started_at
             tallies.add(task.kind, now, started=1)
-        if keep_runs:
-            record_run(run, task)
-    return run, task
+    return Run(task_id, token, kind=task.kind, started_at=task.started_at), task
 
 
 def record_run(run: Run, task: LongTask) -> bool:
-    """Append the claimed attempt's worker and start to ``runs`` (fenced by the run's token)."""
+    """Append the claimed attempt's worker and start to ``runs`` (fenced by the run's token).
+
+    For a claim made without ``keep_runs``; ``claim`` records it itself otherwise.
+    """
     entry: RunEntry = {
         "worker": task.worker,
         "at": (task.heartbeat_at or timezone.now()).isoformat(),
