@@ -28,6 +28,19 @@ def eta_text(seconds: int | None) -> str:
     return "" if seconds is None else f"ETA {duration_text(seconds)}"
 
 
+def jobs_ahead_text(jobs_ahead: int | None) -> str:
+    """Write "4,300 jobs ahead" ("1 job ahead"); "" when the broker could not tell."""
+    if jobs_ahead is None:
+        return ""
+    return f"{jobs_ahead:,} job{'' if jobs_ahead == 1 else 's'} ahead"
+
+
+def waiting_text(jobs_ahead: int | None) -> str:
+    """Say where a task that waits for a worker stands: "Waiting: 4,300 jobs ahead."."""
+    ahead = jobs_ahead_text(jobs_ahead)
+    return f"Waiting: {ahead}." if ahead else "Waiting for a worker."
+
+
 def run_seconds(task: LongTask) -> float | None:
     """Seconds from a finished task's start to its end; None while unknown."""
     if task.started_at and task.finished_at:

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import datetime
+import logging
 import math
 import time
 from typing import NotRequired, TypedDict, cast
 from uuid import UUID
 
 from django.db.models import Count
+from django.utils import timezone
 
-from longtask import progress
-from longtask.models import LongTask, Status, SubTask
+from longtask import dispatch, progress
+from longtask.dispatch import queues
+from longtask.kinds import FanOutKind, registry
+from longtask.models import CLAIMABLE_STATUSES, LongTask, Status, SubTask
 from longtask.progress import ProgressPayload, ProgressRecord
 from longtask.serialize import JSON
+
+logger = logging.getLogger("longtask")
 
 #: Most finished subtasks returned by one subtasks.json page.
 SUBTASK_PAGE_SIZE = 1000
@@ -40,6 +46,16 @@ class SubtaskBreakdown(TypedDict):
     skipped: int
 
 
+class Waiting(TypedDict):
+    """Where a task that waits for a worker stands in its queue."""
+
+    #: The queue whose workers it waits for (a fan-out's: its subtasks' queue).
+    queue: str
+    #: Jobs the queue's workers take first (see ``waiting_for_worker``); None when the
+    #: broker did not answer.
+    jobs_ahead: int | None
+
+
 class StatusDocument(TypedDict):
     """The public JSON description of a task (``/tasks/<uuid>.json``, the live frames)."""
 
@@ -59,6 +75,8 @@ class StatusDocument(TypedDict):
     subtasks: NotRequired[SubtaskCounts]
     #: A succeeded task's only.
     result: NotRequired[JSON]
+    #: Only while the task waits for a worker (``eta_seconds`` is then None).
+    waiting: NotRequired[Waiting]
 
 
 class FinishedSubtask(TypedDict):
@@ -104,7 +122,50 @@ def status_document(
         document["subtasks"] = subtask_counts(task)
     if task.status == Status.SUCCEEDED:
         document["result"] = task.result
+    waiting = waiting_for_worker(task)
+    if waiting is not None:
+        document["waiting"] = waiting
+        document["eta_seconds"] = None  # no clock runs while nobody works on it
     return document
+
+
+def waiting_for_worker(task: LongTask) -> Waiting | None:
+    """Where ``task`` stands in its queue while it only waits for a worker; None otherwise.
+
+    Waiting: QUEUED or RETRYING with its job due (no backoff, rate limit or ``run_after``
+    delays it), or a split fan-out RUNNING with no subtask running or finished. One read
+    of the queue (``dispatch.jobs_ahead``), two indexed subtask reads more for a fan-out,
+    nothing for any other task (docs/status-pages.md, "Waiting for a worker").
+    """
+    queue, due = _wait(task)
+    if queue is None:
+        return None
+    try:
+        ahead: int | None = dispatch.jobs_ahead(queues.cluster_for(queue), due)
+    except Exception:  # the broker is away: the page still answers
+        logger.exception("LongTask id=%s: the jobs ahead in %s cannot be counted", task.pk, queue)
+        ahead = None
+    return {"queue": queue, "jobs_ahead": ahead}
+
+
+def _wait(task: LongTask) -> tuple[str | None, datetime.datetime | None]:
+    """The queue ``task`` waits in and when its job there became due; (None, None): none."""
+    if task.status in CLAIMABLE_STATUSES:
+        due, now = task.due_at or task.created_at, timezone.now()
+        retry_at = task.next_attempt_at if task.status == Status.RETRYING else None
+        if due > now or (retry_at is not None and retry_at > now):
+            return None, None  # it waits for its time (a retry's, a rate limit's), not a worker
+        return task.queue, due
+    kind = registry.find(task.kind)
+    if task.status != Status.RUNNING or not isinstance(kind, FanOutKind):
+        return None, None
+    if not task.split_done or task.fan_in_at or task.subtasks_done:
+        return None, None
+    subtasks = SubTask.objects.filter(parent_id=task.pk)
+    if subtasks.filter(status=Status.RUNNING).exists():
+        return None, None
+    first_due = subtasks.filter(index=0).values_list("due_at", flat=True).first()
+    return kind.subtask_queue_name(), first_due
 
 
 def subtask_counts(task: LongTask) -> SubtaskCounts:

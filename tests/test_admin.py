@@ -12,8 +12,9 @@ from django.utils import timezone
 
 import longtask
 from longtask.models import LongTask, Status, SubTask
+from tests import broker
 from tests import kinds as test_kinds
-from tests.helpers import drain_queue
+from tests.helpers import claim, drain_queue
 
 CHANGELIST = "admin:longtask_longtask_changelist"
 
@@ -21,7 +22,7 @@ CHANGELIST = "admin:longtask_longtask_changelist"
 @pytest.fixture(autouse=True)
 def _kinds(test_kinds_registered):
     test_kinds.FAILING.clear()
-    yield
+    yield from broker.emptied()  # Redis keeps jobs across tests; the counts must not see them
     test_kinds.FAILING.clear()
 
 
@@ -129,6 +130,20 @@ def test_detail_shows_json_error_history_and_the_status_page_escaped(ops_client)
     assert "<script>alert(1)" not in html and "&lt;script&gt;alert(1)" in html
     assert "Traceback (most recent call last):\n  File &lt;x&gt;</pre>" in html
     assert "first &lt;try&gt;" in html
+
+
+@pytest.mark.django_db
+def test_detail_says_how_many_jobs_wait_ahead_of_a_queued_task(
+    ops_client, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        longtask.start("test-count", {"n": 1})
+        task = longtask.start("test-count", {"n": 1})
+    html = ops_client.get(change_url(task)).content.decode()
+    # ORM: the jobs queued before its own; Redis: the queue's whole list.
+    assert ("Waiting: 1 job ahead." if broker.on_orm() else "Waiting: 2 jobs ahead.") in html
+    claim(task)
+    assert "Waiting:" not in ops_client.get(change_url(task)).content.decode()
 
 
 @pytest.mark.django_db

@@ -19,7 +19,7 @@ from longtask.management import cli
 from longtask.models import LongTask, Status, SubTask
 from tests import broker
 from tests import kinds as test_kinds
-from tests.helpers import drain_queue
+from tests.helpers import claim, drain_queue
 from tests.processes import ROOT, process_env, qcluster
 
 
@@ -321,6 +321,21 @@ def test_show_prints_the_task_by_id_or_name():
     assert by_name == out
     document = json.loads(run("show", str(task.pk), "--json")[0])
     assert document["result"] == {"counted": 2}
+
+
+@pytest.mark.django_db
+def test_show_says_how_many_jobs_wait_ahead_of_a_queued_task(django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        api.start("test-count", {"n": 1})
+        task = api.start("test-count", {"n": 1})
+    out, _ = run("show", str(task.pk))
+    # ORM: the jobs queued before its own; Redis: the queue's whole list.
+    ahead = "1 job ahead" if broker.on_orm() else "2 jobs ahead"
+    assert f"waiting:     for a worker of queue default, {ahead}\n" in out
+    document = json.loads(run("show", str(task.pk), "--json")[0])
+    assert document["waiting"] == {"queue": "default", "jobs_ahead": 1 if broker.on_orm() else 2}
+    claim(task)
+    assert "waiting:" not in run("show", str(task.pk))[0]
 
 
 @pytest.mark.django_db

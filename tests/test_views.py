@@ -89,7 +89,7 @@ def test_queued_page_refreshes_without_javascript(client):
     task = longtask.start("report", {"month": "2026-10"})
     html = client.get(status_url(task)).content.decode()
     assert '<noscript><meta http-equiv="refresh" content="2"></noscript>' in html
-    assert "Waiting to start" in html
+    assert "Waiting: " in html  # for a worker: tests/test_waiting.py
     assert "<progress></progress>" in html  # no total yet: indeterminate
 
 
@@ -116,6 +116,7 @@ def test_running_page_shows_bar_message_elapsed_and_eta(client):
 
 def test_status_page_and_json_cost_one_query(client, django_assert_num_queries):
     task = longtask.start("report", {"month": "2026-10"})
+    claim(task)  # while it waits, a read of its queue too: tests/test_waiting.py
     with django_assert_num_queries(1):
         assert client.get(status_url(task)).status_code == 200
     with django_assert_num_queries(1):
@@ -178,7 +179,9 @@ def test_json_document_shape(client, test_kinds_registered):
         "finished_at": None,
         "error": None,
         "status_url": f"http://testserver/tasks/{task.pk}/",
+        "waiting": {"queue": "default", "jobs_ahead": doc["waiting"]["jobs_ahead"]},
     }
+    assert isinstance(doc["waiting"]["jobs_ahead"], int)  # counted in tests/test_waiting.py
     runner.run(str(task.pk))
     doc = client.get(json_url(task)).json()
     assert doc["status"] == "SUCCEEDED"

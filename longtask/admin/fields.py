@@ -67,7 +67,10 @@ class TaskFields:
         parts = []
         if payload["percent"] is not None:
             parts.append(f"{payload['percent']}% ({payload['current']:g}/{payload['total']:g})")
-        eta = None if task.is_finished else progress.eta_seconds(record)
+        waiting = None if task.is_finished else documents.waiting_for_worker(task)
+        if waiting is not None:  # instead of an ETA: no clock runs while nobody works on it
+            parts.append(display.waiting_text(waiting["jobs_ahead"]))
+        eta = None if task.is_finished or waiting else progress.eta_seconds(record)
         parts += [display.eta_text(eta), payload["message"]]
         return " · ".join(part for part in parts if part) or "-"
 

@@ -1,11 +1,11 @@
 """Dispatch: the seam between longtask and django-q2's brokers.
 
 Only ids and index ranges cross the broker; everything else is read from the database.
-The engine, the sweeper, the checks and the worker command ask this package (enqueue
-many, "when did the oldest waiting job become due?", queue depth); which broker answers
-is the business of one ``Dispatcher`` per broker class (``orm``, ``redis``, and a
-generic fallback in ``base``). A new broker is a new module here that registers its
-dispatcher.
+The engine, the sweeper, the checks, the worker command and the status document ask this
+package (enqueue many, "when did the oldest waiting job become due?", queue depth, jobs
+ahead); which broker answers is the business of one ``Dispatcher`` per broker class
+(``orm``, ``redis``, and a generic fallback in ``base``). A new broker is a new module
+here that registers its dispatcher.
 
 On the ORM broker the queue is a table in the same database, so a job is written in
 the caller's transaction: it commits with the state change that asked for it, or not
@@ -33,6 +33,7 @@ __all__ = [
     "depth",
     "dispatcher",
     "enqueue_many",
+    "jobs_ahead",
     "oldest_ready",
 ]
 
@@ -71,3 +72,9 @@ def oldest_ready(cluster: str | None) -> datetime.datetime | None:
 def depth(cluster: str | None) -> Depth:
     """How many jobs wait in ``cluster``'s broker: ready now, and delayed."""
     return dispatcher(cluster).depth()
+
+
+def jobs_ahead(cluster: str | None, due: datetime.datetime | None) -> int:
+    """How many jobs ``cluster``'s workers would take before a job that became due at
+    ``due``, as cheaply as its broker can tell: one COUNT (ORM) or one LLEN (Redis)."""
+    return dispatcher(cluster).ahead(due)

@@ -47,6 +47,13 @@ class Dispatcher:
     def depth(self) -> Depth:
         return Depth(ready=int(self.broker.queue_size() or 0))
 
+    def ahead(self, due: datetime.datetime | None) -> int:
+        """How many jobs a worker would take before one that became due at ``due``.
+
+        This base cannot tell where a job stands: every job the broker counts.
+        """
+        return self.depth().ready
+
 
 _DISPATCHERS: dict[type, type[Dispatcher]] = {}
 

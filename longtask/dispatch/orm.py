@@ -31,6 +31,16 @@ class OrmDispatcher(Dispatcher):
         oldest: datetime.datetime | None = rows.aggregate(oldest=Min("lock"))["oldest"]
         return oldest
 
+    def ahead(self, due: datetime.datetime | None) -> int:
+        # A job's own row cannot be found (its payload is signed), but it was written
+        # when its task became due: the rows ready now that became due before it are
+        # ahead of it. One COUNT of the queue table, which holds only the jobs not yet
+        # acknowledged, never the history.
+        rows = self._rows().filter(lock__lte=timezone.now())
+        if due is not None:
+            rows = rows.filter(lock__lt=due)
+        return rows.count()
+
     def depth(self) -> Depth:
         now = timezone.now()
         rows = self._rows()

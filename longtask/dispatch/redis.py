@@ -114,6 +114,11 @@ class RedisDispatcher(Dispatcher):
             candidates.append(datetime.datetime.fromtimestamp(due[0][1], tz=datetime.UTC))
         return min(candidates) if candidates else None
 
+    def ahead(self, due: datetime.datetime | None) -> int:
+        # A job's place in the list costs an LPOS over every signed payload before it;
+        # the list's length is one LLEN: this job and those behind it count too.
+        return int(self.broker.connection.llen(self.broker.list_key))
+
     def depth(self) -> Depth:
         connection, key = self.broker.connection, self.broker.list_key
         return Depth(

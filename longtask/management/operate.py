@@ -11,7 +11,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
 from longtask import api, display, documents, progress
-from longtask.documents import status_document, subtask_breakdown
+from longtask.documents import Waiting, status_document, subtask_breakdown
 from longtask.management import cli
 from longtask.models import LongTask, Status, SubTask
 from longtask.progress import ProgressRecord
@@ -64,12 +64,14 @@ class OperateCommands(_Command):
             self.stdout.write(json.dumps(status_document(task, record, status_url=url), indent=2))
             return
         progress_text = progress_line(record)
+        waiting = documents.waiting_for_worker(task)
         fields = [
             ("id", task.pk),
             ("kind", task.kind),
             ("name", task.name or "-"),
             ("status", task.status),
             ("progress", progress_text),
+            *([("waiting", waiting_line(waiting))] if waiting else []),
             ("owner", task.owner or "-"),
             ("queue", task.queue),
             ("attempts", task.attempts),
@@ -157,6 +159,12 @@ class OperateCommands(_Command):
         self.stdout.write(
             f"{verb} {minutes} per-minute count row(s) of the dashboard (the totals stay)."
         )
+
+
+def waiting_line(waiting: Waiting) -> str:
+    """Say which queue's workers a task waits for, and how many jobs are ahead of it."""
+    ahead = display.jobs_ahead_text(waiting["jobs_ahead"])
+    return f"for a worker of queue {waiting['queue']}" + (f", {ahead}" if ahead else "")
 
 
 def progress_line(record: ProgressRecord | None) -> str:

@@ -14,6 +14,12 @@ def duration(seconds: float | None) -> str:
 
 
 @register.filter
+def waiting(jobs_ahead: int | None) -> str:
+    """Say where a task that waits for a worker stands: "Waiting: 4,300 jobs ahead."."""
+    return display.waiting_text(jobs_ahead)
+
+
+@register.filter
 def pretty_json(value: object) -> str:
     """Indented JSON (escaped by the template like any other text)."""
     return display.json_text(value)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from uuid import UUID
 
@@ -152,7 +151,7 @@ def status(request: HttpRequest, task_id: UUID) -> HttpResponse:
             else None
         ),
         "progress": progress.payload(record),
-        "eta_seconds": None if task.is_finished else progress.eta_seconds(record, time.time()),
+        "eta_seconds": None,
         "refresh_seconds": settings.REFRESH_SECONDS,
         # The traceback is the site's internals: for those who may read every task.
         "show_traceback": can_view_all(request.user),
@@ -166,11 +165,16 @@ def status(request: HttpRequest, task_id: UUID) -> HttpResponse:
         context["max_attempts"] = kind.retry_policy().max_attempts
         if task.next_attempt_at:
             context["retry_in_seconds"] = max(0, (task.next_attempt_at - now).total_seconds())
-    if not task.is_finished and kind is not None:
-        context["progress_html"] = _drawn(kind.display_progress, task, "progress")
-        if kind.live_template:  # the kind's live area gets the JSON document, as its script does
-            url = request.build_absolute_uri(task.get_absolute_url())
-            context["document"] = status_document(task, record, status_url=url)
+    if not task.is_finished:
+        # The page shows what the JSON says: the ETA, or where the task waits for a worker.
+        url = request.build_absolute_uri(task.get_absolute_url())
+        document = status_document(task, record, status_url=url)
+        context["eta_seconds"] = document["eta_seconds"]
+        context["waiting"] = document.get("waiting")
+        if kind is not None:
+            context["progress_html"] = _drawn(kind.display_progress, task, "progress")
+            if kind.live_template:  # the kind's live area gets the document, as its script does
+                context["document"] = document
     if task.status == Status.SUCCEEDED and kind is not None:
         if task.result_viewed_at is None:
             task.mark_result_viewed()

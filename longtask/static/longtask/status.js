@@ -1,5 +1,6 @@
 // Live status page: follows the task over its websocket (or polls the JSON endpoints)
-// and updates the bar, percent, message and ETA in place. When the status changes it
+// and updates the bar, percent, message and ETA in place (or, while the task waits for a
+// worker, the jobs ahead of it, read from the JSON). When the status changes it
 // swaps in the <main> of a fresh, server-rendered copy of the page, so the result
 // appears without a reload. Text goes in with textContent only; the URLs come from
 // data- attributes (no inline script, ready for a CSP).
@@ -31,6 +32,9 @@
     CANCELLED: "Cancelled",
   };
   var POLL_MS = 2000;
+  // While the task waits for a worker no frame says how many jobs are ahead of it: the
+  // page asks the JSON this often (one row and one count of its queue).
+  var WAITING_MS = 5000;
   var MAX_SOCKET_FAILURES = 3;
 
   var state = {
@@ -42,6 +46,7 @@
     failures: 0, // consecutive sockets that closed before saying anything
     retries: 0,
     polling: false,
+    refreshing: false, // a JSON read of the wait is on its way
     swapping: false,
     swapAgain: false,
   };
@@ -61,6 +66,19 @@
       return m + " min " + (s % 60) + " s";
     }
     return s + " s";
+  }
+
+  // "4,300": written as display.waiting_text writes it on the server.
+  function thousands(n) {
+    return String(n).replace(/\B(?=(\d{3})+(?!\d))/g, ",");
+  }
+
+  function waitingText(waiting) {
+    var n = waiting.jobs_ahead;
+    if (n === null || n === undefined) {
+      return "Waiting for a worker.";
+    }
+    return "Waiting: " + thousands(n) + (n === 1 ? " job" : " jobs") + " ahead.";
   }
 
   function setText(element, text) {
@@ -102,9 +120,15 @@
       return;
     }
     var now = Date.now();
-    var text = doc.started_at
-      ? "Running for " + duration((now - Date.parse(doc.started_at)) / 1000) + "."
-      : "Waiting to start (" + duration((now - Date.parse(doc.created_at)) / 1000) + " so far).";
+    var text;
+    if (doc.waiting) {
+      text = waitingText(doc.waiting); // no clock runs while nobody works on it
+    } else if (doc.started_at) {
+      text = "Running for " + duration((now - Date.parse(doc.started_at)) / 1000) + ".";
+    } else {
+      var waited = duration((now - Date.parse(doc.created_at)) / 1000);
+      text = "Waiting to start (" + waited + " so far).";
+    }
     setText(main.querySelector(".timing .elapsed"), text);
   }
 
@@ -202,10 +226,35 @@
     } else if (frame.type === "progress") {
       if (state.document) {
         state.document.progress = frame.progress;
+        if (state.document.waiting) {
+          refreshWaiting(); // progress: a worker may have taken it up
+        }
       }
       applyProgress(frame.progress, frame.eta_seconds);
     }
     emit(frame);
+  }
+
+  // Over the websocket, while the task waits for a worker: the JSON says how many jobs
+  // are ahead now, and when the wait is over. A new status is left to the socket, which
+  // sends it after every subtask event before it.
+  function refreshWaiting() {
+    var doc = state.document;
+    if (state.finished || state.polling || state.refreshing || !doc || !doc.waiting) {
+      return;
+    }
+    state.refreshing = true;
+    getJson(urls.json)
+      .then(function (fresh) {
+        if (fresh.status === state.status && !state.finished) {
+          applyDocument(fresh);
+          tickElapsed();
+        }
+      })
+      .catch(function () {})
+      .then(function () {
+        state.refreshing = false;
+      });
   }
 
   function signedOut() {
@@ -328,6 +377,7 @@
   }
 
   window.setInterval(tickElapsed, 1000);
+  window.setInterval(refreshWaiting, WAITING_MS);
   // After every deferred script (a kind's among them) has run, so none misses a frame.
   if (document.readyState === "loading") {
     document.addEventListener("DOMContentLoaded", connect);
