@@ -15,11 +15,12 @@ import pytest
 from asgiref.sync import async_to_sync
 from django.contrib.auth.models import Permission
 from django.core.management import call_command
-from django.db import transaction
+from django.db import connection, transaction
 from django.tasks import TaskResultStatus, default_task_backend, task_backends
 from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist, TaskResultMismatch
 from django.tasks.signals import task_enqueued, task_finished, task_started
 from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 from django_q.exceptions import TimeoutException
@@ -115,6 +116,27 @@ def test_a_successful_run_records_times_worker_and_return_value():
     assert result.last_attempted_at <= result.finished_at
     assert result.worker_ids == [node_name()] and result.attempts == 1
     assert result.errors == []
+
+
+def _statements(queries: list[dict[str, str]]) -> list[str]:
+    """The statements among captured queries (not BEGIN, COMMIT or savepoints)."""
+    control = ("BEGIN", "COMMIT", "SAVEPOINT", "RELEASE", "ROLLBACK")
+    return [q["sql"] for q in queries if not q["sql"].lstrip().upper().startswith(control)]
+
+
+def test_a_run_costs_five_statements_in_two_transactions():
+    """Claim: lock and read the row, move it with its runs entry, count the start; finish:
+    move it, count the end. A queue with limits adds the read before the claim."""
+    result = sample.noop_task.enqueue()
+    (job,) = broker.jobs()
+    broker.clear()
+    with CaptureQueriesContext(connection) as captured:
+        broker.run(job.package)
+    statements = _statements(captured.captured_queries)
+    assert len(statements) == 5, "\n".join(statements)
+    assert sum(q["sql"].startswith("BEGIN") for q in captured.captured_queries) == 2
+    result.refresh()
+    assert result.status == TaskResultStatus.SUCCESSFUL and result.worker_ids == [node_name()]
 
 
 @pytest.mark.parametrize(
