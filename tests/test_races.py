@@ -121,3 +121,25 @@ def test_a_retry_racing_a_chunk_record_leaves_counters_equal_to_rows():
             lambda t=task: longtask.retry(LongTask.objects.get(pk=t.pk)),
         )
         assert_counters_equal_rows(task)
+
+
+def test_workers_claiming_one_task_at_once_make_one_attempt_with_one_runs_entry():
+    """Deliveries of one job claim at the same moment: one gets the task; the others find
+    it no longer claimable (the row lock, then the UPDATE's condition on the status and
+    token it read), so no runs entry written from a stale copy is lost or doubled."""
+    task = longtask.start("test-count", {"n": 1})
+    won: list[states.Run] = []
+
+    def claim() -> None:
+        claimed = states.claim(task.pk, keep_runs=lambda kind: True)
+        if claimed is not None:
+            won.append(claimed[0])
+
+    for _ in range(5):
+        race(claim, claim, claim)
+        assert len(won) == 1, won
+        row = LongTask.objects.get(pk=task.pk)
+        assert (row.status, row.token) == (Status.RUNNING, won[0].token)
+        assert len(row.runs) == row.attempts
+        won.clear()
+        LongTask.objects.filter(pk=task.pk).update(status=Status.QUEUED)
