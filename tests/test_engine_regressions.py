@@ -792,3 +792,52 @@ def test_item12_the_sweeper_retries_a_stale_retried_run_rather_than_cancel_it():
     drain_queue()
     task.refresh_from_db()
     assert task.status == Status.SUCCEEDED
+
+
+def test_K_subtasks_lost_while_their_parent_is_between_attempts_run_in_its_next_one():
+    """Found by test_engine_model: a parent's run and a chunk of its subtasks are lost
+    together. The sweep retries the parent (RETRYING), then records the chunk's subtasks
+    as lost while the parent is between attempts. They were cancelled as if the parent
+    had finished, and its next attempt waited for them forever (RUNNING, 0 of 3 done)."""
+    task = longtask.start("test-squares", {"n": 3})
+    split_all(task)
+    assert api.cancel(task) and api.retry(task)
+    broker.clear()
+    task.refresh_from_db()
+    assert claim(task) is not None  # a worker takes the parent's new attempt and freezes
+    chunk = states.claim_subtasks(task.pk, 0, 2, None)  # a chunk takes the squares, freezes
+    assert len(chunk.rows) == 3
+
+    recovery.sweep(now=later())
+    task.refresh_from_db()
+    assert task.status == Status.RETRYING
+    assert set(statuses(task).values()) == {Status.RETRYING}, statuses(task)
+
+    for hours in range(2, 6):  # idle workers and sweeps, until the task ends
+        drain_queue()
+        task.refresh_from_db()
+        if task.status in (Status.SUCCEEDED, Status.FAILED):
+            break
+        recovery.sweep(now=later(hours * 3600))
+    assert task.status == Status.SUCCEEDED, (task.status, statuses(task))
+    assert task.result == [0, 1, 4]
+    assert_counters_match_rows(task)
+
+
+def test_K_a_chunk_stopping_while_its_parent_is_between_attempts_leaves_its_squares_waiting():
+    task = longtask.start("test-squares", {"n": 3})
+    split_all(task)
+    assert api.cancel(task) and api.retry(task)
+    broker.clear()
+    task.refresh_from_db()
+    run = claim(task)
+    assert run is not None
+    chunk = states.claim_subtasks(task.pk, 0, 2, None)
+    # The parent's attempt fails with a retry to come; the chunk sees it stopped running.
+    assert states.schedule_retry(run, task, states.Failure("lost"), timezone.now())
+    assert states.stop_subtasks(task.pk, chunk.token, [row[0] for row in chunk.rows]) == 3
+    assert set(statuses(task).values()) == {Status.QUEUED}, statuses(task)
+    drain_queue()
+    task.refresh_from_db()
+    assert task.status == Status.SUCCEEDED, (task.status, statuses(task))
+    assert task.result == [0, 1, 4]

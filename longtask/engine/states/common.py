@@ -6,10 +6,11 @@ import datetime
 import logging
 import secrets
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 from uuid import UUID
 
-from django.db import transaction
+from django.db import connection, transaction
+from django.db.models import Field
 
 from longtask import progress
 from longtask.models import (
@@ -18,6 +19,7 @@ from longtask.models import (
     LongTask,
     LongTaskQuerySet,
     Status,
+    SubTask,
 )
 from longtask.progress import ProgressRecord, push
 
@@ -124,3 +126,16 @@ class Failure:
     progress: ProgressRecord | None = None
     #: The exception's class path, if known.
     exception: str = ""
+
+
+def subtask_field(name: str) -> Field[Any, Any]:
+    """One of SubTask's own fields (``get_field`` may also answer a reverse relation)."""
+    field = SubTask._meta.get_field(name)
+    assert isinstance(field, Field)
+    return field
+
+
+def subtask_column(field: Field[Any, Any]) -> str:
+    """The field's quoted column (every concrete field has one), for raw statements."""
+    assert field.column is not None
+    return connection.ops.quote_name(field.column)

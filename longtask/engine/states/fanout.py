@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from uuid import UUID
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -13,6 +13,8 @@ from longtask.engine.states.common import (
     QUEUED,
     RUNNING,
     Run,
+    subtask_column,
+    subtask_field,
     task_rows,
 )
 from longtask.kinds import FanOutKind
@@ -30,15 +32,49 @@ def save_split_batch(run: Run, task: LongTask, kind: FanOutKind, batch: list[JSO
         )
         if not moved:  # cancelled, failed fast, or taken over while splitting
             return False
-        SubTask.objects.bulk_create(
-            [
-                SubTask(parent_id=run.task_id, index=first + offset, parameters=params)
-                for offset, params in enumerate(batch)
-            ]
-        )
+        _insert_subtasks(run.task_id, first, batch)
         window.refill(task, kind)  # due_at is set as each subtask is dispatched
     task.subtasks_total = first + len(batch)
     return True
+
+
+def _insert_subtasks(parent_id: UUID | str, first: int, batch: list[JSONObject]) -> None:
+    """INSERT the batch's rows with one executemany of the columns that need a value.
+
+    What ``bulk_create`` would write (the model's defaults; NULL in the rest), without
+    building a model instance per row and preparing every field of each: that was
+    three quarters of a split's time (1.3 s of 1.7 s for 10,000 squares).
+    """
+    fixed = {
+        "parent": parent_id,
+        "status": str(QUEUED),
+        "error": "",
+        "attempts": 0,
+        "created_at": timezone.now(),
+        "worker": "",
+        "token": "",
+    }
+    fields = [subtask_field(name) for name in (*fixed, "index", "parameters")]
+    constant = [
+        f.get_db_prep_save(value, connection)
+        for f, value in zip(fields, fixed.values(), strict=False)
+    ]
+    index_field, parameters_field = fields[-2:]
+    columns = ", ".join(subtask_column(f) for f in fields)
+    marks = ", ".join(["%s"] * len(fields))
+    # Only quoted column names from the model's own _meta are interpolated; values are params.
+    table = connection.ops.quote_name(SubTask._meta.db_table)
+    sql = f"INSERT INTO {table} ({columns}) VALUES ({marks})"  # noqa: S608
+    rows = [
+        [
+            *constant,
+            index_field.get_db_prep_save(first + offset, connection),
+            parameters_field.get_db_prep_save(params, connection),
+        ]
+        for offset, params in enumerate(batch)
+    ]
+    with connection.cursor() as cursor:
+        cursor.executemany(sql, rows)
 
 
 def finish_split(run: Run, task: LongTask) -> bool:

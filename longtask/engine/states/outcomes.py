@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import datetime
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import NamedTuple
 from uuid import UUID
 
 from django.db import connection, transaction
-from django.db.models import F, Field
+from django.db.models import F
 from django.utils import timezone
 
 from longtask.engine import enqueue, window
@@ -21,11 +21,13 @@ from longtask.engine.states.common import (
     SUCCEEDED,
     logger,
     move_task,
+    subtask_column,
+    subtask_field,
 )
 from longtask.engine.states.fanout import start_fan_in
 from longtask.engine.states.subtasks import lock_parent, skip_subtasks
 from longtask.kinds import FanOutKind, Kind
-from longtask.models import LongTask, SubTask, one_line
+from longtask.models import FINISHED_STATUSES, LongTask, SubTask, one_line
 from longtask.progress import push
 from longtask.serialize import JSON
 
@@ -63,8 +65,9 @@ def record(parent_id: UUID | str, kind: FanOutKind, outcomes: list[Outcome]) -> 
 
     Finished rows get the next places in the finishing order; the parent's counters
     move by the rowcounts of those same UPDATEs. Failures with attempts left become
-    RETRYING (their jobs queued in the transaction) while the parent runs, and are
-    skipped when it no longer does. A failure for good under FAIL_FAST fails the parent.
+    RETRYING (their jobs queued in the transaction) while the parent runs, wait for its
+    next attempt to queue them while it is between attempts, and are skipped once it has
+    finished. A failure for good under FAIL_FAST fails the parent.
     """
     now = timezone.now()
     policy = kind.subtask_retry
@@ -73,6 +76,8 @@ def record(parent_id: UUID | str, kind: FanOutKind, outcomes: list[Outcome]) -> 
         if parent is None:
             return Recorded(0, parent_running=False)
         running = parent.status == RUNNING
+        # Not running and not finished: between two attempts; its next one runs the rest.
+        parent_finished = parent.status in FINISHED_STATUSES
         tokens = {o.pk: o.token for o in outcomes}
         live = {
             pk: created_at
@@ -98,7 +103,7 @@ def record(parent_id: UUID | str, kind: FanOutKind, outcomes: list[Outcome]) -> 
                 continue
             age = (now - created_at).total_seconds()
             if not o.ok and not o.fatal and not policy.gives_up(o.attempts, age):
-                if not running:
+                if parent_finished:
                     skipped.append(o)
                     continue
                 delay = o.retry_in if o.retry_in is not None else policy.backoff(o.attempts)
@@ -121,7 +126,7 @@ def record(parent_id: UUID | str, kind: FanOutKind, outcomes: list[Outcome]) -> 
         moved = done[SUCCEEDED] + done[FAILED]
         for due, group in retrying.items():
             rows = [[RETRYING, o.error, due, "", o.pk, o.token] for o in group]
-            if _update_running(["status", "error", "due_at", "token"], rows):
+            if _update_running(["status", "error", "due_at", "token"], rows) and running:
                 enqueue.chunk_indexes(parent, [o.index for o in group], eta=due)
         if skipped:
             _update_running(
@@ -160,13 +165,13 @@ def _update_running(fields: list[str], rows: list[list[object]]) -> int:
     if not rows:
         return 0
     meta = SubTask._meta
-    columns = [_field(name) for name in fields]
-    assignments = ", ".join(f"{_column(f)} = %s" for f in columns)
+    columns = [subtask_field(name) for name in fields]
+    assignments = ", ".join(f"{subtask_column(f)} = %s" for f in columns)
     # Only quoted column names from the model's own _meta are interpolated; values are params.
     sql = (
         f"UPDATE {connection.ops.quote_name(meta.db_table)} SET {assignments} "  # noqa: S608
-        f"WHERE {_column(meta.pk)} = %s AND {_column(_field('status'))} = %s "
-        f"AND {_column(_field('token'))} = %s"
+        f"WHERE {subtask_column(meta.pk)} = %s AND {subtask_column(subtask_field('status'))} = %s "
+        f"AND {subtask_column(subtask_field('token'))} = %s"
     )
     params = [
         [f.get_db_prep_save(value, connection) for f, value in zip(columns, row[:-2], strict=True)]
@@ -183,19 +188,6 @@ def _update_running(fields: list[str], rows: list[list[object]]) -> int:
             len(rows),
         )
     return moved
-
-
-def _field(name: str) -> Field[Any, Any]:
-    """One of SubTask's own fields (``get_field`` may also answer a reverse relation)."""
-    field = SubTask._meta.get_field(name)
-    assert isinstance(field, Field)
-    return field
-
-
-def _column(field: Field[Any, Any]) -> str:
-    """The field's quoted column (every concrete field has one)."""
-    assert field.column is not None
-    return connection.ops.quote_name(field.column)
 
 
 def _fail_fast(parent: LongTask, kind: Kind, failure: Outcome) -> None:

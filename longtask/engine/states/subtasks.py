@@ -24,7 +24,7 @@ from longtask.engine.states.common import (
     SUCCEEDED,
     new_token,
 )
-from longtask.models import LongTask, SubTask
+from longtask.models import FINISHED_STATUSES, LongTask, SubTask
 from longtask.serialize import JSONObject
 
 # A parent id arrives as a UUID or as the str a job carried. Django takes
@@ -139,7 +139,7 @@ def stop_subtasks(parent_id: UUID | str, token: str, pks: Sequence[int]) -> int:
         rows = SubTask.objects.filter(pk__in=list(pks), status=RUNNING, token=token)
         if parent is not None and parent.status == RUNNING:
             return _give_back(parent, rows, timezone.now())
-        return rows.update(status=CANCELLED, token="")
+        return _set_aside(parent, rows)
 
 
 def give_back(parent_id: UUID | str, token: str, pks: Sequence[int], eta: datetime.datetime) -> int:
@@ -148,8 +148,21 @@ def give_back(parent_id: UUID | str, token: str, pks: Sequence[int], eta: dateti
         parent = lock_parent(parent_id)
         rows = SubTask.objects.filter(pk__in=list(pks), status=RUNNING, token=token)
         if parent is None or parent.status != RUNNING:
-            return rows.update(status=CANCELLED, token="")
+            return _set_aside(parent, rows)
         return _give_back(parent, rows, eta)
+
+
+def _set_aside(parent: LongTask | None, rows: QuerySet[SubTask]) -> int:
+    """Running subtasks of a parent that does not run now (its lock held).
+
+    A finished (or deleted) parent's are skipped. A parent between two attempts (QUEUED
+    or RETRYING after a lost worker, say) is not done with them: they wait, with no job,
+    for its next attempt, which queues them (``window.redispatch_below_line``).
+    Cancelled, they were never run again and the parent waited for them forever.
+    """
+    if parent is None or parent.status in FINISHED_STATUSES:
+        return rows.update(status=CANCELLED, token="")
+    return rows.update(status=QUEUED, attempts=F("attempts") - 1, worker="", token="", due_at=None)
 
 
 def _give_back(parent: LongTask, rows: QuerySet[SubTask], eta: datetime.datetime) -> int:
