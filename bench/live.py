@@ -72,8 +72,7 @@ async def watch(url: str, origin: str, connected: asyncio.Event, arrivals: dict[
                     return str(frame["status"])
     except ConnectionClosed as exc:
         connected.set()  # the others must not wait for this one
-        code = exc.rcvd.code if exc.rcvd is not None else "no close frame"
-        return f"closed with {code}"
+        return f"closed early ({exc})"
     return "closed early"
 
 
