@@ -2,9 +2,12 @@
 
 For each subtask of a quilt, the time from its recorded ``finished_at`` to the moment
 its event reaches each websocket client; p50 and p95 over all clients, and the CPU
-that daphne used meanwhile (in cores). Real daphne and real qcluster processes share
-a fresh private data directory ($TMPDIR/longtask-bench-live-*, kept with its logs
-with ``--keep`` or when a run fails); the clients run in this process.
+that daphne and the clients used meanwhile (in cores), with a warning when other
+processes used much of the machine. Real daphne and real qcluster processes share a
+fresh private data directory ($TMPDIR/longtask-bench-live-*, kept with its logs with
+``--keep`` or when a run fails); the clients run in this process, so on a small
+machine they compete with daphne for the CPU. A run where a socket closes before the
+final status fails, saying how each one ended.
 
     .venv/bin/python bench/live.py [--rows 20 --cols 20 --work-ms 5 --watchers 1 200]
 
@@ -19,16 +22,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as bench/live.py
 
 from bench._lib.processes import BenchError, Spawned, free_port, wait_serving
-from bench._lib.sampling import HZ, own_ticks
+from bench._lib.sampling import HZ, CpuWatch, own_ticks
 from bench._lib.session import Bench, Session, add_scratch_args
 
 
@@ -40,21 +45,34 @@ def cpu_seconds(process: Spawned) -> float:
     return ticks / HZ
 
 
-async def watch(url: str, origin: str, connected: asyncio.Event, arrivals: dict[int, float]) -> str:
-    """Follow one task to its final status; record when each subtask's event arrived."""
-    from websockets.asyncio.client import connect
+def clients_cpu_seconds() -> float:
+    """CPU time of this process, where the websocket clients run."""
+    return (own_ticks(os.getpid()) or 0) / HZ
 
-    async with connect(url, origin=origin, proxy=None, max_size=None) as ws:
-        await ws.recv()  # the snapshot
-        connected.set()
-        async for text in ws:
-            now = time.time()
-            frame = json.loads(text)
-            if frame["type"] == "subtasks":
-                for event in frame["events"]:
-                    arrivals.setdefault(event["index"], now)
-            elif frame["type"] == "status" and frame["final"]:
-                return frame["status"]
+
+async def watch(url: str, origin: str, connected: asyncio.Event, arrivals: dict[int, float]) -> str:
+    """Follow one task to its final status; record when each subtask's event arrived.
+
+    Return the final status, or how the socket closed before it.
+    """
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    try:
+        async with connect(url, origin=origin, proxy=None, max_size=None) as ws:
+            await ws.recv()  # the snapshot
+            connected.set()
+            async for text in ws:
+                now = time.time()
+                frame = json.loads(text)
+                if frame["type"] == "subtasks":
+                    for event in frame["events"]:
+                        arrivals.setdefault(event["index"], now)
+                elif frame["type"] == "status" and frame["final"]:
+                    return str(frame["status"])
+    except ConnectionClosed as exc:
+        connected.set()  # the others must not wait for this one
+        return f"closed early ({exc})"
     return "closed early"
 
 
@@ -68,9 +86,10 @@ async def run_watchers(url: str, origin: str, count: int, ready: Any) -> list[di
             await asyncio.sleep(0)  # let earlier handshakes proceed
     await asyncio.gather(*(e.wait() for e in events))
     await asyncio.to_thread(ready)
-    finals = await asyncio.gather(*tasks)
+    finals = Counter(await asyncio.gather(*tasks))
     if set(finals) != {"SUCCEEDED"}:
-        raise BenchError(f"unexpected final statuses: {set(finals)}")
+        ends = ", ".join(f"{n} {end}" for end, n in finals.most_common())
+        raise BenchError(f"{count} watchers: {ends}")
     return arrivals
 
 
@@ -89,17 +108,25 @@ def scenario(
     url = base.replace("http://", "ws://") + f"/ws/tasks/{task.pk}/"
     clusters: list[Spawned] = []
     measured: dict[str, float] = {}
+    load: list[CpuWatch] = []
 
     def start_workers() -> None:
         # Only once every client has its snapshot: each event is then a live one.
         measured["cpu"], measured["wall"] = cpu_seconds(daphne), time.monotonic()
+        measured["clients"] = clients_cpu_seconds()
+        load.append(CpuWatch(bench.sampler))
         clusters.append(bench.qcluster("parents", bench.env()))
         clusters.append(bench.qcluster("subtasks", bench.env(Q_CLUSTER_NAME="longtask-subtasks")))
 
     try:
         arrivals = asyncio.run(run_watchers(url, base, watchers, start_workers))
         cpu = cpu_seconds(daphne) - measured["cpu"]
+        clients = clients_cpu_seconds() - measured["clients"]
         wall = time.monotonic() - measured["wall"]
+        # Other processes' CPU (the clients run in this process and count as ours).
+        noisy = load[0].foreign_note(
+            f"{watchers} watchers", [daphne.pgid, *(c.pgid for c in clusters)]
+        )
     finally:
         for process in clusters:
             bench.stop(process)
@@ -117,9 +144,10 @@ def scenario(
     print(
         f"{watchers:>8} {len(latencies):>8} {statistics.median(latencies):>8.0f} "
         f"{percentile(latencies, 0.95):>8.0f} {max(latencies):>8.0f} "
-        f"{cpu / wall:>10.2f} {wall:>7.1f} {missing:>8}",
+        f"{cpu / wall:>10.2f} {clients / wall:>13.2f} {wall:>7.1f} {missing:>8}",
         flush=True,
     )
+    print(f"         {noisy or 'other processes used under 10% of the machine'}", flush=True)
     LongTask.objects.filter(pk=task.pk).delete()
 
 
@@ -142,7 +170,10 @@ def main(argv: list[str]) -> int:
         print(
             f"quilt {args.rows}x{args.cols}, {args.work_ms} ms a square; logs in {bench.data_dir}"
         )
-        print("watchers   events   p50 ms   p95 ms   max ms  daphne cores  wall s  missing")
+        print(
+            "watchers   events   p50 ms   p95 ms   max ms  daphne cores  "
+            "clients cores  wall s  missing"
+        )
         for watchers in args.watchers:
             scenario(bench, base, daphne, watchers, args)
 

@@ -163,11 +163,17 @@ if REDIS_URL:
             "OPTIONS": {"serializer": "longtask.jsoncache.JSONSerializer"},
         }
     }
-    # Workers push "task changed" events to the web processes' websockets.
+    # Workers push "task changed" events to the web processes' websockets. The layer
+    # waits for a message with a blocking read that Redis ends after 5 s; redis-py 8
+    # stops reading any socket after 5 s by default, which lost that race and killed the
+    # read (channels_redis#422): the socket waits twice as long as the read.
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "prefix": "quiltsite:channels"},
+            "CONFIG": {
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 10}],
+                "prefix": "quiltsite:channels",
+            },
         }
     }
 else:

@@ -40,9 +40,11 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.contrib.auth.models import AnonymousUser
 
 from longtask.conf import settings
+from longtask.live import shared
 from longtask.live import watcher as live
 from longtask.live.cursor import parse_cursor
 from longtask.live.follow import Follow, ends
+from longtask.live.frames import to_json
 from longtask.live.session import session_user as session_user  # its old home
 from longtask.live.session import still_allowed
 
@@ -72,6 +74,10 @@ def parse_since(query_string: bytes) -> int | None:
 class TaskConsumer(AsyncWebsocketConsumer):
     """Sends one task's snapshot and changes to one websocket client."""
 
+    # No channel of its own: the task's watcher listens to the channel layer for all the
+    # sockets of this process (longtask/live/listener.py). channels gives a consumer no
+    # channel when its alias names no layer (the stubs say it must be a string).
+    channel_layer_alias = None  # type: ignore[assignment]
     pump: asyncio.Task[None] | None = None
     guard: asyncio.Task[None] | None = None
     following: Follow | None = None
@@ -90,7 +96,7 @@ class TaskConsumer(AsyncWebsocketConsumer):
             await self.close(BAD_REQUEST)
             return
         user = cast("AnyUser | None", self.scope.get("user")) or AnonymousUser()
-        snapshot = await database_sync_to_async(live.read_snapshot)(user, task_id)
+        snapshot = await shared.snapshot(user, task_id)
         if snapshot is None:
             await self.close(NOT_FOUND)
             return
@@ -175,7 +181,7 @@ class TaskConsumer(AsyncWebsocketConsumer):
     async def send_frame(self, frame: dict[str, Any]) -> None:
         if frame.get("type") == "status" and frame.get("document"):
             frame = {**frame, "document": self.absolute(frame["document"])}
-        await self.send(text_data=json.dumps(frame, separators=(",", ":")))
+        await self.send(text_data=to_json(frame))
 
     def absolute(self, document: StatusDocument | None) -> StatusDocument | None:
         """Make the document's ``status_url`` absolute, as the JSON endpoint does."""

@@ -1,18 +1,18 @@
 """One client's follow of one task, whatever carries the frames (websocket, event stream).
 
-A transport reads the snapshot (``watcher.read_snapshot``, which applies the access
-rule), sends it, then asks ``Follow.next_frames`` for the rest until a frame
-``ends`` the follow: first the subtasks finished before the snapshot, in pages,
-from the client's cursor; then what the task's shared watcher finds, coalesced;
-last the final status (or ``GONE`` when the task was deleted).
+A transport reads the snapshot (``shared.snapshot``, which applies the access rule),
+sends it, then asks ``Follow.next_frames`` for the rest until a frame ``ends`` the
+follow: first the subtasks finished before the snapshot, in pages, from the client's
+cursor (pages shared by the clients that catch up from the same place); then what the
+task's shared watcher finds, coalesced; last the final status (or ``GONE`` when the
+task was deleted).
 """
 
 from __future__ import annotations
 
 from uuid import UUID
 
-from channels.db import database_sync_to_async
-
+from longtask.live import shared
 from longtask.live import watcher as live
 
 
@@ -40,11 +40,10 @@ class Follow:
         """
         end = self.snapshot.subtask_cursor
         if self.cursor < end:
-            page = await database_sync_to_async(live.read_subtasks)(self.task_id, self.cursor, end)
-            # A short page ends the range: its rest has no event (a retry freed those places).
-            self.cursor = end if len(page) < live.MAX_SUBTASKS_PER_TICK else page[-1][0]
-            if page:
-                return [live.subtasks_frame([event for _, event in page], self.cursor)]
+            page = await shared.subtasks(self.task_id, self.cursor, end)
+            self.cursor = page.cursor
+            if page.frame is not None:
+                return [page.frame]
         if self.snapshot.finished:
             return [live.status_frame(self.snapshot.status, self.snapshot.document)]
         if self.subscriber is None:

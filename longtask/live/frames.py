@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 
 from longtask.models import FINISHED_STATUSES
 
 if TYPE_CHECKING:
     from longtask.documents import StatusDocument
+    from longtask.progress import ProgressPayload
 
 #: Most finished subtasks read by one tick or sent in one frame.
 MAX_SUBTASKS_PER_TICK = 2000
@@ -28,8 +30,33 @@ def status_frame(status: str, document: StatusDocument | None) -> Frame:
     }
 
 
+def progress_frame(progress: ProgressPayload, eta_seconds: int | None) -> Frame:
+    return {"type": "progress", "progress": progress, "eta_seconds": eta_seconds}
+
+
 #: Put on a subscriber's queue when its task no longer exists.
 GONE: Frame = {"type": "gone"}
+
+
+class SharedFrame(dict[str, Any]):
+    """A frame queued for many clients as it is: its JSON is encoded once, for all of them.
+
+    Never changed once queued (``coalesce`` merges into copies).
+    """
+
+    __slots__ = ("_json",)
+    _json: str
+
+
+def to_json(frame: Frame) -> str:
+    """Return ``frame`` as compact JSON text: ASCII, on one line."""
+    if not isinstance(frame, SharedFrame):
+        return json.dumps(frame, separators=(",", ":"))
+    try:
+        return frame._json
+    except AttributeError:  # the first of its clients
+        frame._json = json.dumps(frame, separators=(",", ":"))
+        return frame._json
 
 
 def coalesce(frames: list[Frame], limit: int = MAX_SUBTASKS_PER_TICK) -> list[Frame]:
@@ -39,6 +66,8 @@ def coalesce(frames: list[Frame], limit: int = MAX_SUBTASKS_PER_TICK) -> list[Fr
     """
     out: list[Frame] = []
     batches: list[Frame] = []
+    # Whether the last batch is a copy made here, not a queued frame others may hold too.
+    copied = False
     latest_progress: Frame | None = None
 
     def flush() -> None:
@@ -53,10 +82,14 @@ def coalesce(frames: list[Frame], limit: int = MAX_SUBTASKS_PER_TICK) -> list[Fr
         if kind == "subtasks":
             last = batches[-1] if batches else None
             if last is not None and len(last["events"]) + len(frame["events"]) <= limit:
+                if not copied:  # merging never changes a frame another queue holds
+                    last = batches[-1] = subtasks_frame(list(last["events"]), last["cursor"])
+                    copied = True
                 last["events"].extend(frame["events"])
                 last["cursor"] = frame["cursor"]
-            else:  # a copy, so merging never changes a frame another queue holds
-                batches.append(subtasks_frame(list(frame["events"]), frame["cursor"]))
+            else:  # alone so far: sent as it is (a shared frame keeps its encoding)
+                batches.append(frame)
+                copied = False
         elif kind == "progress":
             latest_progress = frame
         else:

@@ -29,7 +29,6 @@ for as long as the task runs, so there the answer is 501 with the reason.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 from collections.abc import AsyncIterator
@@ -43,9 +42,11 @@ from django.http.response import HttpResponseBase
 from django.views.decorators.http import require_GET
 
 from longtask.conf import settings
+from longtask.live import shared
 from longtask.live import watcher as live
 from longtask.live.cursor import parse_cursor
 from longtask.live.follow import Follow, ends
+from longtask.live.frames import to_json
 from longtask.live.session import still_allowed
 
 logger = logging.getLogger("longtask")
@@ -78,7 +79,7 @@ async def events(request: HttpRequest, task_id: UUID) -> HttpResponseBase:
             content_type="text/plain; charset=utf-8",
         )
     user = await request.auser()
-    snapshot = await database_sync_to_async(live.read_snapshot)(user, task_id)
+    snapshot = await shared.snapshot(user, task_id)
     if snapshot is None:
         raise Http404("No such task.")
     snapshot_frame = {"type": "snapshot", "cursor": since, "document": snapshot.document}
@@ -158,5 +159,5 @@ def encode(request: HttpRequest, frame: live.Frame) -> bytes:
         url = request.build_absolute_uri(document["status_url"])
         frame = {**frame, "document": {**document, "status_url": url}}
     head = f"id: {frame['cursor']}\n" if "cursor" in frame else ""
-    data = json.dumps(frame, separators=(",", ":"))  # ASCII, no newline: one line
+    data = to_json(frame)  # ASCII, no newline: one line
     return f"{head}event: {frame['type']}\ndata: {data}\n\n".encode()
