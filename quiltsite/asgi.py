@@ -1,4 +1,4 @@
-"""ASGI entry point: daphne serves the site's HTTP and the longtask websockets."""
+"""ASGI entry point: the site's HTTP and the longtask websockets, for uvicorn or daphne."""
 
 import os
 
@@ -13,10 +13,11 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from longtask.live.routing import websocket_urlpatterns  # noqa: E402
+from quiltsite.lanes import ThreadLanes  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        "http": ThreadLanes(django_asgi_app),
         # A page of another site must not open a socket with the user's cookies.
         "websocket": AllowedHostsOriginValidator(
             AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
