@@ -1,8 +1,9 @@
 """The web tier under load: status JSON and pages polled by 200 locust users.
 
 On a scratch data dir (embedded default; ``--services`` for PostgreSQL + Redis) the bench
-makes a few tasks in this process (reports run to SUCCEEDED, quilts split and left
-RUNNING, reports left QUEUED: no worker runs), then for each server set-up starts the
+makes a few tasks in this process (reports run to SUCCEEDED, quilts split with a
+quarter of their squares done and left RUNNING, a report left QUEUED: no worker runs),
+then for each server set-up starts the
 site with bench/settings_web.py and drives it with locust, headless
 (bench/locust_web.py): first the baseline, a bare Django JSON view behind the same
 server and middleware, then the site: 49 users in 50 poll a task's status JSON and its
@@ -65,21 +66,25 @@ def server_args(setup: str, port: int, workers: int) -> list[str]:
 
 
 def make_tasks() -> list[str]:
-    """Two SUCCEEDED reports, two RUNNING 10x10 quilts, two QUEUED reports: their ids."""
+    """Three SUCCEEDED reports, two RUNNING 10x10 quilts (a quarter of their squares
+    done), one QUEUED report (its page counts the jobs ahead of it): their ids."""
     import longtask
     from longtask import jobs
     from longtask.models import LongTask, Status
 
     ids = []
-    for _ in range(2):
+    for _ in range(3):
         done = longtask.start("report", {"month": "2026-10", "work_ms": 0})
         jobs.run_task(str(done.pk))
+        ids.append(str(done.pk))
+    for _ in range(2):
         running = longtask.start("quilt", {"rows": 10, "cols": 10, "work_ms": 0})
-        jobs.run_task(str(running.pk))  # the split only: no worker takes the squares
-        queued = longtask.start("report", {"month": "2026-11", "work_ms": 0})
-        ids += [str(done.pk), str(running.pk), str(queued.pk)]
+        jobs.run_task(str(running.pk))  # the split
+        jobs.run_chunk(str(running.pk), 0, 24)  # no worker takes the other squares
+        ids.append(str(running.pk))
+    ids.append(str(longtask.start("report", {"month": "2026-11", "work_ms": 0}).pk))
     statuses = sorted(LongTask.objects.filter(pk__in=ids).values_list("status", flat=True))
-    expected = sorted([Status.SUCCEEDED, Status.RUNNING, Status.QUEUED] * 2)
+    expected = sorted([Status.SUCCEEDED] * 3 + [Status.RUNNING] * 2 + [Status.QUEUED])
     if statuses != expected:
         raise BenchError(f"the tasks are {statuses}, not {expected}")
     return ids
@@ -196,7 +201,7 @@ def read_summary(
 
 def body(args: argparse.Namespace, bench: Bench) -> None:
     tasks = make_tasks()
-    print(f"tasks: {len(tasks)} (2 SUCCEEDED, 2 RUNNING, 2 QUEUED); load {os.getloadavg()}")
+    print(f"tasks: 3 SUCCEEDED, 2 RUNNING, 1 QUEUED; load {os.getloadavg()}")
     results: list[Load] = []
     notes: list[str] = []
     for setup in args.setup:
