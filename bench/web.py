@@ -52,11 +52,8 @@ def server_args(setup: str, port: int, workers: int) -> list[str]:
     app = "quiltsite.asgi:application"
     if setup == "daphne":  # today's: one process
         return [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port), app]
-    if setup == "gunicorn":  # gunicorn's arbiter, uvicorn workers sharing its socket
-        return [
-            *(str(BIN / "gunicorn"), "-k", "uvicorn_worker.UvicornWorker"),
-            *("-w", str(workers), "-b", f"127.0.0.1:{port}", "--log-level", "warning", app),
-        ]
+    if setup == "gunicorn":  # `make run`'s: uvicorn workers behind gunicorn (PORT, WEB_CONCURRENCY)
+        return [str(BIN / "gunicorn"), "-c", "python:quiltsite.gunicorn", app]
     if setup == "uvicorn":  # uvicorn's own supervisor
         return [
             *(str(BIN / "uvicorn"), "--workers", str(workers), "--host", "127.0.0.1"),
@@ -209,6 +206,7 @@ def body(args: argparse.Namespace, bench: Bench) -> None:
         url = f"http://127.0.0.1:{port}"
         env = bench.env(
             DJANGO_SETTINGS_MODULE="bench.settings_web",
+            PORT=str(port),
             WEB_CONCURRENCY=str(args.workers),
             LONGTASK_STARTS_PER_MINUTE="100000",
             LONGTASK_MAX_ACTIVE_TASKS="100000",
