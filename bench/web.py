@@ -13,7 +13,7 @@ from 127.0.0.1). Printed: requests/s, p50/p99, errors, the server's CPU (cores, 
 per request) and locust's own CPU, per set-up; the goal (>= 400 requests/s, p99 < 250 ms,
 no errors) is reported, not enforced.
 
-    .venv/bin/python bench/web.py [--setup daphne --setup gunicorn] [--users 200]
+    .venv/bin/python bench/web.py [--setup stock --setup gunicorn] [--users 200]
         [--seconds 25] [--user-rate 2.1] [--workers N] [--services]
 """
 
@@ -50,7 +50,16 @@ BIN = Path(sys.executable).parent
 def server_args(setup: str, port: int, workers: int) -> list[str]:
     """The command of a set-up (the same application, quiltsite.asgi)."""
     app = "quiltsite.asgi:application"
-    if setup == "daphne":  # today's: one process
+    if setup == "stock":  # before 2026-12-05: one daphne, Django's own ASGI handler
+        return [
+            str(BIN / "daphne"),
+            "-b",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "bench.asgi_stock:application",
+        ]
+    if setup == "daphne":  # one process
         return [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port), app]
     if setup == "gunicorn":  # `make run`'s: uvicorn workers behind gunicorn (PORT, WEB_CONCURRENCY)
         return [str(BIN / "gunicorn"), "-c", "python:quiltsite.gunicorn", app]
@@ -236,7 +245,7 @@ def body(args: argparse.Namespace, bench: Bench) -> None:
 def report(args: argparse.Namespace, results: list[Load], notes: list[str]) -> None:
     print(
         f"\n{args.users} users, {args.seconds} s each, pace {args.user_rate or 'max'} req/s per "
-        f"user, {args.workers} worker processes where several; {os.cpu_count()} CPUs"
+        f"user, {args.workers} processes for gunicorn and uvicorn; {os.cpu_count()} CPUs"
     )
     header = (
         f"{'set-up':<9} | {'view':<4} | {'req/s':>6} | {'p50 ms':>6} | {'p99 ms':>6} | "
@@ -279,8 +288,10 @@ def main() -> int:
     parser.add_argument(
         "--setup",
         action="append",
-        choices=["daphne", "gunicorn", "uvicorn"],
-        help="server set-up, repeatable (default: daphne, then gunicorn)",
+        choices=["stock", "daphne", "gunicorn", "uvicorn"],
+        help="server set-up, repeatable (default: stock, then gunicorn). stock: one daphne "
+        "with Django's own ASGI handler (the site before 2026-12-05); daphne: one daphne; "
+        "gunicorn: make run's (uvicorn workers); uvicorn: uvicorn --workers",
     )
     parser.add_argument("--users", type=int, default=200)
     parser.add_argument("--seconds", type=int, default=25, help="locust run per view and set-up")
@@ -295,7 +306,7 @@ def main() -> int:
     )
     add_scratch_args(parser)
     args = parser.parse_args()
-    args.setup = args.setup or ["daphne", "gunicorn"]
+    args.setup = args.setup or ["stock", "gunicorn"]
     session = Session(args, "longtask-bench-web-")
     session.run(lambda bench: body(args, bench))
     return session.close()
