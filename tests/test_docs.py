@@ -176,7 +176,12 @@ def test_the_tutorial_kinds_run(primes, no_jobs_left):
 def test_every_documented_variable_is_read():
     sources = "".join(
         (ROOT / name).read_text()
-        for name in ("quiltsite/settings.py", "quiltsite/environment.py", "Makefile")
+        for name in (
+            "quiltsite/settings.py",
+            "quiltsite/environment.py",
+            "quiltsite/gunicorn.py",
+            "Makefile",
+        )
     )
     variables = first_column(section(page("configuration.md"), "## Environment variables"))
     assert len(variables) >= 8

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import http.cookiejar
 import json
 import os
@@ -44,14 +45,17 @@ class Browser:
             urllib.request.HTTPCookieProcessor(self.jar), NoRedirect
         )
 
-    def request(self, path: str, data: dict | None = None) -> tuple[int, dict, str]:
+    def request(
+        self, path: str, data: dict | None = None
+    ) -> tuple[int, http.client.HTTPMessage, str]:
+        """Status, headers (names in any case: uvicorn sends them lower-case) and body."""
         body = urllib.parse.urlencode(data).encode() if data is not None else None
         req = urllib.request.Request(self.base + path, data=body, headers={"Referer": self.base})
         try:
             with self.opener.open(req, timeout=10) as response:
-                return response.status, dict(response.headers), response.read().decode()
+                return response.status, response.headers, response.read().decode()
         except urllib.error.HTTPError as error:
-            return error.code, dict(error.headers), error.read().decode()
+            return error.code, error.headers, error.read().decode()
 
     def up(self) -> bool:
         try:
@@ -94,7 +98,7 @@ def ctrl_c(process: subprocess.Popen, timeout: float = 15) -> float:
 
 
 def server_processes(port: int, data_dir: Path) -> list[int]:
-    """PIDs of daphne and the worker processes belonging to this test's run."""
+    """PIDs of the web server's and the workers' processes belonging to this test's run."""
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -132,7 +136,8 @@ def test_make_run_serves_stops_on_ctrl_c_and_keeps_results(tmp_path):
             return json.loads(browser.request(json_path)[2])["status"] == "SUCCEEDED"
 
         wait_for(succeeded, 60, "the report to succeed")
-        assert len(server_processes(port, data_dir)) >= 5  # daphne, 2 wrappers, 2 clusters
+        # gunicorn and its uvicorn workers (one at least), 2 worker wrappers, 2 clusters.
+        assert len(server_processes(port, data_dir)) >= 6
         took = ctrl_c(run)
     finally:
         if run.poll() is None:
