@@ -58,6 +58,8 @@ bench: $(VENV)/.dev
 	$(PY) bench/live.py
 	$(PY) bench/reads.py
 	$(PY) bench/fairness.py
+	$(PY) bench/web.py
+	$(PY) bench/scale.py
 
 clean:
 	rm -rf $(VENV) var
