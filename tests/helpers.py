@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
+
+from channels.db import database_sync_to_async
+from django.db import connection
 
 T = TypeVar("T")
 
@@ -44,3 +48,16 @@ def quilt_squares(html: str) -> tuple[int, int]:
     squares = re.findall(r'<rect x="\d+" y="\d+"[^>]*?(?: fill="(#[0-9a-f]{6})")?/>', html)
     coloured = sum(1 for fill in squares if fill)
     return coloured, len(squares) - coloured
+
+
+def close_connections_everywhere() -> None:
+    """Close this process's database connections: the main thread's and the one of
+    channels' database thread (where async code's reads run). A connection left open
+    there by a cancelled read would outlive a PostgreSQL restart and fail the next one,
+    or keep PostgreSQL from dropping the test database."""
+    connection.close()
+    asyncio.run(database_sync_to_async(_close_connection)())
+
+
+def _close_connection() -> None:
+    connection.close()  # the calling thread's own connection

@@ -20,6 +20,7 @@ from longtask.live import watcher as live
 from longtask.live.frames import coalesce, subtasks_frame, to_json
 from longtask.models import Status
 from quiltsite.asgi import application
+from tests.helpers import close_connections_everywhere
 
 #: Generous: the machine is shared and small.
 TIMEOUT = 20
@@ -51,11 +52,7 @@ def _close_the_database_thread_s_connection() -> Iterator[None]:
     yield
     # Left open in channels' one database thread (a read that a cancelled watcher had
     # started), it would keep PostgreSQL from dropping the test database.
-    asyncio.run(database_sync_to_async(_close_connection)())
-
-
-def _close_connection() -> None:
-    connection.close()
+    close_connections_everywhere()
 
 
 def _count_queries() -> None:

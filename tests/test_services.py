@@ -26,7 +26,7 @@ import longtask
 from longtask.models import LongTask, Status, SubTask
 from tests import broker
 from tests.conftest import services
-from tests.helpers import wait_for
+from tests.helpers import close_connections_everywhere, wait_for
 from tests.processes import group_alive, qcluster
 
 pytestmark = [services, pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -366,7 +366,7 @@ def test_a_quilt_completes_when_postgresql_restarts_mid_way(tmp_path):
         assert restart.returncode == 0, restart.stderr
         restarted_after = time.monotonic() - began
         wait_for(pg_ready, 60, "PostgreSQL to accept connections after its restart")
-        connection.close()  # this process's connection died with the server
+        close_connections_everywhere()  # this process's connections died with the server
         assert wait_for(postmaster_started, 30, "a query to succeed") != started, "no restart"
         done_at_restart = fresh(task).subtasks_done
         assert done_at_restart < squares * 0.8, "the quilt was nearly done; make it longer"
