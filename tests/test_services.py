@@ -129,6 +129,30 @@ def kill_machine(worker: subprocess.Popen) -> None:
         wait_for(lambda pgid=pgid: not group_alive(pgid), 10, "the killed machine to vanish")
 
 
+def lose_mid_chunk(worker: subprocess.Popen, node: str, task: LongTask) -> list[int]:
+    """Kill ``node``'s machine (``worker``) while it holds squares of ``task``; return them.
+
+    The machine is frozen (SIGSTOP) and looked at: holding squares RUNNING, it is killed;
+    between two chunks, it goes on (SIGCONT) and is looked at again. (Killed after one
+    look, it could record its chunk in between, and none would be lost.)
+    """
+    held_by_node = SubTask.objects.filter(parent=task, worker=node, status=Status.RUNNING)
+    groups = [*(os.getpgid(child) for child in children(worker.pid)), worker.pid]
+
+    def frozen_holding() -> list[int] | None:
+        for pgid in groups:
+            os.killpg(pgid, signal.SIGSTOP)
+        held = list(held_by_node.values_list("pk", flat=True))
+        if held:
+            kill_machine(worker)
+            return held
+        for pgid in groups:
+            os.killpg(pgid, signal.SIGCONT)
+        return None
+
+    return wait_for(lambda: query(frozen_holding), 30, "the machine frozen holding squares")
+
+
 def logs_text(*paths: Path) -> str:
     return "".join(path.read_text(errors="replace") for path in paths if path.exists())
 
@@ -282,14 +306,9 @@ def test_two_nodes_share_a_quilt_and_the_survivor_finishes_when_one_is_killed(tm
             )
 
         wait_for(lambda: query(both_nodes_busy), 60, "a fifth of the squares, run by both nodes")
-        kill_machine(node_a)  # node-a is lost mid-chunk
+        lost = lose_mid_chunk(node_a, "node-a", task)
         killed_after = time.monotonic() - began
         done_at_kill = fresh(task).subtasks_done
-        lost = list(
-            SubTask.objects.filter(parent=task, worker="node-a", status=Status.RUNNING).values_list(
-                "pk", flat=True
-            )
-        )
         assert done_at_kill < squares * 0.8, "the quilt was nearly done at the kill; make it longer"
         assert lost, "no square was in flight on node-a when it died"
         wait_for(lambda: finished(task), 180, "node-b to complete the quilt")
