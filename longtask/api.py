@@ -69,7 +69,8 @@ def start(
     if owner is not None and not owner.is_authenticated:
         owner = None
     try:
-        with transaction.atomic():
+        # A savepoint only where an IntegrityError is expected (a name taken meanwhile).
+        with transaction.atomic(savepoint=name is not None):
             task = LongTask.objects.create(
                 kind=kind.name,
                 parameters=parameters,

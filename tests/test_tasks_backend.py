@@ -125,8 +125,8 @@ def _statements(queries: list[dict[str, str]]) -> list[str]:
 
 
 def test_a_run_costs_five_statements_in_two_transactions():
-    """Claim: lock and read the row, move it with its runs entry, count the start; finish:
-    move it, count the end. A queue with limits adds the read before the claim."""
+    """Claim: move the row and return it (UPDATE ... RETURNING), add its runs entry, count
+    the start; finish: move it, count the end. A queue with limits adds a read first."""
     result = sample.noop_task.enqueue()
     (job,) = broker.jobs()
     broker.clear()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import logging
@@ -126,4 +127,9 @@ def _beater() -> _Beater:
 
 def node_name() -> str:
     """This worker's name in the ``worker`` columns: LONGTASK_NODE, else host:pid."""
-    return settings.NODE or f"{socket.gethostname()}:{os.getpid()}"
+    return settings.NODE or _host_pid(os.getpid())
+
+
+@functools.cache
+def _host_pid(pid: int) -> str:  # keyed by pid: a forked worker gets its own
+    return f"{socket.gethostname()}:{pid}"

@@ -38,13 +38,13 @@ def add(kind: str, at: datetime.datetime, **counts: float) -> None:
     unknown = set(counts) - set(_COUNTERS)
     if unknown:
         raise ValueError(f"no such counter: {sorted(unknown)}")
-    fields = _fields()
+    moment = _fields()[0]
     minute = at.astimezone(datetime.UTC).replace(second=0, microsecond=0)
+    # The counters are plain numbers (integer and float columns take them as they are).
     values = [counts.get(name, 0) for name in _COUNTERS]
     params: list[Any] = []
     for when in (minute, TOTALS):  # the minute first: every writer locks in this order
-        row = [when, kind, *values]
-        params += [f.get_db_prep_save(v, connection) for f, v in zip(fields, row, strict=True)]
+        params += [moment.get_db_prep_save(when, connection), kind, *values]
     with connection.cursor() as cursor:
         cursor.execute(_upsert(connection.vendor), params)
 

@@ -1,0 +1,166 @@
+"""The task row's hot statements, prepared once: a run's claim and its fenced UPDATEs.
+
+A no-op task is claimed and finished in a few hundred microseconds of database work,
+but building those statements through the ORM (a QuerySet, its lookups, the compiler)
+cost about a millisecond of Python per task, most of it with SQLite's write lock held.
+Here each statement's SQL is built once per shape (the columns it sets, the conditions it
+has) from the model's own ``_meta``, and only the values are prepared per call, with
+each field's own ``get_db_prep_save``. The statements mean exactly what their QuerySet
+spelling means (``task_rows(...).update(...)``); an expression value (``F(...)``) is left
+to the ORM by the callers.
+
+The claim is one ``UPDATE ... RETURNING`` (PostgreSQL; SQLite 3.35+): the row moves to
+RUNNING under a new token only if it is claimable at that instant, and the statement
+returns the row it claimed, so there is no read before it and no window between a read
+and the write (two claims of one row: one moves it, the other matches nothing).
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+from collections.abc import Mapping, Sequence
+from typing import Any
+from uuid import UUID
+
+from django.db import connection
+from django.db.models import Field
+
+from longtask.models import LongTask
+
+_META = LongTask._meta
+
+
+def _field(name: str) -> Field[Any, Any]:
+    field = _META.get_field(name)
+    assert isinstance(field, Field) and field.concrete
+    return field
+
+
+def _column(name: str) -> str:
+    column = _field(name).column
+    assert column is not None
+    return connection.ops.quote_name(column)
+
+
+def _prep(name: str, value: object) -> Any:
+    return _field(name).get_db_prep_save(value, connection)
+
+
+def _pk(task_id: UUID | str) -> Any:
+    pk = _field("id")
+    return pk.get_db_prep_value(pk.to_python(task_id), connection)
+
+
+def supported() -> bool:
+    """UPDATE ... RETURNING: PostgreSQL, and SQLite from 3.35 (the same feature flag)."""
+    return bool(connection.features.can_return_columns_from_insert)
+
+
+@functools.cache
+def _update_sql(vendor: str, names: tuple[str, ...], sources: int, fenced: bool, beat: bool) -> str:
+    table = connection.ops.quote_name(_META.db_table)
+    sets = ", ".join(f"{_column(name)} = %s" for name in names)
+    where = [f"{_column('id')} = %s", f"{_column('status')} IN ({', '.join(['%s'] * sources)})"]
+    if fenced:
+        where.append(f"{_column('token')} = %s")
+    if beat:
+        where.append(f"{_column('heartbeat_at')} = %s")
+    # Only quoted names from the model's own _meta are interpolated; values are params.
+    return f"UPDATE {table} SET {sets} WHERE {' AND '.join(where)}"  # noqa: S608
+
+
+def update(
+    task_id: UUID | str,
+    sources: Sequence[str],
+    changes: Mapping[str, object],
+    token: str | None = None,
+    heartbeat_at: datetime.datetime | None = None,
+) -> int:
+    """``UPDATE`` the task's row if its status is one of ``sources`` (and, when given, its
+    token and heartbeat are those); return the number of rows moved (0 or 1)."""
+    names = tuple(changes)
+    sql = _update_sql(
+        connection.vendor, names, len(sources), token is not None, heartbeat_at is not None
+    )
+    params: list[Any] = [_prep(name, changes[name]) for name in names]
+    params += [_pk(task_id), *sources]
+    if token is not None:
+        params.append(token)
+    if heartbeat_at is not None:
+        params.append(_prep("heartbeat_at", heartbeat_at))
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return int(cursor.rowcount)
+
+
+@functools.cache
+def _claim_sql(vendor: str, sources: int) -> str:
+    table = connection.ops.quote_name(_META.db_table)
+    started, status = _column("started_at"), _column("status")
+    sets = ", ".join(
+        [
+            f"{status} = %s",
+            f"{_column('token')} = %s",
+            f"{_column('attempts')} = {_column('attempts')} + 1",
+            f"{started} = COALESCE({started}, %s)",
+            f"{_column('heartbeat_at')} = %s",
+            f"{_column('next_attempt_at')} = NULL",
+            f"{_column('worker')} = %s",
+        ]
+    )
+    returning = ", ".join(_column(field.name) for field in _META.concrete_fields)
+    return (
+        f"UPDATE {table} SET {sets} "  # noqa: S608 (names from _meta; values are params)
+        f"WHERE {_column('id')} = %s AND {status} IN ({', '.join(['%s'] * sources)}) "
+        f"RETURNING {returning}"
+    )
+
+
+def claim(
+    task_id: UUID | str,
+    sources: Sequence[str],
+    target: str,
+    token: str,
+    worker: str,
+    now: datetime.datetime,
+) -> LongTask | None:
+    """Move a claimable task to ``target`` under ``token`` in one statement; return the row
+    as claimed (its parameters deferred when Python cannot decode them), or None."""
+    sql = _claim_sql(connection.vendor, len(sources))
+    now_db = _prep("heartbeat_at", now)
+    params: list[Any] = [target, token, now_db, now_db, worker, _pk(task_id), *sources]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    return _instance(row)
+
+
+def _instance(row: Sequence[object]) -> LongTask:
+    fields = _META.concrete_fields
+    names, values = [], []
+    for field, value in zip(fields, row, strict=True):
+        try:
+            values.append(_convert(field, value))
+        except (ValueError, RecursionError):
+            # Parameters Python cannot decode (a 5,000-digit number): left deferred, so
+            # the run reads them in stored_parameters and fails the task.
+            continue
+        names.append(field.attname)
+    return LongTask.from_db(connection.alias, names, values)
+
+
+def _convert(field: Field[Any, Any], value: object) -> object:
+    expression = field.get_col(_META.db_table)
+    for converter in _converters(field):
+        value = converter(value, expression, connection)
+    return value
+
+
+@functools.cache
+def _converters(field: Field[Any, Any]) -> tuple[Any, ...]:
+    expression = field.get_col(_META.db_table)
+    backend = connection.ops.get_db_converters(expression)
+    return (*backend, *field.get_db_converters(connection))

@@ -1,0 +1,112 @@
+"""The claim of a task, both ways it is made.
+
+Where UPDATE can return the row (PostgreSQL, SQLite 3.35+) the claim is one
+``UPDATE ... RETURNING``; elsewhere the row is locked and read, then moved by an UPDATE
+that requires the token it read. Both must mean the same: each test runs on both.
+"""
+
+from __future__ import annotations
+
+import pytest
+from django.db import connection
+
+import longtask
+from longtask.engine import states
+from longtask.engine.heartbeat import node_name
+from longtask.engine.states import statements
+from longtask.models import TOTALS, LongTask, Status, TaskMinute
+from tests import broker
+from tests.test_races import race
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def _kinds(test_kinds_registered):
+    yield from broker.emptied()
+
+
+@pytest.fixture(params=["returning", "locked"])
+def way(request, monkeypatch):
+    if request.param == "locked":
+        monkeypatch.setattr(statements, "supported", lambda: False)
+    elif not statements.supported():
+        pytest.skip("this database's UPDATE cannot return rows")
+    return request.param
+
+
+def started_count(kind: str) -> int:
+    return TaskMinute.objects.filter(minute=TOTALS, kind=kind).values_list("started", flat=True).get()
+
+
+def test_a_claim_moves_the_row_and_returns_it_as_claimed(way):
+    task = longtask.start("test-count", {"n": 1})
+    run, claimed = states.claim(task.pk)
+    row = LongTask.objects.get(pk=task.pk)
+    assert (row.status, row.token, row.attempts, row.worker) == (
+        Status.RUNNING,
+        run.token,
+        1,
+        node_name(),
+    )
+    assert row.started_at is not None and row.heartbeat_at == row.started_at
+    for name in ("status", "token", "attempts", "started_at", "heartbeat_at", "kind", "queue"):
+        assert getattr(claimed, name) == getattr(row, name), name
+    assert claimed.parameters == row.parameters and row.parameters["n"] == 1
+    assert (run.kind, run.started_at) == (row.kind, row.started_at)
+    assert row.runs == []  # the kind keeps no runs
+
+
+def test_a_task_that_runs_is_not_claimed_again(way):
+    task = longtask.start("test-count", {"n": 1})
+    first = states.claim(task.pk)
+    assert first is not None
+    assert states.claim(task.pk) is None
+    assert LongTask.objects.get(pk=task.pk).token == first[0].token
+
+
+def test_a_later_claim_keeps_the_first_start_and_the_start_is_counted_once(way):
+    task = longtask.start("test-count", {"n": 1})
+    first, _ = states.claim(task.pk, keep_runs=lambda kind: True)
+    LongTask.objects.filter(pk=task.pk).update(status=Status.RETRYING)
+    second, claimed = states.claim(task.pk, keep_runs=lambda kind: True)
+    row = LongTask.objects.get(pk=task.pk)
+    assert row.attempts == claimed.attempts == 2
+    assert row.started_at == claimed.started_at == first.started_at == second.started_at
+    assert [entry["worker"] for entry in row.runs] == [node_name(), node_name()]
+    assert claimed.runs == row.runs
+    assert started_count(task.kind) == 1
+
+
+def test_racing_claims_make_one_attempt_with_one_runs_entry(way):
+    task = longtask.start("test-count", {"n": 1})
+    won: list[states.Run] = []
+
+    def claim() -> None:
+        claimed = states.claim(task.pk, keep_runs=lambda kind: True)
+        if claimed is not None:
+            won.append(claimed[0])
+
+    for attempt in range(1, 4):
+        race(claim, claim, claim)
+        assert len(won) == 1, won
+        row = LongTask.objects.get(pk=task.pk)
+        assert (row.status, row.token, row.attempts) == (Status.RUNNING, won[0].token, attempt)
+        assert len(row.runs) == attempt
+        won.clear()
+        LongTask.objects.filter(pk=task.pk).update(status=Status.QUEUED)
+
+
+def test_parameters_python_cannot_decode_are_left_to_the_run(way):
+    """The claim still succeeds; the run's read of them fails the task, not the claim."""
+    task = longtask.start("test-count", {"n": 1})
+    huge = '{"n": ' + "9" * 5000 + "}"
+    cast = "CAST(%s AS jsonb)" if connection.vendor == "postgresql" else "%s"
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE longtask_longtask SET parameters = {cast} WHERE id = %s",  # noqa: S608
+            [huge, LongTask._meta.pk.get_db_prep_value(task.pk, connection)],
+        )
+    run, claimed = states.claim(task.pk)
+    assert "parameters" in claimed.get_deferred_fields()
+    assert LongTask.objects.filter(pk=task.pk, status=Status.RUNNING, token=run.token).exists()
