@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+
 from django.apps import AppConfig
 from django.utils.module_loading import autodiscover_modules
 
@@ -16,3 +18,8 @@ class LongtaskConfig(AppConfig):
             backends,  # noqa: F401  (resolves the kinds of django.tasks functions)
             checks,  # noqa: F401  (registers the system checks)
         )
+
+        if os.environ.get("LONGTASK_SUPERVISOR_FD"):  # a process of a supervised cluster
+            from longtask.dispatch import cluster
+
+            cluster.note_recycles()

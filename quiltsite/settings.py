@@ -273,6 +273,9 @@ Q_CLUSTER = {
     # (which deletes rows and leaves a group of >250 short forever) cannot bite.
     "save_limit": -1,
     "catch_up": False,
+    # django-q2 replaces a worker process after this many jobs (its default), which
+    # bounds what a leaking task can hold; longtask_worker does not restart for it.
+    "recycle": env_int("LONGTASK_WORKER_RECYCLE", 500),
     "poll": 0.1,
     "bulk": 4,
     "label": "Django Q",

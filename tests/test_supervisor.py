@@ -189,3 +189,22 @@ def test_sigterm_while_restarting_stops_within_seconds(tmp_path):
         wait_for(lambda: restarts(log), BOUND, "the restart to begin")
         assert stop(worker, timeout=10) < 3
         assert worker.returncode == 0
+
+
+def test_a_recycled_worker_is_replaced_without_a_restart(tmp_path):
+    """django-q2 replaces a worker every LONGTASK_WORKER_RECYCLE jobs: the worker beside it
+    keeps running its task (a restart killed it, and left it to the sweeper)."""
+    long = longtask.start("report", {"month": "2026-10", "work_ms": 300})  # ~10 s of work
+    log = tmp_path / "worker.log"
+    env = {**WORKER_ENV, "LONGTASK_WORKER_RECYCLE": "3"}
+    with qcluster(log, command=("longtask_worker",), **env) as worker:
+        idle_cluster(worker, log)
+        wait_for(lambda: state(long).status == Status.RUNNING, BOUND, "the long task to run")
+        short = [longtask.start("report", {"month": "2026-10", "work_ms": 0}) for _ in range(7)]
+        for task in short:
+            wait_for(lambda t=task: state(t).status == Status.SUCCEEDED, BOUND, "a short task")
+        recycled = [line for line in log.read_text().splitlines() if "recycled worker" in line]
+        assert len(recycled) >= 2, log.read_text()[-3000:]
+        wait_for(lambda: state(long).is_finished, 60, "the long task to finish")
+        assert restarts(log) == [], log.read_text()[-3000:]
+    assert (long.status, long.attempts) == (Status.SUCCEEDED, 1)

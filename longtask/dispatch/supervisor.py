@@ -136,7 +136,9 @@ class Supervisor:
     ``start`` launches ``python -m django qcluster`` in a process group of its own (the
     group's id is its PID). ``status(main_pid)`` returns django-q2's own report of that
     cluster (None while unknown); ``ready_jobs()`` counts jobs its broker would hand
-    out now; ``tick()`` runs between two looks (the sweeper).
+    out now; ``tick()`` runs between two looks (the sweeper); ``recycling()`` returns the
+    workers that said, since the last call, that django-q2 is recycling them: their exit
+    is no death.
     """
 
     def __init__(
@@ -148,6 +150,7 @@ class Supervisor:
         status: Callable[[int], ClusterStatus | None],
         ready_jobs: Callable[[], int],
         tick: Callable[[], None] = lambda: None,
+        recycling: Callable[[], set[int]] = set,
     ) -> None:
         self._start = start
         self.grace = grace
@@ -155,6 +158,7 @@ class Supervisor:
         self._status = status
         self._ready_jobs = ready_jobs
         self._tick = tick
+        self._recycling_notes = recycling
         self.restarts = 0
         self.stop_requests = 0
         self._stop_at: float | None = None
@@ -194,6 +198,9 @@ class Supervisor:
         self._ticks: dict[int, int | None] = {}
         self._idle_since: float | None = None
         self._next_wedge_check = time.monotonic() + WEDGE_CHECK_INTERVAL
+        #: Workers that said they are being recycled, and how many ever did.
+        self._recycling: set[int] = set()
+        self._recycled = 0
 
     def _kill_group(self, child: subprocess.Popen | None = None) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -204,6 +211,13 @@ class Supervisor:
         alive = cluster_processes(self.child.pid)
         gone = self._watched - alive
         self._watched |= alive
+        if gone:
+            # A worker's note is written before its exit: read now, it is there.
+            self._take_notes()
+            recycled = gone & self._recycling
+            self._watched -= recycled
+            gone -= recycled
+        self._recycling &= alive  # a note whose worker went on (or is gone) is spent
         if not gone:
             return None
         pid = min(gone)
@@ -220,8 +234,9 @@ class Supervisor:
             self._idle_since = None
             return None
         self._roles.update(status.roles)
-        if status.reincarnations:  # a death too short-lived for the scans to see
-            return f"django-q2 replaced {status.reincarnations} of its processes"
+        self._take_notes()
+        if status.reincarnations > self._recycled:  # a death too short for the scans to see
+            return f"django-q2 replaced {status.reincarnations - self._recycled} of its processes"
         ticks = {pid: cpu_ticks(pid) for pid in status.workers}
         idle = self._all_idle(status.workers, ticks)
         self._ticks = ticks
@@ -233,6 +248,11 @@ class Supervisor:
         if now - self._idle_since < self.wedge_after:
             return None
         return f"jobs waited while every worker was idle for {now - self._idle_since:.1f}s"
+
+    def _take_notes(self) -> None:
+        notes = self._recycling_notes()
+        self._recycling |= notes
+        self._recycled += len(notes)
 
     def _all_idle(self, pids: tuple[int, ...] | set[int], ticks: dict[int, int | None]) -> bool:
         sentinels = live_children().get(self.child.pid, [])

@@ -14,6 +14,11 @@ its process group is killed and a new qcluster started, with one WARNING line sa
 why. A death is acted on within 0.2 s; a restart took 1.3-2.5 s here. Jobs that were
 running are left to the sweeper (re-queued after LONGTASK_STALE_AFTER).
 
+Recycling is no death. django-q2 replaces a worker after Q_CLUSTER's ``recycle`` jobs
+(or past ``max_rss``); that worker exits cleanly and holds no lock. It says so first,
+on a pipe this command gives the cluster (LONGTASK_SUPERVISOR_FD), and the cluster goes
+on without a restart: the jobs running beside it are not killed.
+
 Stopping. A signal sent to qcluster's whole process group (what a terminal's Ctrl-C
 and honcho's stop both do) has been seen to hang it, while SIGTERM to its main PID
 alone stops it in about a second. This command starts ``qcluster`` in a process
@@ -40,7 +45,7 @@ from django.core.management.base import BaseCommand, CommandParser
 from django.db import close_old_connections
 
 from longtask.conf import settings as longtask_settings
-from longtask.dispatch.cluster import cluster_status, ready_jobs
+from longtask.dispatch.cluster import NOTES_FD, cluster_status, read_notes, ready_jobs
 from longtask.dispatch.queues import cluster_for
 from longtask.dispatch.supervisor import Supervisor
 from longtask.engine.recovery import sweep
@@ -88,11 +93,17 @@ class Command(BaseCommand):
         else:
             env.pop("Q_CLUSTER_NAME", None)
         env.setdefault("DJANGO_SETTINGS_MODULE", settings.SETTINGS_MODULE)
+        # The pipe on which a worker says django-q2 is recycling it (cluster.note_recycles).
+        notes, note_writer = os.pipe()
+        for end in (notes, note_writer):
+            os.set_blocking(end, False)  # a worker never waits on it; the loop never does
+        env[NOTES_FD] = str(note_writer)
 
         def start() -> subprocess.Popen:
             return subprocess.Popen(
                 [sys.executable, "-m", "django", "qcluster"],
                 env=env,
+                pass_fds=(note_writer,),
                 start_new_session=True,
                 preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
             )
@@ -112,6 +123,7 @@ class Command(BaseCommand):
             status=lambda main_pid: cluster_status(cluster, main_pid),
             ready_jobs=lambda: ready_jobs(cluster),
             tick=tick,
+            recycling=lambda: read_notes(notes),
         )
         signal.signal(signal.SIGTERM, lambda signum, frame: supervisor.request_stop())
         signal.signal(signal.SIGINT, lambda signum, frame: supervisor.request_stop())
