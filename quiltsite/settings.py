@@ -296,6 +296,8 @@ if REDIS_URL:
     Q_CLUSTER["broker_class"] = "longtask.dispatch.redis.RedisBroker"
 else:
     Q_CLUSTER["orm"] = "default"  # the ORM broker: the queue is a table in the same database
+    # ...whose pusher takes each poll's jobs with one statement (longtask/dispatch/orm.py).
+    Q_CLUSTER["broker_class"] = "longtask.dispatch.orm.OrmBroker"
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

@@ -64,10 +64,10 @@ def cluster_of(queue: str | None = None) -> str:
 
 
 def on_orm() -> bool:
-    """True with django-q2's ORM broker (it is used when no broker class is set)."""
+    """True with django-q2's ORM broker (no broker class set) or longtask's subclass of it."""
     from django_q.conf import Conf
 
-    return bool(Conf.ORM) and not Conf.BROKER_CLASS
+    return bool(Conf.ORM) and Conf.BROKER_CLASS in (None, "longtask.dispatch.orm.OrmBroker")
 
 
 def _orm_rows(cluster: str | None = None) -> Any:
