@@ -71,7 +71,7 @@ def start(
     try:
         # A savepoint only where an IntegrityError is expected (a name taken meanwhile).
         with transaction.atomic(savepoint=name is not None):
-            task = LongTask.objects.create(
+            task = LongTask(
                 kind=kind.name,
                 parameters=parameters,
                 owner=owner,
@@ -79,6 +79,7 @@ def start(
                 queue=queue,
                 due_at=run_after or timezone.now(),
             )
+            states.insert(task)
             # In this transaction: on the ORM broker the job commits with the row.
             enqueue.task_job(task, eta=run_after)
     except IntegrityError:

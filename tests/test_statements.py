@@ -1,14 +1,17 @@
-"""The claim of a task, both ways it is made.
+"""The task row's prepared statements (engine/states/statements.py): insert and claim.
 
-Where UPDATE can return the row (PostgreSQL, SQLite 3.35+) the claim is one
+A new task's row is inserted by a statement built once, and must be the row ``save``
+makes. Where UPDATE can return the row (PostgreSQL, SQLite 3.35+) the claim is one
 ``UPDATE ... RETURNING``; elsewhere the row is locked and read, then moved by an UPDATE
-that requires the token it read. Both must mean the same: each test runs on both.
+that requires the token it read. Both must mean the same: each claim test runs on both.
 """
 
 from __future__ import annotations
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.db import connection
+from django.db.models.signals import post_save
 
 import longtask
 from longtask.engine import states
@@ -110,3 +113,35 @@ def test_parameters_python_cannot_decode_are_left_to_the_run(way):
     run, claimed = states.claim(task.pk)
     assert "parameters" in claimed.get_deferred_fields()
     assert LongTask.objects.filter(pk=task.pk, status=Status.RUNNING, token=run.token).exists()
+
+
+def test_a_started_task_has_the_row_save_would_have_written():
+    owner = get_user_model().objects.create_user("ada")
+    fast = longtask.start("test-count", {"n": 3}, owner=owner, name="the-fast-one")
+    slow = LongTask(kind=fast.kind, parameters=fast.parameters, owner=owner, queue=fast.queue)
+    slow.save(force_insert=True)
+    fields = [f.attname for f in LongTask._meta.concrete_fields]
+    ignored = {"id", "name", "created_at", "due_at"}
+    rows = {
+        row["id"]: row
+        for row in LongTask.objects.filter(pk__in=[fast.pk, slow.pk]).values(*fields)
+    }
+    assert {k: v for k, v in rows[fast.pk].items() if k not in ignored} == {
+        k: v for k, v in rows[slow.pk].items() if k not in ignored
+    }
+    assert rows[fast.pk]["name"] == "the-fast-one" and rows[fast.pk]["owner_id"] == owner.pk
+    assert not fast._state.adding and fast._state.db == "default"
+
+
+def test_receivers_of_save_signals_still_hear_a_started_task():
+    heard = []
+
+    def receiver(sender, instance, created, **kwargs):
+        heard.append((instance.pk, created))
+
+    post_save.connect(receiver, sender=LongTask)
+    try:
+        task = longtask.start("test-count", {"n": 1})
+    finally:
+        post_save.disconnect(receiver, sender=LongTask)
+    assert heard == [(task.pk, True)]

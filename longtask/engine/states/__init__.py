@@ -28,6 +28,7 @@ from longtask.engine.states.common import (
 )
 from longtask.engine.states.fanout import finish_split, save_split_batch, start_fan_in
 from longtask.engine.states.outcomes import Outcome, Recorded, record
+from longtask.engine.states.statements import insert
 from longtask.engine.states.subtasks import (
     Claimed,
     abandon_subtasks,
@@ -79,6 +80,7 @@ __all__ = [
     "finish_split",
     "give_back",
     "holds",
+    "insert",
     "move_cursor",
     "new_token",
     "record",
