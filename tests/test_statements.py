@@ -39,7 +39,9 @@ def way(request, monkeypatch):
 
 
 def started_count(kind: str) -> int:
-    return TaskMinute.objects.filter(minute=TOTALS, kind=kind).values_list("started", flat=True).get()
+    return (
+        TaskMinute.objects.filter(minute=TOTALS, kind=kind).values_list("started", flat=True).get()
+    )
 
 
 def test_a_claim_moves_the_row_and_returns_it_as_claimed(way):
@@ -123,8 +125,7 @@ def test_a_started_task_has_the_row_save_would_have_written():
     fields = [f.attname for f in LongTask._meta.concrete_fields]
     ignored = {"id", "name", "created_at", "due_at"}
     rows = {
-        row["id"]: row
-        for row in LongTask.objects.filter(pk__in=[fast.pk, slow.pk]).values(*fields)
+        row["id"]: row for row in LongTask.objects.filter(pk__in=[fast.pk, slow.pk]).values(*fields)
     }
     assert {k: v for k, v in rows[fast.pk].items() if k not in ignored} == {
         k: v for k, v in rows[slow.pk].items() if k not in ignored
