@@ -10,6 +10,12 @@ machine they compete with daphne for the CPU. A run where a socket closes before
 final status fails, saying how each one ended.
 
     .venv/bin/python bench/live.py [--rows 20 --cols 20 --work-ms 5 --watchers 1 200]
+    .venv/bin/python bench/live.py --watchers 1000 --others 10 --other-watchers 100
+
+With ``--others N`` the quilt runs beside N other 10x10 quilts, each followed by
+``--other-watchers`` sockets (issue 15's "1,000 watchers of one quilt plus 100 of each
+of 10 other tasks"); the table then has a row for the quilt's watchers, one for the
+others' and one for all.
 
 On the embedded default (DATABASE_URL and REDIS_URL are ignored) the web process polls
 the database for its watchers; with ``--services`` everything runs on a scratch
@@ -76,11 +82,17 @@ async def watch(url: str, origin: str, connected: asyncio.Event, arrivals: dict[
     return "closed early"
 
 
-async def run_watchers(url: str, origin: str, count: int, ready: Any) -> list[dict[int, float]]:
+async def run_watchers(
+    urls: list[str], origin: str, ready: Any
+) -> list[tuple[int, dict[int, float]]]:
+    """Watch each URL of ``urls`` (one socket each) to its final status; return, for each
+    socket, the position of its URL's task in ``urls``' distinct tasks and its arrivals."""
+    count = len(urls)
+    tasks_of = {url: i for i, url in enumerate(dict.fromkeys(urls))}
     arrivals: list[dict[int, float]] = [{} for _ in range(count)]
     events = [asyncio.Event() for _ in range(count)]
     tasks = []
-    for i in range(count):
+    for i, url in enumerate(urls):
         tasks.append(asyncio.create_task(watch(url, origin, events[i], arrivals[i])))
         if i % 50 == 49:
             await asyncio.sleep(0)  # let earlier handshakes proceed
@@ -90,7 +102,7 @@ async def run_watchers(url: str, origin: str, count: int, ready: Any) -> list[di
     if set(finals) != {"SUCCEEDED"}:
         ends = ", ".join(f"{n} {end}" for end, n in finals.most_common())
         raise BenchError(f"{count} watchers: {ends}")
-    return arrivals
+    return [(tasks_of[url], client) for url, client in zip(urls, arrivals, strict=True)]
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -105,7 +117,16 @@ def scenario(
     from longtask.models import LongTask, SubTask
 
     task = longtask.start("quilt", {"rows": args.rows, "cols": args.cols, "work_ms": args.work_ms})
-    url = base.replace("http://", "ws://") + f"/ws/tasks/{task.pk}/"
+    # The other tasks (issue 15: "plus 100 watchers of each of 10 other tasks"): small
+    # quilts running at the same time, each with its own watchers.
+    others = [
+        longtask.start("quilt", {"rows": 10, "cols": 10, "work_ms": args.work_ms})
+        for _ in range(args.others)
+    ]
+    ws = base.replace("http://", "ws://")
+    urls = [f"{ws}/ws/tasks/{task.pk}/"] * watchers
+    for other in others:
+        urls += [f"{ws}/ws/tasks/{other.pk}/"] * args.other_watchers
     clusters: list[Spawned] = []
     measured: dict[str, float] = {}
     load: list[CpuWatch] = []
@@ -119,36 +140,46 @@ def scenario(
         clusters.append(bench.qcluster("subtasks", bench.env(Q_CLUSTER_NAME="longtask-subtasks")))
 
     try:
-        arrivals = asyncio.run(run_watchers(url, base, watchers, start_workers))
+        arrivals = asyncio.run(run_watchers(urls, base, start_workers))
         cpu = cpu_seconds(daphne) - measured["cpu"]
         clients = clients_cpu_seconds() - measured["clients"]
         wall = time.monotonic() - measured["wall"]
         # Other processes' CPU (the clients run in this process and count as ours).
         noisy = load[0].foreign_note(
-            f"{watchers} watchers", [daphne.pgid, *(c.pgid for c in clusters)]
+            f"{len(urls)} watchers", [daphne.pgid, *(c.pgid for c in clusters)]
         )
     finally:
         for process in clusters:
             bench.stop(process)
-    task.refresh_from_db()
-    finished = {
-        index: at.timestamp()
-        for index, at in SubTask.objects.filter(parent=task).values_list("index", "finished_at")
-    }
-    latencies = [
-        (arrived - finished[index]) * 1000
-        for client in arrivals
-        for index, arrived in client.items()
+    finished = [
+        {
+            index: at.timestamp()
+            for index, at in SubTask.objects.filter(parent=t).values_list("index", "finished_at")
+        }
+        for t in [task, *others]
     ]
-    missing = sum(len(finished) - len(client) for client in arrivals)
-    print(
-        f"{watchers:>8} {len(latencies):>8} {statistics.median(latencies):>8.0f} "
-        f"{percentile(latencies, 0.95):>8.0f} {max(latencies):>8.0f} "
-        f"{cpu / wall:>10.2f} {clients / wall:>13.2f} {wall:>7.1f} {missing:>8}",
-        flush=True,
-    )
+
+    def latencies(which: set[int]) -> tuple[list[float], int]:
+        chosen = [(finished[t], client) for t, client in arrivals if t in which]
+        found = [(at - done[i]) * 1000 for done, client in chosen for i, at in client.items()]
+        return found, sum(len(done) - len(client) for done, client in chosen)
+
+    rows = [(f"{watchers}", {0})]
+    if others:
+        rows += [
+            (f"+{args.others}x{args.other_watchers}", set(range(1, len(others) + 1))),
+            ("all", set(range(len(others) + 1))),
+        ]
+    for label, which in rows:
+        found, missing = latencies(which)
+        print(
+            f"{label:>8} {len(found):>8} {statistics.median(found):>8.0f} "
+            f"{percentile(found, 0.95):>8.0f} {max(found):>8.0f} "
+            f"{cpu / wall:>10.2f} {clients / wall:>13.2f} {wall:>7.1f} {missing:>8}",
+            flush=True,
+        )
     print(f"         {noisy or 'other processes used under 10% of the machine'}", flush=True)
-    LongTask.objects.filter(pk=task.pk).delete()
+    LongTask.objects.filter(pk__in=[task.pk, *(o.pk for o in others)]).delete()
 
 
 def main(argv: list[str]) -> int:
@@ -157,6 +188,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--cols", type=int, default=20)
     parser.add_argument("--work-ms", type=int, default=5)
     parser.add_argument("--watchers", type=int, nargs="+", default=[1, 200])
+    parser.add_argument(
+        "--others", type=int, default=0, help="other 10x10 quilts running beside, each watched"
+    )
+    parser.add_argument("--other-watchers", type=int, default=100, help="watchers of each other")
     add_scratch_args(parser)
     args = parser.parse_args(argv)
     session = Session(args, "longtask-bench-live-")
