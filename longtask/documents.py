@@ -162,7 +162,8 @@ def _wait(task: LongTask) -> tuple[str | None, datetime.datetime | None]:
     if not task.split_done or task.fan_in_at or task.subtasks_done:
         return None, None
     subtasks = SubTask.objects.filter(parent_id=task.pk)
-    if subtasks.filter(status=Status.RUNNING).exists():
+    # heartbeat_at (set by every claim) lets it read the running rows' partial index.
+    if subtasks.filter(status=Status.RUNNING, heartbeat_at__isnull=False).exists():
         return None, None
     first_due = subtasks.filter(index=0).values_list("due_at", flat=True).first()
     return kind.subtask_queue_name(), first_due

@@ -138,9 +138,9 @@ def test_a_fan_out_waits_for_a_worker_until_one_of_its_subtasks_starts(client):
         "queue": "subtasks",
         "jobs_ahead": expected(first_chunks, "subtasks"),
     }
-    # A chunk of the second claims a subtask: a worker is on it now.
+    # A chunk of the second claims a subtask (a claim sets its heartbeat): a worker is on it.
     SubTask.objects.filter(parent=second, index=0).update(
-        status=Status.RUNNING, started_at=timezone.now(), token="t"
+        status=Status.RUNNING, started_at=timezone.now(), heartbeat_at=timezone.now(), token="t"
     )
     assert waiting(client, second) is None
     assert broker.run_next(subtasks)  # first's first chunk runs

@@ -132,7 +132,8 @@ def _stuck_subtasks(stale_before: datetime.datetime) -> dict[str, int]:
 
 
 def _waiting_subtask() -> RawSQL:
-    """``status IN ('QUEUED', 'RETRYING')`` written out, the predicate of ``subtask_waiting_due``.
+    """``status IN ('QUEUED', 'RETRYING')`` written out, in the predicate of
+    ``subtask_dispatched_due`` (whose ``due_at IS NOT NULL`` any ``due_at`` comparison meets).
 
     SQLite uses a partial index only for a query that repeats its predicate with the
     same literals: with the statuses as parameters (the ORM's ``status__in``) it read

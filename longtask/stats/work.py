@@ -42,9 +42,9 @@ def _active_groups() -> list[dict[str, Any]]:
 
 def _running_subtask_groups() -> list[dict[str, Any]]:
     """Running subtasks by worker and parent kind: one query over the partial index
-    ``subtask_running_heartbeat``."""
+    ``subtask_running_beat`` (a running subtask always has a heartbeat: its claim sets it)."""
     return _dicts(
-        SubTask.objects.filter(status=Status.RUNNING)
+        SubTask.objects.filter(status=Status.RUNNING, heartbeat_at__isnull=False)
         .values("worker", "parent__kind")
         .annotate(count=Count("pk"), last_heartbeat=Max("heartbeat_at"))
         .order_by()

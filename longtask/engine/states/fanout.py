@@ -9,16 +9,16 @@ from django.db.models import F
 from django.utils import timezone
 
 from longtask.engine import enqueue, window
+from longtask.engine.states import bulk
 from longtask.engine.states.common import (
     QUEUED,
     RUNNING,
     Run,
-    subtask_column,
     subtask_field,
     task_rows,
 )
 from longtask.kinds import FanOutKind
-from longtask.models import LongTask, SubTask
+from longtask.models import LongTask
 from longtask.progress import push
 from longtask.serialize import JSONObject
 
@@ -39,7 +39,7 @@ def save_split_batch(run: Run, task: LongTask, kind: FanOutKind, batch: list[JSO
 
 
 def _insert_subtasks(parent_id: UUID | str, first: int, batch: list[JSONObject]) -> None:
-    """INSERT the batch's rows with one executemany of the columns that need a value.
+    """INSERT the batch's rows, in one multi-row statement, with the columns that need a value.
 
     What ``bulk_create`` would write (the model's defaults; NULL in the rest), without
     building a model instance per row and preparing every field of each: that was
@@ -60,11 +60,6 @@ def _insert_subtasks(parent_id: UUID | str, first: int, batch: list[JSONObject])
         for f, value in zip(fields, fixed.values(), strict=False)
     ]
     index_field, parameters_field = fields[-2:]
-    columns = ", ".join(subtask_column(f) for f in fields)
-    marks = ", ".join(["%s"] * len(fields))
-    # Only quoted column names from the model's own _meta are interpolated; values are params.
-    table = connection.ops.quote_name(SubTask._meta.db_table)
-    sql = f"INSERT INTO {table} ({columns}) VALUES ({marks})"  # noqa: S608
     rows = [
         [
             *constant,
@@ -73,8 +68,7 @@ def _insert_subtasks(parent_id: UUID | str, first: int, batch: list[JSONObject])
         ]
         for offset, params in enumerate(batch)
     ]
-    with connection.cursor() as cursor:
-        cursor.executemany(sql, rows)
+    bulk.insert(fields, rows)
 
 
 def finish_split(run: Run, task: LongTask) -> bool:

@@ -1,0 +1,97 @@
+"""Set-based writes of many subtask rows: one statement per batch, not one per row.
+
+A statement per row (``executemany``) costs PostgreSQL a parse, a plan and an execution
+each time (Django binds parameters on the client, so nothing is prepared): for a fan-out
+of no-op subtasks that was most of the database's work per subtask. One multi-row
+INSERT, or one UPDATE joined to a VALUES list, per batch does the same writes.
+
+Only quoted column names from the model's own ``_meta`` are interpolated; every value is
+a parameter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from django.db import connection
+from django.db.models import Field
+
+from longtask.engine.states.common import subtask_column
+from longtask.models import SubTask
+
+Rows = Sequence[Sequence[Any]]
+
+
+def _batches(rows: Rows, per_row: int) -> Iterator[Rows]:
+    """``rows`` in slices small enough for the backend's limit on parameters per statement."""
+    limit = connection.features.max_query_params
+    size = max(1, limit // per_row) if limit else len(rows) or 1
+    for start in range(0, len(rows), size):
+        yield rows[start : start + size]
+
+
+def _typed(expression: str, field: Field[Any, Any]) -> str:
+    """On PostgreSQL a VALUES column has no type of its own (all NULL: text): cast it."""
+    if connection.vendor == "postgresql":
+        return f"CAST({expression} AS {field.db_type(connection)})"
+    return expression
+
+
+def insert(fields: Sequence[Field[Any, Any]], rows: Rows) -> None:
+    """INSERT ``rows`` (values already prepared for the database, in ``fields`` order)."""
+    table = connection.ops.quote_name(SubTask._meta.db_table)
+    columns = ", ".join(subtask_column(f) for f in fields)
+    marks = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    with connection.cursor() as cursor:
+        for batch in _batches(rows, len(fields)):
+            sql = f"INSERT INTO {table} ({columns}) VALUES {', '.join([marks] * len(batch))}"  # noqa: S608
+            cursor.execute(sql, [value for row in batch for value in row])
+
+
+def update_where(
+    fields: Sequence[Field[Any, Any]],
+    rows: Rows,
+    key: Field[Any, Any],
+    conditions: Sequence[tuple[Field[Any, Any], Any]],
+) -> int:
+    """Write ``fields`` of each row by its ``key``, where every condition holds; return the
+    rows written.
+
+    Each row is ``[*values, key, *condition values]``. A condition ``(field, value)``
+    compares the column to ``value``, the same for every row; ``(field, None)`` to the
+    row's own value, which comes after its key. One UPDATE ... FROM a VALUES list per
+    batch: PostgreSQL joins it to the table through the key's index.
+    """
+    if not rows:
+        return 0
+    table = connection.ops.quote_name(SubTask._meta.db_table)
+    # A VALUES list's columns are column1, column2, ... on both backends. (A WITH clause
+    # could name them, but Python's sqlite3 then reports no rowcount.)
+    width = len(fields) + 1 + sum(value is None for _, value in conditions)
+    names = [f"v.column{i}" for i in range(1, width + 1)]
+    assignments = ", ".join(
+        f"{subtask_column(f)} = {_typed(name, f)}" for f, name in zip(fields, names, strict=False)
+    )
+    where = [f"{table}.{subtask_column(key)} = {names[len(fields)]}"]
+    fixed: list[Any] = []
+    position = len(fields) + 1
+    for field, value in conditions:
+        if value is None:
+            where.append(f"{table}.{subtask_column(field)} = {names[position]}")
+            position += 1
+        else:
+            where.append(f"{table}.{subtask_column(field)} = %s")
+            fixed.append(value)
+    marks = "(" + ", ".join(["%s"] * width) + ")"
+    moved = 0
+    with connection.cursor() as cursor:
+        for batch in _batches(rows, width):
+            sql = (
+                f"UPDATE {table} SET {assignments} "  # noqa: S608
+                f"FROM (VALUES {', '.join([marks] * len(batch))}) AS v "
+                f"WHERE {' AND '.join(where)}"
+            )
+            cursor.execute(sql, [value for row in batch for value in row] + fixed)
+            moved += cursor.rowcount
+    return moved
