@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 
 import redis
 from django.apps import AppConfig
 from django.conf import settings
 from django.core import checks
+from django.db import connection
 
 from longtask.conf import settings as longtask_settings
 from longtask.dispatch import queues
@@ -74,6 +76,36 @@ def check_queues(
         for name in sorted(used - set(longtask_settings.QUEUES))
     )
     return errors
+
+
+#: The oldest SQLite whose UPDATE returns rows (a claim is one UPDATE ... RETURNING) and
+#: takes a FROM clause (a chunk's outcomes are one UPDATE ... FROM VALUES).
+SQLITE_MIN = (3, 35)
+
+
+@checks.register()
+def check_database(
+    app_configs: Sequence[AppConfig] | None, **kwargs: object
+) -> list[checks.CheckMessage]:
+    """longtask's statements are PostgreSQL's and SQLite 3.35+'s."""
+    vendor = connection.vendor
+    if vendor == "postgresql":
+        return []
+    if vendor == "sqlite":
+        found = sqlite3.sqlite_version_info  # the module Django's SQLite backend uses
+        if tuple(found[:2]) >= SQLITE_MIN:
+            return []
+        what = "SQLite " + ".".join(map(str, found))
+    else:
+        what = connection.display_name
+    return [
+        checks.Error(
+            f"longtask needs PostgreSQL or SQLite {'.'.join(map(str, SQLITE_MIN))}+, "
+            f"and the default database is {what}",
+            hint="Use a Python whose sqlite3 module has a newer SQLite, or PostgreSQL.",
+            id="longtask.E004",
+        )
+    ]
 
 
 #: Seconds the Redis probe waits: an unreachable server is not this check's business.

@@ -1,12 +1,13 @@
 """The task row's prepared statements (engine/states/statements.py): insert and claim.
 
 A new task's row is inserted by a statement built once, and must be the row ``save``
-makes. Where UPDATE can return the row (PostgreSQL, SQLite 3.35+) the claim is one
-``UPDATE ... RETURNING``; elsewhere the row is locked and read, then moved by an UPDATE
-that requires the token it read. Both must mean the same: each claim test runs on both.
+makes. The claim is one ``UPDATE ... RETURNING`` (PostgreSQL, SQLite 3.35+: the check
+``longtask.E004`` refuses other databases).
 """
 
 from __future__ import annotations
+
+import sqlite3
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -14,9 +15,9 @@ from django.db import connection
 from django.db.models.signals import post_save
 
 import longtask
+from longtask import checks
 from longtask.engine import states
 from longtask.engine.heartbeat import node_name
-from longtask.engine.states import statements
 from longtask.models import TOTALS, LongTask, Status, TaskMinute
 from tests import broker
 from tests.test_races import race
@@ -29,22 +30,13 @@ def _kinds(test_kinds_registered):
     yield from broker.emptied()
 
 
-@pytest.fixture(params=["returning", "locked"])
-def way(request, monkeypatch):
-    if request.param == "locked":
-        monkeypatch.setattr(statements, "supported", lambda: False)
-    elif not statements.supported():
-        pytest.skip("this database's UPDATE cannot return rows")
-    return request.param
-
-
 def started_count(kind: str) -> int:
     return (
         TaskMinute.objects.filter(minute=TOTALS, kind=kind).values_list("started", flat=True).get()
     )
 
 
-def test_a_claim_moves_the_row_and_returns_it_as_claimed(way):
+def test_a_claim_moves_the_row_and_returns_it_as_claimed():
     task = longtask.start("test-count", {"n": 1})
     run, claimed = states.claim(task.pk)
     row = LongTask.objects.get(pk=task.pk)
@@ -62,7 +54,7 @@ def test_a_claim_moves_the_row_and_returns_it_as_claimed(way):
     assert row.runs == []  # the kind keeps no runs
 
 
-def test_a_task_that_runs_is_not_claimed_again(way):
+def test_a_task_that_runs_is_not_claimed_again():
     task = longtask.start("test-count", {"n": 1})
     first = states.claim(task.pk)
     assert first is not None
@@ -70,7 +62,7 @@ def test_a_task_that_runs_is_not_claimed_again(way):
     assert LongTask.objects.get(pk=task.pk).token == first[0].token
 
 
-def test_a_later_claim_keeps_the_first_start_and_the_start_is_counted_once(way):
+def test_a_later_claim_keeps_the_first_start_and_the_start_is_counted_once():
     task = longtask.start("test-count", {"n": 1})
     first, _ = states.claim(task.pk, keep_runs=lambda kind: True)
     LongTask.objects.filter(pk=task.pk).update(status=Status.RETRYING)
@@ -83,7 +75,7 @@ def test_a_later_claim_keeps_the_first_start_and_the_start_is_counted_once(way):
     assert started_count(task.kind) == 1
 
 
-def test_racing_claims_make_one_attempt_with_one_runs_entry(way):
+def test_racing_claims_make_one_attempt_with_one_runs_entry():
     task = longtask.start("test-count", {"n": 1})
     won: list[states.Run] = []
 
@@ -102,7 +94,7 @@ def test_racing_claims_make_one_attempt_with_one_runs_entry(way):
         LongTask.objects.filter(pk=task.pk).update(status=Status.QUEUED)
 
 
-def test_parameters_python_cannot_decode_are_left_to_the_run(way):
+def test_parameters_python_cannot_decode_are_left_to_the_run():
     """The claim still succeeds; the run's read of them fails the task, not the claim."""
     task = longtask.start("test-count", {"n": 1})
     huge = '{"n": ' + "9" * 5000 + "}"
@@ -146,3 +138,13 @@ def test_receivers_of_save_signals_still_hear_a_started_task():
     finally:
         post_save.disconnect(receiver, sender=LongTask)
     assert heard == [(task.pk, True)]
+
+
+def test_a_database_without_update_returning_is_refused_by_a_check(monkeypatch):
+    assert checks.check_database(None) == []
+    if connection.vendor == "sqlite":
+        monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 34, 1))
+    else:
+        monkeypatch.setattr(type(connection), "vendor", "mysql")
+    [error] = checks.check_database(None)
+    assert error.id == "longtask.E004" and "3.35" in error.msg

@@ -24,15 +24,13 @@ class OrmBroker(ORM):
     the one write lock with the workers, the monitor and the site. Here one
     ``UPDATE ... WHERE id IN (SELECT ... LIMIT bulk) RETURNING`` locks and returns them
     (PostgreSQL skips rows another cluster's pusher holds). The rows, their order (by
-    id: as written) and the lock (``retry`` seconds ahead) are django-q2's. Where UPDATE
-    cannot return rows (SQLite before 3.35) it is the stock dequeue.
+    id: as written) and the lock (``retry`` seconds ahead) are django-q2's. (SQLite 3.35+,
+    or PostgreSQL: check ``longtask.E004``.)
     """
 
     def dequeue(self) -> list[tuple[int, str]] | None:
         rows = self.get_connection()  # closes a stale connection, as the stock one does
         connection = connections[rows.db]
-        if not connection.features.can_return_columns_from_insert:
-            return super().dequeue()  # type: ignore[no-any-return]
         lock = OrmQ._meta.get_field("lock")
         now = timezone.now()
         params = [

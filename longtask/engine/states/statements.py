@@ -9,7 +9,8 @@ each field's own ``get_db_prep_save``. The statements mean exactly what their Qu
 spelling means (``task_rows(...).update(...)``); an expression value (``F(...)``) is left
 to the ORM by the callers.
 
-The claim is one ``UPDATE ... RETURNING`` (PostgreSQL; SQLite 3.35+): the row moves to
+The claim is one ``UPDATE ... RETURNING`` (PostgreSQL; SQLite 3.35+, which
+``longtask.E004`` requires): the row moves to
 RUNNING under a new token only if it is claimable at that instant, and the statement
 returns the row it claimed, so there is no read before it and no window between a read
 and the write (two claims of one row: one moves it, the other matches nothing).
@@ -51,11 +52,6 @@ def _prep(name: str, value: object) -> Any:
 def _pk(task_id: UUID | str) -> Any:
     pk = _field("id")
     return pk.get_db_prep_value(pk.to_python(task_id), connection)
-
-
-def supported() -> bool:
-    """UPDATE ... RETURNING: PostgreSQL, and SQLite from 3.35 (the same feature flag)."""
-    return bool(connection.features.can_return_columns_from_insert)
 
 
 @functools.cache

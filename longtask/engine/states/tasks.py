@@ -25,7 +25,6 @@ from longtask.engine.states.common import (
     logger,
     move_task,
     new_token,
-    task_rows,
 )
 from longtask.engine.states.subtasks import reset_subtasks, skip_subtasks
 from longtask.models import LongTask, RunEntry, one_line
@@ -44,14 +43,16 @@ def claim(
     same transaction, so a worker killed right after its claim still leaves its entry.
     """
     now, token, worker = timezone.now(), new_token(), node_name()
+    claim_ = TASK_TRANSITIONS["claim"]
     with transaction.atomic():
-        if statements.supported():
-            claimed = _claim_returning(task_id, now, token, worker, keep_runs)
-        else:
-            claimed = _claim_locked(task_id, now, token, worker, keep_runs)
-        if claimed is None:
+        task = statements.claim(task_id, claim_.sources, claim_.target, token, worker, now)
+        if task is None:
             return None
-        task, first_run = claimed
+        if keep_runs(task.kind):
+            task.runs = [*task.runs, _run_entry(worker, now)]
+            statements.update(task_id, (RUNNING,), {"runs": task.runs}, token=token)
+        # started_at is set by the first claim only (COALESCE): ours set it iff it is ``now``.
+        first_run = task.started_at == now
         transaction.on_commit(lambda: push.notify(task_id))
         if first_run:  # a later claim keeps started_at
             tallies.add(task.kind, now, started=1)
@@ -60,65 +61,6 @@ def claim(
 
 def _run_entry(worker: str, now: datetime.datetime) -> RunEntry:
     return {"worker": worker, "at": now.isoformat()}
-
-
-def _claim_returning(
-    task_id: UUID | str,
-    now: datetime.datetime,
-    token: str,
-    worker: str,
-    keep_runs: Callable[[str], bool],
-) -> tuple[LongTask, bool] | None:
-    """The claim as one ``UPDATE ... RETURNING`` (then the run's entry, for its kinds)."""
-    claim_ = TASK_TRANSITIONS["claim"]
-    task = statements.claim(task_id, claim_.sources, claim_.target, token, worker, now)
-    if task is None:
-        return None
-    if keep_runs(task.kind):
-        task.runs = [*task.runs, _run_entry(worker, now)]
-        statements.update(task_id, (RUNNING,), {"runs": task.runs}, token=token)
-    # started_at is set by the first claim only (COALESCE): ours set it iff it is ``now``.
-    return task, task.started_at == now
-
-
-def _claim_locked(
-    task_id: UUID | str,
-    now: datetime.datetime,
-    token: str,
-    worker: str,
-    keep_runs: Callable[[str], bool],
-) -> tuple[LongTask, bool] | None:
-    """The claim where UPDATE cannot return the row (SQLite before 3.35): the row is
-    locked and read (``SELECT ... FOR UPDATE``; on SQLite the write lock is taken at
-    BEGIN), then moved by an UPDATE that still requires the token it read."""
-    rows = LongTask.objects.select_for_update().filter(
-        pk=task_id, status__in=TASK_TRANSITIONS["claim"].sources
-    )
-    try:
-        task = rows.first()
-    except (ValueError, RecursionError):
-        # Parameters Python cannot decode (a 5,000-digit number): the run reads them
-        # in stored_parameters and fails the task, rather than the claim raising.
-        task = rows.defer("parameters").first()
-    if task is None:
-        return None
-    first_run = task.started_at is None
-    changes: dict[str, object] = {
-        "status": RUNNING,
-        "token": token,
-        "attempts": task.attempts + 1,
-        "started_at": task.started_at or now,
-        "heartbeat_at": now,
-        "next_attempt_at": None,
-        "worker": worker,
-    }
-    if keep_runs(task.kind):
-        changes["runs"] = [*task.runs, _run_entry(worker, now)]
-    if not task_rows("claim", task_id, None).filter(token=task.token).update(**changes):
-        return None  # not under the row lock: cannot happen, but never claim twice
-    for name, value in changes.items():
-        setattr(task, name, value)
-    return task, first_run
 
 
 def record_run(run: Run, task: LongTask) -> bool:
