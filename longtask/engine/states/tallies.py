@@ -38,15 +38,19 @@ def add(kind: str, at: datetime.datetime, **counts: float) -> None:
     unknown = set(counts) - set(_COUNTERS)
     if unknown:
         raise ValueError(f"no such counter: {sorted(unknown)}")
-    moment = _fields()[0]
     minute = at.astimezone(datetime.UTC).replace(second=0, microsecond=0)
     # The counters are plain numbers (integer and float columns take them as they are).
     values = [counts.get(name, 0) for name in _COUNTERS]
     params: list[Any] = []
     for when in (minute, TOTALS):  # the minute first: every writer locks in this order
-        params += [moment.get_db_prep_save(when, connection), kind, *values]
+        params += [_moment(connection.vendor, when), kind, *values]
     with connection.cursor() as cursor:
         cursor.execute(_upsert(connection.vendor), params)
+
+
+@functools.lru_cache(maxsize=4)  # this minute's, the totals', and the last minute's
+def _moment(vendor: str, when: datetime.datetime) -> Any:
+    return _fields()[0].get_db_prep_save(when, connection)
 
 
 def _fields() -> list[Any]:
