@@ -2,12 +2,14 @@
 
 For each subtask of a quilt, the time from its recorded ``finished_at`` to the moment
 its event reaches each websocket client; p50 and p95 over all clients, and the CPU
-that daphne and the clients used meanwhile (in cores), with a warning when other
-processes used much of the machine. Real daphne and real qcluster processes share a
-fresh private data directory ($TMPDIR/longtask-bench-live-*, kept with its logs with
+that the web server and the clients used meanwhile (in cores), with a warning when
+other processes used much of the machine. The web server is what ``make run`` serves
+(gunicorn with WEB_CONCURRENCY uvicorn workers, one per CPU by default; ``--server
+daphne`` for one daphne, as before 2026-12-05). Real server and qcluster processes share
+a fresh private data directory ($TMPDIR/longtask-bench-live-*, kept with its logs with
 ``--keep`` or when a run fails); the clients run in this process, so on a small
-machine they compete with daphne for the CPU. A run where a socket closes before the
-final status fails, saying how each one ended.
+machine they compete with the server for the CPU. A run where a socket closes before
+the final status fails, saying how each one ended.
 
     .venv/bin/python bench/live.py [--rows 20 --cols 20 --work-ms 5 --watchers 1 200]
     .venv/bin/python bench/live.py --watchers 1000 --others 10 --other-watchers 100
@@ -38,17 +40,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as bench/live.py
 
-from bench._lib.processes import BenchError, Spawned, free_port, wait_serving
+from bench._lib.processes import BenchError, Spawned, free_port, group_members, wait_serving
 from bench._lib.sampling import HZ, CpuWatch, own_ticks
 from bench._lib.session import Bench, Session, add_scratch_args
 
 
 def cpu_seconds(process: Spawned) -> float:
-    ticks = own_ticks(process.pid)
-    if ticks is None:
-        process.check_alive()
-        raise BenchError(f"{process.label}: no CPU time to read")
-    return ticks / HZ
+    """CPU time of the server: its process group (gunicorn's master and workers)."""
+    process.check_alive()
+    return sum(own_ticks(pid) or 0 for pid in group_members(process.pgid)) / HZ
 
 
 def clients_cpu_seconds() -> float:
@@ -111,7 +111,7 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 def scenario(
-    bench: Bench, base: str, daphne: Spawned, watchers: int, args: argparse.Namespace
+    bench: Bench, base: str, server: Spawned, watchers: int, args: argparse.Namespace
 ) -> None:
     import longtask
     from longtask.models import LongTask, SubTask
@@ -133,7 +133,7 @@ def scenario(
 
     def start_workers() -> None:
         # Only once every client has its snapshot: each event is then a live one.
-        measured["cpu"], measured["wall"] = cpu_seconds(daphne), time.monotonic()
+        measured["cpu"], measured["wall"] = cpu_seconds(server), time.monotonic()
         measured["clients"] = clients_cpu_seconds()
         load.append(CpuWatch(bench.sampler))
         clusters.append(bench.qcluster("parents", bench.env()))
@@ -141,12 +141,12 @@ def scenario(
 
     try:
         arrivals = asyncio.run(run_watchers(urls, base, start_workers))
-        cpu = cpu_seconds(daphne) - measured["cpu"]
+        cpu = cpu_seconds(server) - measured["cpu"]
         clients = clients_cpu_seconds() - measured["clients"]
         wall = time.monotonic() - measured["wall"]
         # Other processes' CPU (the clients run in this process and count as ours).
         noisy = load[0].foreign_note(
-            f"{len(urls)} watchers", [daphne.pgid, *(c.pgid for c in clusters)]
+            f"{len(urls)} watchers", [server.pgid, *(c.pgid for c in clusters)]
         )
     finally:
         for process in clusters:
@@ -192,6 +192,12 @@ def main(argv: list[str]) -> int:
         "--others", type=int, default=0, help="other 10x10 quilts running beside, each watched"
     )
     parser.add_argument("--other-watchers", type=int, default=100, help="watchers of each other")
+    parser.add_argument(
+        "--server",
+        choices=["gunicorn", "daphne"],
+        default="gunicorn",
+        help="gunicorn: make run's uvicorn workers (WEB_CONCURRENCY); daphne: one process",
+    )
     add_scratch_args(parser)
     args = parser.parse_args(argv)
     session = Session(args, "longtask-bench-live-")
@@ -199,18 +205,23 @@ def main(argv: list[str]) -> int:
     def body(bench: Bench) -> None:
         port = free_port()
         base = f"http://127.0.0.1:{port}"
-        command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port)]
-        daphne = bench.spawn("daphne", [*command, "quiltsite.asgi:application"], bench.env())
-        wait_serving(base + "/", daphne)
+        app = "quiltsite.asgi:application"
+        if args.server == "daphne":
+            command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), app]
+        else:  # make run's: gunicorn -c python:quiltsite.gunicorn (PORT, WEB_CONCURRENCY)
+            command = [sys.executable, "-m", "gunicorn", "-c", "python:quiltsite.gunicorn", app]
+        server = bench.spawn(args.server, command, bench.env(PORT=str(port)))
+        wait_serving(base + "/", server)
         print(
-            f"quilt {args.rows}x{args.cols}, {args.work_ms} ms a square; logs in {bench.data_dir}"
+            f"quilt {args.rows}x{args.cols}, {args.work_ms} ms a square, served by "
+            f"{args.server}; logs in {bench.data_dir}"
         )
         print(
-            "watchers   events   p50 ms   p95 ms   max ms  daphne cores  "
+            "watchers   events   p50 ms   p95 ms   max ms  server cores  "
             "clients cores  wall s  missing"
         )
         for watchers in args.watchers:
-            scenario(bench, base, daphne, watchers, args)
+            scenario(bench, base, server, watchers, args)
 
     # Like before the helpers were shared: this process's own log lines print, and no
     # sampler thread runs beside the websocket clients.
