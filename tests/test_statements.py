@@ -11,7 +11,7 @@ import sqlite3
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.db import connection
+from django.db import connection, connections
 from django.db.models.signals import post_save
 
 import longtask
@@ -145,6 +145,6 @@ def test_a_database_without_update_returning_is_refused_by_a_check(monkeypatch):
     if connection.vendor == "sqlite":
         monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 34, 1))
     else:
-        monkeypatch.setattr(type(connection), "vendor", "mysql")
+        monkeypatch.setattr(connections["default"], "vendor", "mysql")
     [error] = checks.check_database(None)
     assert error.id == "longtask.E004" and "3.35" in error.msg
