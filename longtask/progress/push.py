@@ -12,6 +12,7 @@ until the watcher's fallback read. Without a channel layer this does nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
@@ -45,11 +46,17 @@ def enabled() -> bool:
     return _layer() is not None
 
 
-#: How long a worker waits for one message to be sent before it gives up on it.
+#: How long one message may take to be sent before the sender gives up on it.
 SEND_TIMEOUT = 5.0
+#: Messages waiting or being sent at most, per process: past this, a change's message
+#: is dropped (a message is a hint; the watchers' fallback read still sees the change).
+MAX_WAITING = 1000
 
 _loops: dict[int, asyncio.AbstractEventLoop] = {}
 _loops_lock = threading.Lock()
+#: Tasks whose message waits to be sent, and the sends under way (the loop's thread only).
+_waiting: set[str] = set()
+_sends: set[asyncio.Task[None]] = set()
 
 
 def _sender_loop() -> asyncio.AbstractEventLoop:
@@ -68,19 +75,42 @@ def _sender_loop() -> asyncio.AbstractEventLoop:
             name = f"longtask-push-{pid}"
             threading.Thread(target=loop.run_forever, name=name, daemon=True).start()
             _loops.clear()  # a parent's loop, copied by fork, has no thread here
+            _waiting.clear()
+            _sends.clear()
             _loops[pid] = loop
         return loop
 
 
 def notify(task_id: UUID | str) -> None:
-    """Tell the watchers of ``task_id`` that it changed; never raises."""
+    """Tell the watchers of ``task_id`` that it changed; never raises, never waits.
+
+    The message is sent by this process's sender loop. Changes of one task that come
+    before its message leaves share it: a watcher reads the task when the message
+    arrives, so it sees every change committed before the send began (a claim and the
+    finish of a quick task cost one message, not two). A change after that sends anew.
+    """
     layer = _layer()
     if layer is None:
         return
+    with contextlib.suppress(RuntimeError):  # the loop is closed: the process is ending
+        _sender_loop().call_soon_threadsafe(_schedule, layer, str(task_id))
+
+
+def _schedule(layer: BaseChannelLayer, task_id: str) -> None:
+    if task_id in _waiting:
+        return  # its message has not left yet: it covers this change too
+    if len(_sends) >= MAX_WAITING:
+        logger.warning("%s pushes under way; LongTask id=%s not pushed", MAX_WAITING, task_id)
+        return
+    _waiting.add(task_id)
+    send = asyncio.get_running_loop().create_task(_send(layer, task_id))
+    _sends.add(send)  # the loop keeps only a weak reference to its tasks
+    send.add_done_callback(_sends.discard)
+
+
+async def _send(layer: BaseChannelLayer, task_id: str) -> None:
+    _waiting.discard(task_id)  # from here on, a new change needs a new message
     try:
-        sent = asyncio.run_coroutine_threadsafe(
-            layer.group_send(group_name(task_id), dict(CHANGED)), _sender_loop()
-        )
-        sent.result(timeout=SEND_TIMEOUT)
+        await asyncio.wait_for(layer.group_send(group_name(task_id), dict(CHANGED)), SEND_TIMEOUT)
     except Exception:  # Redis away: the watchers' fallback reads still see the change
         logger.warning("could not push a change of LongTask id=%s", task_id, exc_info=True)
