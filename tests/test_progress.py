@@ -120,3 +120,23 @@ def test_a_finished_tasks_progress_leaves_the_cache_and_stays_on_the_row(ending)
     assert task.is_finished
     assert progress.read_progress(task.pk) is None  # the cache holds active tasks only
     assert task.progress_record() == task.last_progress
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_first_run_that_reported_no_progress_reads_and_deletes_none(monkeypatch):
+    """Nothing can be cached for it (only a run writes progress; a finish deletes it): its
+    finish neither reads the cache nor deletes from it, one round trip each to Redis."""
+    from longtask.progress import store
+    from quiltsite.tasks import noop
+
+    touched: list[str] = []
+    read, delete = store.read_progress, progress.delete_progress
+    monkeypatch.setattr(store, "read_progress", lambda pk: touched.append("read") or read(pk))
+    monkeypatch.setattr(
+        progress, "delete_progress", lambda pk: touched.append("delete") or delete(pk)
+    )
+    result = noop.enqueue()
+    drain_queue()
+    task = LongTask.objects.get(pk=result.id)
+    assert task.status == "SUCCEEDED" and task.attempts == 1
+    assert touched == []

@@ -134,7 +134,8 @@ def _claim_and_run(task_id: str, queue: queues.Queue | None, slot: str) -> None:
             return
     if result is _NOTHING:
         return
-    if states.succeed(run_, result, _progress_of(task, kind), task):
+    progress = _progress_of(task, kind)
+    if states.succeed(run_, result, progress, task, _may_have_cached_progress(task, kind)):
         after = " after fan-in" if task.fan_in_at is not None else ""
         logger.info("LongTask id=%s kind=%s status=SUCCEEDED%s", task.pk, task.kind, after)
         kind.on_finished(task)
@@ -260,7 +261,23 @@ def _progress_of(task: LongTask, kind: Kind | None) -> ProgressRecord | None:
         return task.fanout_progress()
     if "_progress_reporter" in task.__dict__:  # this process ran it: flush the last value
         return task.progress_reporter.flush()
-    return task.progress_record()  # recovering another worker's task: what it last wrote
+    if not _may_have_cached_progress(task, kind):
+        return None
+    return task.progress_record()  # an earlier attempt's: what it last wrote
+
+
+def _may_have_cached_progress(task: LongTask, kind: Kind | None) -> bool:
+    """Whether the cache may hold progress of ``task`` as its run ends.
+
+    Not when this run reported none and it is the task's first attempt since it was
+    queued: a finish deletes the cached record, and only a run writes one. (A retry's
+    attempt, or an iterative task's next batch, may find the previous one's.)
+    """
+    return (
+        "_progress_reporter" in task.__dict__
+        or task.attempts != 1
+        or isinstance(kind, (FanOutKind, IterativeKind))
+    )
 
 
 def is_fatal(kind: Kind, exc: BaseException) -> bool:

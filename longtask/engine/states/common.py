@@ -95,15 +95,22 @@ def task_rows(name: str, task_id: UUID | str, run: Run | None) -> LongTaskQueryS
     return rows
 
 
-def changed(task_id: UUID | str, *, finished: bool = False) -> None:
+def changed(task_id: UUID | str, *, finished: bool = False, progress_cached: bool = True) -> None:
     """After the commit of a change: tell the watchers; a finished task's live progress
     leaves the cache (its last value is on the row), so the cache holds active tasks only."""
-    if finished:
+    if finished and progress_cached:
         progress.delete_progress(task_id)
     push.notify(task_id)
 
 
-def move_task(name: str, task_id: UUID | str, run: Run | None, **changes: object) -> bool:
+def move_task(
+    name: str,
+    task_id: UUID | str,
+    run: Run | None,
+    *,
+    progress_cached: bool = True,
+    **changes: Any,
+) -> bool:
     sources, target = TASK_TRANSITIONS[name].sources, TASK_TRANSITIONS[name].target
     if any(hasattr(value, "resolve_expression") for value in changes.values()):
         moved = task_rows(name, task_id, run).update(status=target, **changes)
@@ -114,7 +121,10 @@ def move_task(name: str, task_id: UUID | str, run: Run | None, **changes: object
             task_id, sources, {"status": target, **changes}, token, heartbeat_at
         )
     if moved:
-        transaction.on_commit(lambda: changed(task_id, finished=target in FINISHED_STATUSES))
+        finished = target in FINISHED_STATUSES
+        transaction.on_commit(
+            lambda: changed(task_id, finished=finished, progress_cached=progress_cached)
+        )
     elif run is not None:
         logger.warning(
             "LongTask id=%s %s refused: the run (token %s) no longer holds the task",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Callable
+from typing import Any
 from uuid import UUID
 
 from django.db import transaction
@@ -95,10 +96,15 @@ def holds(run: Run) -> bool:
 
 
 def succeed(
-    run: Run, result: JSON, progress: ProgressRecord | None, task: LongTask | None = None
+    run: Run,
+    result: JSON,
+    progress: ProgressRecord | None,
+    task: LongTask | None = None,
+    progress_cached: bool = True,
 ) -> bool:
     """Store the result; ``task``, the run's copy of the row, then shows what was written
-    (so that what follows, ``on_finished`` say, needs no read of it)."""
+    (so that what follows, ``on_finished`` say, needs no read of it). With
+    ``progress_cached`` False (nothing can be there) the cache's record is not deleted."""
     now = timezone.now()
     changes: dict[str, object] = {
         "result": result,
@@ -107,7 +113,7 @@ def succeed(
         "finished_at": now,
     }
     with transaction.atomic():
-        moved = move_task("succeed", run.task_id, run, **changes)
+        moved = move_task("succeed", run.task_id, run, progress_cached=progress_cached, **changes)
         if moved:
             tallies.run_finished(run, SUCCEEDED, now)
     if moved and task is not None:
@@ -117,7 +123,7 @@ def succeed(
 
 
 def _record_failure(
-    name: str, event: str, run: Run, task: LongTask, failure: Failure, **changes: object
+    name: str, event: str, run: Run, task: LongTask, failure: Failure, **changes: Any
 ) -> bool:
     # Inside the caller's transaction: the failure and the job or skip that follows it.
     error = one_line(failure.error)
