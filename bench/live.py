@@ -79,6 +79,9 @@ async def watch(url: str, origin: str, connected: asyncio.Event, arrivals: dict[
     except ConnectionClosed as exc:
         connected.set()  # the others must not wait for this one
         return f"closed early ({exc})"
+    except (OSError, TimeoutError) as exc:  # the handshake failed or took over 10 s
+        connected.set()
+        return f"not connected ({type(exc).__name__})"
     return "closed early"
 
 
