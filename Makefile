@@ -56,6 +56,7 @@ bench: $(VENV)/.dev
 	$(PY) bench/fanout.py
 	$(PY) bench/tasks.py
 	$(PY) bench/live.py
+	$(PY) bench/live.py --watchers 1000 --others 10 --other-watchers 100
 	$(PY) bench/reads.py
 	$(PY) bench/fairness.py
 	$(PY) bench/web.py
