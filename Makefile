@@ -57,6 +57,7 @@ bench: $(VENV)/.dev
 	$(PY) bench/tasks.py
 	$(PY) bench/live.py
 	$(PY) bench/live.py --watchers 1000 --others 10 --other-watchers 100
+	$(PY) bench/idle.py
 	$(PY) bench/reads.py
 	$(PY) bench/fairness.py
 	$(PY) bench/web.py
