@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -61,3 +62,23 @@ def close_connections_everywhere() -> None:
 
 def _close_connection() -> None:
     connection.close()  # the calling thread's own connection
+
+
+def index_walks(plan: list[str], scan: str) -> list[tuple[str, str]]:
+    """(index, line) of each scan in a PostgreSQL plan that ``scan`` matches (its first
+    group the index name) and under which no ``Index Cond`` searches the index: a walk of
+    the whole index, a full scan by another name."""
+    walks = []
+    for number, line in enumerate(plan):
+        match = re.search(scan, line)
+        if not match:
+            continue
+        indent = len(line) - len(line.lstrip())
+        details = []
+        for following in plan[number + 1 :]:
+            if len(following) - len(following.lstrip()) <= indent:
+                break
+            details.append(following)
+        if not any("Index Cond" in detail for detail in details):
+            walks.append((match[1], line))
+    return walks

@@ -9,7 +9,6 @@ PostgreSQL without statistics made every chunk read every waiting or running ver
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -23,6 +22,7 @@ from longtask.engine import states
 from longtask.kinds import registry
 from longtask.models import LongTask, Status, SubTask
 from tests import broker
+from tests.helpers import index_walks
 
 pytestmark = pytest.mark.django_db
 
@@ -113,19 +113,8 @@ def _walked_whole(sql: str) -> list[str]:
         cursor.execute(f"EXPLAIN {sql}")
         plan = [row[0] for row in cursor.fetchall()]
     bad = [line for line in plan if "Seq Scan on longtask_subtask" in line]
-    for number, line in enumerate(plan):
-        match = re.search(r"(?:Bitmap Index Scan on|Index (?:Only )?Scan using) (\w+)", line)
-        if not match or match[1] not in ours:
-            continue
-        indent = len(line) - len(line.lstrip())
-        details = []
-        for following in plan[number + 1 :]:
-            if len(following) - len(following.lstrip()) <= indent:
-                break
-            details.append(following)
-        if not any("Index Cond" in detail for detail in details):
-            bad.append(line)
-    return bad
+    scan = r"(?:Bitmap Index Scan on|Index (?:Only )?Scan using) (\w+)"
+    return bad + [line for index, line in index_walks(plan, scan) if index in ours]
 
 
 @pytest.mark.skipif("connection.vendor != 'postgresql'")

@@ -22,6 +22,7 @@ from longtask.engine import recovery
 from longtask.guards import abuse
 from longtask.kinds import registry
 from longtask.models import LongTask, Status, SubTask
+from tests.helpers import index_walks
 
 pytestmark = pytest.mark.django_db
 
@@ -99,17 +100,8 @@ def _full_scans(sql: str) -> list[str]:
         plan = [row[0] for row in cursor.fetchall()]
     bad = [line for line in plan if re.search(rf"Seq Scan on ({'|'.join(TABLES)})", line)]
     # A full index (not partial) walked without a condition is a full scan too.
-    for number, line in enumerate(plan):
-        match = re.search(rf"Index (?:Only )?Scan using (\w+) on ({'|'.join(TABLES)})", line)
-        if match and match[1] not in PARTIAL:
-            indent = len(line) - len(line.lstrip())
-            details = []
-            for following in plan[number + 1 :]:
-                if len(following) - len(following.lstrip()) <= indent:
-                    break
-                details.append(following)
-            if not any("Index Cond" in detail for detail in details):
-                bad.append(line)
+    scan = rf"Index (?:Only )?Scan using (\w+) on ({'|'.join(TABLES)})"
+    bad += [line for index, line in index_walks(plan, scan) if index not in PARTIAL]
     return bad
 
 
