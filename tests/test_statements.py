@@ -20,7 +20,6 @@ from longtask.engine import states
 from longtask.engine.heartbeat import node_name
 from longtask.models import TOTALS, LongTask, Status, TaskMinute
 from tests import broker
-from tests.test_races import race
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -73,25 +72,6 @@ def test_a_later_claim_keeps_the_first_start_and_the_start_is_counted_once():
     assert [entry["worker"] for entry in row.runs] == [node_name(), node_name()]
     assert claimed.runs == row.runs
     assert started_count(task.kind) == 1
-
-
-def test_racing_claims_make_one_attempt_with_one_runs_entry():
-    task = longtask.start("test-count", {"n": 1})
-    won: list[states.Run] = []
-
-    def claim() -> None:
-        claimed = states.claim(task.pk, keep_runs=lambda kind: True)
-        if claimed is not None:
-            won.append(claimed[0])
-
-    for attempt in range(1, 4):
-        race(claim, claim, claim)
-        assert len(won) == 1, won
-        row = LongTask.objects.get(pk=task.pk)
-        assert (row.status, row.token, row.attempts) == (Status.RUNNING, won[0].token, attempt)
-        assert len(row.runs) == attempt
-        won.clear()
-        LongTask.objects.filter(pk=task.pk).update(status=Status.QUEUED)
 
 
 def test_parameters_python_cannot_decode_are_left_to_the_run():
