@@ -22,8 +22,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as bench/idle.py
 
-from bench._lib.processes import BenchError, Spawned, free_port, group_members, wait_serving
-from bench._lib.sampling import HZ, own_ticks
+from bench._lib.processes import (
+    BenchError,
+    Spawned,
+    free_port,
+    group_members,
+    site_command,
+    wait_serving,
+)
+from bench._lib.sampling import group_seconds
 from bench._lib.session import Bench, Session, add_scratch_args
 
 #: Handshakes in flight at once (the client's handshake timeout is 10 s).
@@ -44,10 +51,6 @@ def worker_pid(server: Spawned) -> int:
     if len(members) != 1:
         raise BenchError(f"expected one gunicorn worker, found {members}")
     return members[0]
-
-
-def cpu_seconds(server: Spawned) -> float:
-    return sum(own_ticks(pid) or 0 for pid in group_members(server.pgid)) / HZ
 
 
 async def hold(urls: list[str], origin: str, idle: float, measure: object) -> list[str]:
@@ -88,7 +91,7 @@ def scenario(bench: Bench, server: Spawned, base: str, args: argparse.Namespace)
     marks: dict[str, tuple[float, float, int]] = {}
 
     def measure(what: str) -> None:
-        marks[what] = (time.monotonic(), cpu_seconds(server), rss_kib(worker))
+        marks[what] = (time.monotonic(), group_seconds(server.pgid), rss_kib(worker))
 
     began = time.monotonic()
     failures = asyncio.run(hold(urls, base, args.idle, measure))
@@ -118,9 +121,8 @@ def main(argv: list[str]) -> int:
     def body(bench: Bench) -> None:
         port = free_port()
         base = f"http://127.0.0.1:{port}"
-        command = [sys.executable, "-m", "gunicorn", "-c", "python:quiltsite.gunicorn"]
         env = bench.env(PORT=str(port), WEB_CONCURRENCY="1")
-        server = bench.spawn("gunicorn", [*command, "quiltsite.asgi:application"], env)
+        server = bench.spawn("gunicorn", site_command("gunicorn", port), env)
         wait_serving(base + "/", server)
         print(f"one uvicorn worker; logs in {bench.data_dir}")
         print(" sockets  tasks  connect s  RSS0 MiB  RSS open  KiB/socket  RSS idle  idle cores")

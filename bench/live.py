@@ -40,15 +40,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as bench/live.py
 
-from bench._lib.processes import BenchError, Spawned, free_port, group_members, wait_serving
-from bench._lib.sampling import HZ, CpuWatch, own_ticks
+from bench._lib.processes import BenchError, Spawned, free_port, site_command, wait_serving
+from bench._lib.sampling import HZ, CpuWatch, group_seconds, own_ticks
 from bench._lib.session import Bench, Session, add_scratch_args
 
 
 def cpu_seconds(process: Spawned) -> float:
     """CPU time of the server: its process group (gunicorn's master and workers)."""
     process.check_alive()
-    return sum(own_ticks(pid) or 0 for pid in group_members(process.pgid)) / HZ
+    return group_seconds(process.pgid)
 
 
 def clients_cpu_seconds() -> float:
@@ -208,11 +208,7 @@ def main(argv: list[str]) -> int:
     def body(bench: Bench) -> None:
         port = free_port()
         base = f"http://127.0.0.1:{port}"
-        app = "quiltsite.asgi:application"
-        if args.server == "daphne":
-            command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), app]
-        else:  # make run's: gunicorn -c python:quiltsite.gunicorn (PORT, WEB_CONCURRENCY)
-            command = [sys.executable, "-m", "gunicorn", "-c", "python:quiltsite.gunicorn", app]
+        command = site_command(args.server, port)
         server = bench.spawn(args.server, command, bench.env(PORT=str(port)))
         wait_serving(base + "/", server)
         print(

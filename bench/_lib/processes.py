@@ -8,6 +8,7 @@ import queue
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -183,3 +184,12 @@ def log_problems(logs: list[Path]) -> list[str]:
             found = ", ".join(f"{k!r} x{v}" for k, v in counts.items())
             notes.append(f"{log.name}: {found}")
     return notes
+
+
+def site_command(server: str, port: int) -> list[str]:
+    """The demo site's server: ``make run``'s gunicorn (uvicorn workers; PORT and
+    WEB_CONCURRENCY from the environment), or one daphne."""
+    app = "quiltsite.asgi:application"
+    if server == "daphne":
+        return [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), app]
+    return [sys.executable, "-m", "gunicorn", "-c", "python:quiltsite.gunicorn", app]

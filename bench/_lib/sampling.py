@@ -217,3 +217,8 @@ class CpuWatch:
             f"WARNING {label}: other processes used {foreign:.0f} CPU-s "
             f"(~{share:.0%} of the machine): the timing is disturbed"
         )
+
+
+def group_seconds(pgid: int) -> float:
+    """CPU time (seconds) of the live processes of a group: a server's master and workers."""
+    return sum(own_ticks(pid) or 0 for pid in group_members(pgid)) / HZ
