@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import importlib.util
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,20 @@ def chromium() -> Iterator[Any]:
             yield browser
         finally:
             browser.close()
+
+
+def wait_until(page: Any, expression: str, timeout_ms: int = DEADLINE_MS) -> None:
+    """Poll a JavaScript expression in the page until it is truthy, or fail at the deadline.
+
+    Not ``page.wait_for_function``: Playwright evaluates its predicate with ``eval()`` inside
+    the page, which the site's policy (``script-src 'self'``, no ``'unsafe-eval'``) refuses.
+    ``page.evaluate`` goes through the DevTools protocol, which the policy does not govern.
+    """
+    deadline = time.monotonic() + timeout_ms / 1000
+    while not page.evaluate(expression):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still false after {timeout_ms} ms: {expression}")
+        page.wait_for_timeout(50)
 
 
 def start_quilt(page: Any, base: str, work_ms: int) -> None:
@@ -241,7 +256,7 @@ def test_a_kind_with_its_own_live_script_gets_every_frame(tmp_path, chromium, mo
         style = "getComputedStyle(document.querySelector('main .live ol.framed')).listStyleType"
         assert page.evaluate(style) == "decimal-leading-zero"  # the kind's stylesheet
         assert page.locator("script[src*=quilt]").count() == 0
-        page.wait_for_function("window.framed.types.includes('snapshot')", timeout=DEADLINE_MS)
+        wait_until(page, "window.framed && window.framed.types.includes('snapshot')")
         with workers(tmp_path):
             page.wait_for_selector("main .result", timeout=DEADLINE_MS)
         framed = page.evaluate("window.framed")

@@ -22,6 +22,7 @@ from tests.test_browser import (  # noqa: F401  (chromium: the fixture)
     chromium,
     sign_in_through_the_header,
     start_own_quilt,
+    wait_until,
 )
 from tests.test_live import daphne, workers
 
@@ -54,10 +55,7 @@ def test_the_docs_pictures(tmp_path, operator, chromium):  # noqa: F811
         start_own_quilt(page, base, work_ms=60, rows=12, cols=16)
         with workers(tmp_path):
             # Running: some squares coloured, not all.
-            page.wait_for_function(
-                "() => document.querySelectorAll('.live .quilt > rect[fill]').length > 40",
-                timeout=DEADLINE_MS,
-            )
+            wait_until(page, "document.querySelectorAll('.live .quilt > rect[fill]').length > 40")
             shots.append(_shoot(page, folder, "quilt-running"))
             page.wait_for_selector(".task-status[data-status=SUCCEEDED]", timeout=DEADLINE_MS)
             shots.append(_shoot(page, folder, "quilt-done"))
