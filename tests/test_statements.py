@@ -1,4 +1,5 @@
-"""The task row's prepared statements (engine/states/statements.py): insert and claim.
+"""The task row's prepared statements (engine/states/statements.py): insert and claim;
+and its read by primary key (models/rows.py), what every status request does.
 
 A new task's row is inserted by a statement built once, and must be the row ``save``
 makes. The claim is one ``UPDATE ... RETURNING`` (PostgreSQL, SQLite 3.35+: the check
@@ -8,17 +9,19 @@ makes. The claim is one ``UPDATE ... RETURNING`` (PostgreSQL, SQLite 3.35+: the 
 from __future__ import annotations
 
 import sqlite3
+import uuid
 
 import pytest
 from django.contrib.auth import get_user_model
 from django.db import connection, connections
 from django.db.models.signals import post_save
+from django.utils import timezone
 
 import longtask
 from longtask import checks
 from longtask.engine import states
 from longtask.engine.heartbeat import node_name
-from longtask.models import TOTALS, LongTask, Status, TaskMinute
+from longtask.models import TOTALS, LongTask, Status, TaskMinute, rows
 from tests import broker
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -74,19 +77,50 @@ def test_a_later_claim_keeps_the_first_start_and_the_start_is_counted_once():
     assert started_count(task.kind) == 1
 
 
-def test_parameters_python_cannot_decode_are_left_to_the_run():
-    """The claim still succeeds; the run's read of them fails the task, not the claim."""
-    task = longtask.start("test-count", {"n": 1})
+def _store_undecodable(task: LongTask, column: str) -> None:
     huge = '{"n": ' + "9" * 5000 + "}"
     cast = "CAST(%s AS jsonb)" if connection.vendor == "postgresql" else "%s"
     with connection.cursor() as cursor:
         cursor.execute(
-            f"UPDATE longtask_longtask SET parameters = {cast} WHERE id = %s",  # noqa: S608
+            f"UPDATE longtask_longtask SET {column} = {cast} WHERE id = %s",  # noqa: S608
             [huge, LongTask._meta.pk.get_db_prep_value(task.pk, connection)],
         )
+
+
+def test_parameters_python_cannot_decode_are_left_to_the_run():
+    """The claim still succeeds; the run's read of them fails the task, not the claim."""
+    task = longtask.start("test-count", {"n": 1})
+    _store_undecodable(task, "parameters")
     run, claimed = states.claim(task.pk)
     assert "parameters" in claimed.get_deferred_fields()
     assert LongTask.objects.filter(pk=task.pk, status=Status.RUNNING, token=run.token).exists()
+
+
+def test_a_row_read_by_its_key_is_the_row_the_orm_reads():
+    owner = get_user_model().objects.create_user("grace")
+    task = longtask.start("test-count", {"n": 2, "word": "é"}, owner=owner, name="read-me")
+    LongTask.objects.filter(pk=task.pk).update(
+        result={"total": 2, "nested": [1.5, None, "x"]},
+        status=Status.SUCCEEDED,
+        finished_at=timezone.now(),
+    )
+    fetched = rows.fetch(str(task.pk))
+    expected = LongTask.objects.get(pk=task.pk)
+    assert fetched is not None and fetched.get_deferred_fields() == set()
+    for field in LongTask._meta.concrete_fields:
+        assert getattr(fetched, field.attname) == getattr(expected, field.attname), field.name
+    assert not fetched._state.adding and fetched._state.db == "default"
+    assert rows.fetch(uuid.uuid4()) is None
+
+
+def test_a_row_python_cannot_decode_reads_as_empty_where_it_is_shown():
+    task = longtask.start("test-count", {"n": 1})
+    LongTask.objects.filter(pk=task.pk).update(status=Status.SUCCEEDED, finished_at=timezone.now())
+    _store_undecodable(task, "parameters")
+    _store_undecodable(task, "result")
+    assert rows.fetch(task.pk).get_deferred_fields() == {"parameters", "result"}
+    shown = rows.fetch(task.pk, readable=True)
+    assert (shown.parameters, shown.result, shown.get_deferred_fields()) == ({}, None, set())
 
 
 def test_a_started_task_has_the_row_save_would_have_written():

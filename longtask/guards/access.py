@@ -20,7 +20,7 @@ from django.core.exceptions import PermissionDenied
 from django.http import Http404
 
 from longtask.kinds import TASK_KIND_PREFIX
-from longtask.models import LongTask, LongTaskQuerySet
+from longtask.models import LongTask, LongTaskQuerySet, rows
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AnonymousUser, _User
@@ -75,16 +75,7 @@ def get_visible_task(user: AnyUser | None, task_id: UUID | str) -> LongTask:
     decode (a 5,000-digit number): such a value reads as None here, so its pages still
     answer (the task itself was failed by its worker), never a 500.
     """
-    try:
-        task = LongTask.objects.filter(pk=task_id).first()
-    except (ValueError, RecursionError):
-        task = LongTask.objects.defer("parameters", "result").filter(pk=task_id).first()
-        if task is not None:
-            for name in ("parameters", "result"):
-                try:
-                    getattr(task, name)
-                except (ValueError, RecursionError):
-                    task.__dict__[name] = {} if name == "parameters" else None
+    task = rows.fetch(task_id, readable=True)
     if task is None or not can_view(user, task):
         raise Http404("No such task.")
     return task

@@ -15,7 +15,7 @@ from longtask import progress
 from longtask.documents import StatusDocument, status_document, subtask_events
 from longtask.guards.access import can_view
 from longtask.live.frames import MAX_SUBTASKS_PER_TICK, Frame
-from longtask.models import LongTask
+from longtask.models import LongTask, rows
 from longtask.progress import ProgressPayload
 
 
@@ -64,7 +64,7 @@ def read_task(task_id: UUID) -> tuple[LongTask, State] | None:
 
     What anyone may be shown of it: the caller applies the access rule to the row.
     """
-    task = LongTask.objects.filter(pk=task_id).first()
+    task = rows.fetch(task_id, readable=True)
     if task is None:
         return None
     return task, _state(task, with_document=True)
@@ -89,7 +89,7 @@ def read_tick(task_id: UUID, low: int, known: set[str]) -> State | None:
     The status document (one more query for a fan-out) is built only when some
     subscriber has not seen the current status (``known`` holds what they have seen).
     """
-    task = LongTask.objects.filter(pk=task_id).first()
+    task = rows.fetch(task_id, readable=True)
     if task is None:
         return None
     state = _state(task, with_document=task.is_finished or known != {task.status})

@@ -23,7 +23,7 @@ from django.core.exceptions import ValidationError
 from django.utils.crypto import constant_time_compare
 
 from longtask.guards.access import can_view
-from longtask.models import LongTask
+from longtask.models import rows
 
 
 def session_user(session_key: str | None) -> Any:
@@ -59,6 +59,6 @@ def still_allowed(session_key: str | None, user_pk: Any, task_id: uuid.UUID) -> 
     user = session_user(session_key)
     if user is None or user.pk != user_pk:
         return False
-    task = LongTask.objects.filter(pk=task_id).first()
+    task = rows.fetch(task_id, readable=True)
     # A deleted task is the watcher's to report (the "gone" frame).
     return task is None or can_view(user, task)

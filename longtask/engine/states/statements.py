@@ -28,7 +28,7 @@ from django.db import connection
 from django.db.models import Field
 from django.db.models.signals import post_save, pre_save
 
-from longtask.models import LongTask
+from longtask.models import LongTask, rows
 
 _META = LongTask._meta
 
@@ -134,11 +134,10 @@ def _claim_sql(vendor: str, sources: int) -> str:
             f"{_column('worker')} = %s",
         ]
     )
-    returning = ", ".join(_column(field.name) for field in _META.concrete_fields)
     return (
         f"UPDATE {table} SET {sets} "  # noqa: S608 (names from _meta; values are params)
         f"WHERE {_column('id')} = %s AND {status} IN ({', '.join(['%s'] * sources)}) "
-        f"RETURNING {returning}"
+        f"RETURNING {rows.columns()}"
     )
 
 
@@ -151,7 +150,8 @@ def claim(
     now: datetime.datetime,
 ) -> LongTask | None:
     """Move a claimable task to ``target`` under ``token`` in one statement; return the row
-    as claimed (its parameters deferred when Python cannot decode them), or None."""
+    as claimed (its parameters deferred when Python cannot decode them: the run reads
+    them in stored_parameters and fails the task), or None."""
     sql = _claim_sql(connection.vendor, len(sources))
     now_db = _prep("heartbeat_at", now)
     params: list[Any] = [target, token, now_db, now_db, worker, _pk(task_id), *sources]
@@ -160,32 +160,4 @@ def claim(
         row = cursor.fetchone()
     if row is None:
         return None
-    return _instance(row)
-
-
-def _instance(row: Sequence[object]) -> LongTask:
-    fields = _META.concrete_fields
-    names, values = [], []
-    for field, value in zip(fields, row, strict=True):
-        try:
-            values.append(_convert(field, value))
-        except (ValueError, RecursionError):
-            # Parameters Python cannot decode (a 5,000-digit number): left deferred, so
-            # the run reads them in stored_parameters and fails the task.
-            continue
-        names.append(field.attname)
-    return LongTask.from_db(connection.alias, names, values)
-
-
-def _convert(field: Field[Any, Any], value: object) -> object:
-    expression = field.get_col(_META.db_table)
-    for converter in _converters(field):
-        value = converter(value, expression, connection)
-    return value
-
-
-@functools.cache
-def _converters(field: Field[Any, Any]) -> tuple[Any, ...]:
-    expression = field.get_col(_META.db_table)
-    backend = connection.ops.get_db_converters(expression)
-    return (*backend, *field.get_db_converters(connection))
+    return rows.instance(row)
