@@ -5,12 +5,16 @@ import uuid
 import pytest
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.html import format_html
 
 import longtask
 from longtask import progress
 from longtask.engine import run as runner
 from longtask.models import LongTask
+from longtask.web import drawings
+from longtask.web.drawings import Drawings
 from tests.helpers import claim
+from tests.kinds import Count
 
 pytestmark = pytest.mark.django_db
 
@@ -220,3 +224,43 @@ def test_status_survives_a_lost_cache(client):
     cache.clear()
     assert client.get(status_url(task)).status_code == 200
     assert client.get(json_url(task)).json()["progress"]["percent"] is None
+
+
+def test_a_succeeded_result_is_drawn_once_per_finish(client, test_kinds_registered, monkeypatch):
+    """The page keeps display_result's HTML by task and finish time (web/drawings.py)."""
+    drawn: list[str] = []
+
+    def display_result(self, task):
+        drawn.append(str(task.pk))
+        return format_html("<p class='drawn'>{}</p>", task.result["counted"])
+
+    monkeypatch.setattr(Count, "display_result", display_result)
+    drawings.results.clear()
+    task = longtask.start("test-count", {"n": 2})
+    runner.run(str(task.pk))
+    for _ in range(3):
+        assert "class='drawn'" in client.get(status_url(task)).content.decode()
+    assert len(drawn) == 1
+    # Finished again (a retry's run) at a later time: drawn again, then kept again.
+    LongTask.objects.filter(pk=task.pk).update(finished_at=timezone.now())
+    client.get(status_url(task))
+    client.get(status_url(task))
+    assert len(drawn) == 2
+    # A kind whose drawing depends on more than the task is drawn every time.
+    monkeypatch.setattr(Count, "result_html_cached", False)
+    client.get(status_url(task))
+    client.get(status_url(task))
+    assert len(drawn) == 4
+
+
+def test_kept_drawings_stay_within_their_budget_least_recently_used_first():
+    kept = Drawings(budget=10, largest=6)
+    now = timezone.now()
+    keys = [(uuid.uuid4(), now, "k") for _ in range(4)]
+    kept.put(keys[0], "aaaa")
+    kept.put(keys[1], "bbbb")
+    assert kept.get(keys[0]) == "aaaa"  # now the most recent
+    kept.put(keys[2], "cccc")  # 12 > 10: the least recent (keys[1]) goes
+    assert (kept.get(keys[1]), kept.get(keys[0]), kept.get(keys[2])) == (None, "aaaa", "cccc")
+    kept.put(keys[3], "x" * 7)  # larger than the largest kept: not kept
+    assert kept.get(keys[3]) is None and len(kept) == 2

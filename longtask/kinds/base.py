@@ -88,6 +88,9 @@ class Kind:
     #: Keep each attempt's worker and start in the row's ``runs`` (django.tasks' worker_ids).
     #: Off by default: an iterative kind's every batch is a run, and the list would grow.
     keeps_runs: ClassVar[bool] = False
+    #: The status page keeps ``display_result``'s HTML per process, by task and finish
+    #: time; False for a drawing that depends on more than the task (the time, the user).
+    result_html_cached: ClassVar[bool] = True
 
     def retry_policy(self) -> RetryPolicy:
         return self.retry or RetryPolicy.default()

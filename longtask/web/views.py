@@ -36,7 +36,7 @@ from longtask.kinds import Kind, registry
 from longtask.live.cursor import parse_cursor
 from longtask.live.routing import websocket_path
 from longtask.models import LongTask, Status
-from longtask.web import yours
+from longtask.web import drawings, yours
 
 logger = logging.getLogger("longtask")
 
@@ -178,7 +178,11 @@ def status(request: HttpRequest, task_id: UUID) -> HttpResponse:
     if task.status == Status.SUCCEEDED and kind is not None:
         if task.result_viewed_at is None:
             task.mark_result_viewed()
-        context["result_html"] = _drawn(kind.display_result, task, "result")
+        cached = kind.result_html_cached
+        draw = kind.display_result
+        context["result_html"] = _drawn(
+            lambda task: drawings.result_html(draw, task, cached), task, "result"
+        )
         context["has_download"] = kind.offers_download(task)
     return render(request, "longtask/status.html", context)
 
