@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from asgiref.sync import iscoroutinefunction, sync_to_async
+from django.core import signals
 
 from quiltsite.http import SyncChainASGIHandler, ThreadLanes
 
@@ -80,3 +81,37 @@ def test_the_site_answers_through_its_asgi_application():
     assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 404
     headers = {name.lower() for name, _value in sent[0]["headers"]}
     assert b"content-security-policy" in headers  # the whole chain ran
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_request_takes_one_trip_to_its_lane():
+    """request_started, the chain and view, and request_finished: one call on the lane."""
+    lanes = ThreadLanes(SyncChainASGIHandler(), lanes=1)
+    executor = lanes.executors[0]
+    lane_thread = executor.submit(threading.get_ident).result()
+    trips: list[object] = []
+    submit = executor.submit
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        trips.append(args[0])
+        return submit(*args, **kwargs)
+
+    executor.submit = counted  # type: ignore[method-assign]
+    heard: list[tuple[str, int]] = []
+
+    def started(**kwargs: Any) -> None:
+        heard.append(("started", threading.get_ident()))
+
+    def finished(**kwargs: Any) -> None:
+        heard.append(("finished", threading.get_ident()))
+
+    signals.request_started.connect(started)
+    signals.request_finished.connect(finished)
+    try:
+        sent = asyncio.run(call(lanes, "/no-such-page/"))
+    finally:
+        signals.request_started.disconnect(started)
+        signals.request_finished.disconnect(finished)
+    assert sent[0]["status"] == 404 and sent[-1]["type"] == "http.response.body"
+    assert len(trips) == 1  # Django's own handler makes three
+    assert heard == [("started", lane_thread), ("finished", lane_thread)]
