@@ -15,7 +15,7 @@ from django.utils import timezone
 from django_q.conf import Conf
 from django_q.models import OrmQ
 
-from longtask.dispatch.orm import OrmBroker
+from longtask.dispatch.orm import OrmBroker, OrmDispatcher
 from tests.test_races import race
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -70,3 +70,27 @@ def test_pushers_polling_at_once_never_take_the_same_job():
 
     race(pusher, pusher, pusher)
     assert sorted(taken) == jobs
+
+
+def test_an_acknowledgement_is_one_delete_without_a_transaction_of_its_own():
+    """The monitor acknowledges each job: on SQLite an explicit transaction would take
+    the write lock at BEGIN IMMEDIATE, in turn with the workers and the pusher."""
+    first, second = put(2)
+    with CaptureQueriesContext(connection) as captured:
+        OrmBroker(list_key=KEY).acknowledge(first)
+    statements = [q["sql"] for q in captured.captured_queries]
+    assert len(statements) == 1 and statements[0].startswith("DELETE"), statements
+    assert list(OrmQ.objects.filter(key=KEY).values_list("pk", flat=True)) == [second]
+
+
+def test_jobs_are_written_by_one_prepared_insert_and_taken_as_written():
+    dispatcher = OrmDispatcher(OrmBroker(list_key=KEY))
+    with CaptureQueriesContext(connection) as captured:
+        dispatcher.enqueue(["job a", "job b", "job c"], None)
+    statements = [q["sql"] for q in captured.captured_queries]  # one executemany()
+    assert len(statements) == 1 and statements[0].startswith("3 times: INSERT"), statements
+    later = timezone.now() + datetime.timedelta(seconds=60)
+    dispatcher.enqueue(["job later"], later)
+    taken = OrmBroker(list_key=KEY).dequeue()
+    assert [payload for _, payload in taken] == ["job a", "job b", "job c"]
+    assert OrmQ.objects.get(payload="job later").lock == later

@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from uuid import UUID
 
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.db.models import Field
 from django.db.models.signals import post_save, pre_save
 
@@ -109,14 +109,14 @@ def insert(task: LongTask) -> None:
     if pre_save.has_listeners(LongTask) or post_save.has_listeners(LongTask):
         task.save(force_insert=True)
         return
+    db = connections[DEFAULT_DB_ALIAS]  # not the proxy: each of its reads is a Local lookup
     params = [
-        field.get_db_prep_save(field.pre_save(task, True), connection)
-        for field in _META.concrete_fields
+        field.get_db_prep_save(field.pre_save(task, True), db) for field in _META.concrete_fields
     ]
-    with connection.cursor() as cursor:
-        cursor.execute(_insert_sql(connection.vendor), params)
+    with db.cursor() as cursor:
+        cursor.execute(_insert_sql(db.vendor), params)
     task._state.adding = False
-    task._state.db = connection.alias
+    task._state.db = db.alias
 
 
 @functools.cache
