@@ -18,7 +18,9 @@ class LongtaskConfig(AppConfig):
             backends,  # noqa: F401  (resolves the kinds of django.tasks functions)
             checks,  # noqa: F401  (registers the system checks)
         )
+        from longtask.dispatch import taken
 
+        taken.note_jobs()  # a worker's claim takes its job from the ORM broker's table
         if os.environ.get("LONGTASK_SUPERVISOR_FD"):  # a process of a supervised cluster
             from longtask.dispatch import cluster
 

@@ -56,7 +56,7 @@ class OrmBroker(ORM):
         """
         rows = self.get_connection()
         with connections[rows.db].cursor() as cursor:
-            cursor.execute(_delete_sql(rows.db), [task_id])
+            cursor.execute(delete_sql(rows.db), [task_id])
 
 
 @functools.cache
@@ -67,7 +67,8 @@ def _insert_sql(alias: str) -> str:
 
 
 @functools.cache
-def _delete_sql(alias: str) -> str:
+def delete_sql(alias: str) -> str:
+    """One job's row deleted by its id."""
     quote = connections[alias].ops.quote_name
     return f"DELETE FROM {quote(OrmQ._meta.db_table)} WHERE {quote('id')} = %s"  # noqa: S608
 

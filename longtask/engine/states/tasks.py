@@ -11,6 +11,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from longtask.dispatch import taken
 from longtask.engine import enqueue
 from longtask.engine.heartbeat import node_name
 from longtask.engine.states import statements, tallies
@@ -49,6 +50,7 @@ def claim(
         task = statements.claim(task_id, claim_.sources, claim_.target, token, worker, now)
         if task is None:
             return None
+        taken.take(task_id)  # the ORM broker's job: done once this commits (dispatch/taken.py)
         if keep_runs(task.kind):
             task.runs = [*task.runs, _run_entry(worker, now)]
             statements.update(task_id, (RUNNING,), {"runs": task.runs}, token=token)
