@@ -18,8 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
-from django.db import connection
-from django.db.models import Field
+from django.db import DEFAULT_DB_ALIAS, connection, connections
 
 from longtask.models.task import LongTask
 
@@ -29,14 +28,17 @@ _META = LongTask._meta
 def instance(row: Sequence[object]) -> LongTask:
     """The model of a row of every concrete field, in ``_meta`` order; undecodable
     values left deferred."""
+    db = connections[DEFAULT_DB_ALIAS]
     names, values = [], []
-    for field, value in zip(_META.concrete_fields, row, strict=True):
+    for (attname, converters, expression), value in zip(_plan(db.vendor), row, strict=True):
         try:
-            values.append(_convert(field, value))
+            for converter in converters:
+                value = converter(value, expression, db)
         except (ValueError, RecursionError):
             continue
-        names.append(field.attname)
-    return LongTask.from_db(connection.alias, names, values)
+        names.append(attname)
+        values.append(value)
+    return LongTask.from_db(db.alias, names, values)
 
 
 def columns() -> str:
@@ -73,15 +75,14 @@ def _select_sql(vendor: str) -> str:
     return f"SELECT {columns()} FROM {table} WHERE {key} = %s"  # noqa: S608 (names from _meta)
 
 
-def _convert(field: Field[Any, Any], value: object) -> object:
-    expression = field.get_col(_META.db_table)
-    for converter in _converters(field):
-        value = converter(value, expression, connection)
-    return value
-
-
 @functools.cache
-def _converters(field: Field[Any, Any]) -> tuple[Any, ...]:
-    expression = field.get_col(_META.db_table)
-    backend = connection.ops.get_db_converters(expression)
-    return (*backend, *field.get_db_converters(connection))
+def _plan(vendor: str) -> list[tuple[str, tuple[Any, ...], Any]]:
+    """Per concrete field: its attribute, its converters (backend's, then field's), and
+    the column expression they are called with, as the ORM calls them."""
+    plan = []
+    for field in _META.concrete_fields:
+        expression = field.get_col(_META.db_table)
+        backend = connection.ops.get_db_converters(expression)
+        converters = (*backend, *field.get_db_converters(connection))
+        plan.append((field.attname, converters, expression))
+    return plan
