@@ -41,6 +41,17 @@ def instance(row: Sequence[object]) -> LongTask:
     return LongTask.from_db(db.alias, names, values)
 
 
+def value(row: Sequence[object], attname: str) -> object:
+    """One field of a row of every concrete field, converted as ``instance`` converts it."""
+    db = connections[DEFAULT_DB_ALIAS]
+    at = _positions()[attname]
+    _, converters, expression = _plan(db.vendor)[at]
+    converted = row[at]
+    for converter in converters:
+        converted = converter(converted, expression, db)
+    return converted
+
+
 def columns() -> str:
     """Every concrete column, quoted, in the order ``instance`` reads them."""
     return ", ".join(connection.ops.quote_name(f.column or f.name) for f in _META.concrete_fields)
@@ -73,6 +84,11 @@ def _select_sql(vendor: str) -> str:
     table = connection.ops.quote_name(_META.db_table)
     key = connection.ops.quote_name(_META.pk.column)
     return f"SELECT {columns()} FROM {table} WHERE {key} = %s"  # noqa: S608 (names from _meta)
+
+
+@functools.cache
+def _positions() -> dict[str, int]:
+    return {field.attname: at for at, field in enumerate(_META.concrete_fields)}
 
 
 @functools.cache

@@ -148,16 +148,14 @@ def claim(
     token: str,
     worker: str,
     now: datetime.datetime,
-) -> LongTask | None:
+) -> Sequence[object] | None:
     """Move a claimable task to ``target`` under ``token`` in one statement; return the row
-    as claimed (its parameters deferred when Python cannot decode them: the run reads
-    them in stored_parameters and fails the task), or None."""
+    as claimed, as the database returned it (``rows.instance`` makes it a model, after
+    the transaction: the write lock is not held for the conversion), or None."""
     sql = _claim_sql(connection.vendor, len(sources))
     now_db = _prep("heartbeat_at", now)
     params: list[Any] = [target, token, now_db, now_db, worker, _pk(task_id), *sources]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        row = cursor.fetchone()
-    if row is None:
-        return None
-    return rows.instance(row)
+        row: Sequence[object] | None = cursor.fetchone()
+    return row

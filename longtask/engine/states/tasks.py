@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 from django.db import transaction
@@ -29,7 +29,7 @@ from longtask.engine.states.common import (
     new_token,
 )
 from longtask.engine.states.subtasks import reset_subtasks, skip_subtasks
-from longtask.models import LongTask, RunEntry, one_line
+from longtask.models import LongTask, RunEntry, one_line, rows
 from longtask.progress import ProgressRecord, push
 from longtask.serialize import JSON
 
@@ -46,19 +46,26 @@ def claim(
     """
     now, token, worker = timezone.now(), new_token(), node_name()
     claim_ = TASK_TRANSITIONS["claim"]
+    runs: list[RunEntry] | None = None
     with transaction.atomic():
-        task = statements.claim(task_id, claim_.sources, claim_.target, token, worker, now)
-        if task is None:
+        row = statements.claim(task_id, claim_.sources, claim_.target, token, worker, now)
+        if row is None:
             return None
+        kind = str(rows.value(row, "kind"))
+        started_at = rows.value(row, "started_at")
         taken.take(task_id)  # the ORM broker's job: done once this commits (dispatch/taken.py)
-        if keep_runs(task.kind):
-            task.runs = [*task.runs, _run_entry(worker, now)]
-            statements.update(task_id, (RUNNING,), {"runs": task.runs}, token=token)
-        # started_at is set by the first claim only (COALESCE): ours set it iff it is ``now``.
-        first_run = task.started_at == now
+        if keep_runs(kind):
+            runs = [*cast("list[RunEntry]", rows.value(row, "runs")), _run_entry(worker, now)]
+            statements.update(task_id, (RUNNING,), {"runs": runs}, token=token)
         transaction.on_commit(lambda: push.notify(task_id))
-        if first_run:  # a later claim keeps started_at
-            tallies.add(task.kind, now, started=1)
+        # started_at is set by the first claim only (COALESCE): ours set it iff it is ``now``.
+        if started_at == now:  # a later claim keeps started_at
+            tallies.add(kind, now, started=1)
+    # The model is made once the write lock is released. Parameters Python cannot decode
+    # are left deferred: the run reads them in stored_parameters and fails the task.
+    task = rows.instance(row)
+    if runs is not None:
+        task.runs = runs
     return Run(task_id, token, kind=task.kind, started_at=task.started_at), task
 
 
