@@ -4,8 +4,12 @@ Pollers read a task's status JSON and its status page, as a browser tab on the p
 does; a few starters (one user in 50) open the start page and post the quilt form (with
 its CSRF token), then poll what they started. ``BENCH_WEB_MODE=bare`` makes pollers read
 the baseline view instead (bench/web.py then runs pollers only). Per-user pace:
-BENCH_WEB_USER_RATE requests per second (0: as fast as answers come). Task ids:
-BENCH_WEB_TASKS (comma-separated).
+BENCH_WEB_USER_RATE requests per second (0: as fast as answers come), each user's
+requests at random (Poisson) moments, as independent browser tabs poll; or, with
+BENCH_WEB_PACE=constant, locust's ``constant_throughput``, whose users start together
+and stay in step: 200 of them arrive in one burst every 1/rate seconds, and the burst's
+drain time is then most of the latency measured (the bench's only model before
+2026-12-06). Task ids: BENCH_WEB_TASKS (comma-separated).
 """
 
 from __future__ import annotations
@@ -14,16 +18,19 @@ import os
 import random
 import re
 
-from locust import FastHttpUser, between, constant, constant_throughput, task
+from locust import FastHttpUser, between, constant, constant_throughput, poisson, task
 
 MODE = os.environ.get("BENCH_WEB_MODE", "site")
 RATE = float(os.environ.get("BENCH_WEB_USER_RATE", "2"))
+PACE = os.environ.get("BENCH_WEB_PACE", "poisson")
 TASKS = [t for t in os.environ.get("BENCH_WEB_TASKS", "").split(",") if t]
 TOKEN = re.compile(r'name="csrfmiddlewaretoken" value="([^"]+)"')
 
 
 def pace():
-    return constant_throughput(RATE) if RATE > 0 else constant(0)
+    if RATE <= 0:
+        return constant(0)
+    return constant_throughput(RATE) if PACE == "constant" else poisson(RATE)
 
 
 class Poller(FastHttpUser):

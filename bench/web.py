@@ -14,7 +14,13 @@ per request) and locust's own CPU, per set-up; the goal (>= 400 requests/s, p99 
 no errors) is reported, not enforced.
 
     .venv/bin/python bench/web.py [--setup stock --setup gunicorn] [--users 200]
-        [--seconds 25] [--user-rate 2.1] [--workers N] [--services]
+        [--seconds 25] [--user-rate 2.2] [--pace poisson|constant] [--workers N] [--services]
+
+Each user polls at random moments (``--pace poisson``, the default since 2026-12-06):
+independent tabs. ``--pace constant`` is locust's constant_throughput, whose users move
+in step (one burst of every user per period), the model of the earlier figures. The
+counts restart once every user has started (locust's ``--reset-stats``), so the
+start-up burst and the server's first connections are not in p99.
 """
 
 from __future__ import annotations
@@ -146,13 +152,16 @@ def drive(
     env = bench.env(
         BENCH_WEB_MODE=what,
         BENCH_WEB_USER_RATE=str(args.user_rate),
+        BENCH_WEB_PACE=args.pace,
         BENCH_WEB_TASKS=",".join(tasks),
     )
     users = ["Poller"] if what == "bare" else ["Poller", "Starter"]
     command = [
         *(str(BIN / "locust"), "-f", str(ROOT / "bench" / "locust_web.py"), "--headless"),
-        *("-u", str(args.users), "-r", str(args.users), "-t", f"{args.seconds}s"),
+        # Users start over 4 s, and the counts restart once all have (--reset-stats).
+        *("-u", str(args.users), "-r", str(max(1, args.users // 4)), "-t", f"{args.seconds}s"),
         *("--host", url, "--csv", str(prefix), "--only-summary", "--loglevel", "WARNING"),
+        "--reset-stats",
         *users,
     ]
     load = os.getloadavg()[0]
@@ -245,7 +254,8 @@ def body(args: argparse.Namespace, bench: Bench) -> None:
 def report(args: argparse.Namespace, results: list[Load], notes: list[str]) -> None:
     print(
         f"\n{args.users} users, {args.seconds} s each, pace {args.user_rate or 'max'} req/s per "
-        f"user, {args.workers} processes for gunicorn and uvicorn; {os.cpu_count()} CPUs"
+        f"user ({args.pace}), {args.workers} processes for gunicorn and uvicorn; "
+        f"{os.cpu_count()} CPUs"
     )
     header = (
         f"{'set-up':<9} | {'view':<4} | {'req/s':>6} | {'p50 ms':>6} | {'p99 ms':>6} | "
@@ -298,8 +308,14 @@ def main() -> int:
     parser.add_argument(
         "--user-rate",
         type=float,
-        default=2.1,
-        help="requests/s per user (0: as fast as answers come); 200 x 2.1 offers 420/s",
+        default=2.2,
+        help="requests/s per user (0: as fast as answers come); 200 x 2.2 offers 440/s",
+    )
+    parser.add_argument(
+        "--pace",
+        choices=["poisson", "constant"],
+        default="poisson",
+        help="each user's requests at random moments, or in step (locust's constant_throughput)",
     )
     parser.add_argument(
         "--workers", type=int, default=os.cpu_count() or 1, help="processes where several"
