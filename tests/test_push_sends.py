@@ -56,3 +56,16 @@ def test_changes_before_the_message_leaves_share_it_and_a_later_change_sends_aga
     push.notify(task)  # after its message left: a new one
     wait_for(lambda: len(layer.sent) == 3, 10, "the third message")
     assert layer.sent[-1] == push.group_name(task)
+
+
+def test_a_quick_tasks_claim_and_finish_share_one_message(layer, monkeypatch):
+    """A message leaves SEND_DELAY after its change: the changes of those seconds share it."""
+    monkeypatch.setattr(push, "SEND_DELAY", 0.3)
+    task, other = uuid.uuid4(), uuid.uuid4()
+    push.notify(task)  # the claim
+    time.sleep(0.01)  # the run of a no-op task
+    push.notify(task)  # the finish
+    wait_for(lambda: len(layer.sent) == 1, 10, "the task's message")
+    push.notify(other)  # a finish's own message would have been sent before this one
+    wait_for(lambda: len(layer.sent) == 2, 10, "the other task's message")
+    assert layer.sent == [push.group_name(task), push.group_name(other)]
