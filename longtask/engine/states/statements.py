@@ -94,9 +94,9 @@ def update(
 @functools.cache
 def _insert_sql(vendor: str) -> str:
     table = connection.ops.quote_name(_META.db_table)
-    columns = ", ".join(_column(field.name) for field in _META.concrete_fields)
     marks = ", ".join(["%s"] * len(_META.concrete_fields))
-    return f"INSERT INTO {table} ({columns}) VALUES ({marks})"  # noqa: S608 (names from _meta)
+    # The columns in _meta order, as rows.columns() lists them for the claim's RETURNING.
+    return f"INSERT INTO {table} ({rows.columns()}) VALUES ({marks})"  # noqa: S608
 
 
 def insert(task: LongTask) -> None:
