@@ -79,8 +79,9 @@ class EngineModel(RuleBasedStateMachine):
         test_kinds.GATHERED.clear()
         self.tasks: list[str] = []
         self.params: dict[str, dict[str, Any]] = {}
-        #: Task runs that hung after claiming (their worker froze, then writes later).
-        self.zombie_runs: list[tuple[states.Run, bool]] = []
+        #: Task runs that hung after claiming, with the row as each claimed it (a frozen
+        #: worker holds its own copy: when it wakes, it goes on from what it claimed).
+        self.zombie_runs: list[tuple[states.Run, LongTask]] = []
         #: Chunks that hung after claiming their subtasks.
         self.zombie_chunks: list[tuple[str, states.Claimed]] = []
         #: Gather steps claimed, per task (a gather may run again only after a new claim).
@@ -159,7 +160,7 @@ class EngineModel(RuleBasedStateMachine):
         if claimed:
             if gathering:
                 self.gather_claims[task_id] += 1
-            self.zombie_runs.append((claimed[0], row.is_fanout))
+            self.zombie_runs.append(claimed)
 
     def hang_chunk(self, data: st.DataObject) -> None:
         """A chunk claims some subtasks and freezes."""
@@ -171,13 +172,12 @@ class EngineModel(RuleBasedStateMachine):
 
     def zombie_task_writes(self, data: st.DataObject, action: str) -> None:
         """A frozen run wakes up and writes; if it lost its task, nothing changes."""
-        run, fanout = self.zombie_runs.pop(data.draw(st.integers(0, len(self.zombie_runs) - 1)))
+        run, task = self.zombie_runs.pop(data.draw(st.integers(0, len(self.zombie_runs) - 1)))
         held = states.holds(run)
         before = _snapshot(run.task_id)
-        task = LongTask.objects.get(pk=run.task_id)
         if action == "beat":
             done = states.beat(run)
-            self.zombie_runs.append((run, fanout))
+            self.zombie_runs.append((run, task))
         elif action == "fail":
             done = states.fail(run, task, states.Failure("zombie failure"))
         elif action == "retry":
@@ -185,7 +185,6 @@ class EngineModel(RuleBasedStateMachine):
         else:  # it carries on where it froze: the kind's work, a split or a gather
             done = _resume(run, task)
         if not held:
-            print("UNHELD", action, done)
             assert not done, f"a fenced-off run's {action} was applied"
             assert _snapshot(run.task_id) == before
 
@@ -219,13 +218,13 @@ class EngineModel(RuleBasedStateMachine):
     def sweep_later_and_take_over(self) -> None:
         """The sweeper re-queues the frozen runs and chunks; other workers claim them at once."""
         self.sweep_later()
-        for run, fanout in list(self.zombie_runs):
+        for run, _task in list(self.zombie_runs):
             row = LongTask.objects.get(pk=run.task_id)
             claimed = states.claim(run.task_id)
             if claimed:
                 if row.fan_in_at is not None:
                     self.gather_claims[str(run.task_id)] += 1
-                self.zombie_runs.append((claimed[0], fanout))
+                self.zombie_runs.append(claimed)
         for task_id, chunk in list(self.zombie_chunks):
             taken = states.claim_subtasks(task_id, 0, 10, [row[1] for row in chunk.rows])
             if taken.rows:
@@ -341,6 +340,35 @@ class EngineModel(RuleBasedStateMachine):
             if task.kind == "test-squares":
                 assert not failed
         broker.clear()
+
+
+class _Drawn:
+    """Stands for hypothesis's ``data`` in a replayed case: each draw takes the next value."""
+
+    def __init__(self, *values: Any) -> None:
+        self.values = list(values)
+
+    def draw(self, strategy: Any) -> Any:
+        return self.values.pop(0)
+
+
+def test_a_frozen_run_wakes_with_the_row_it_claimed(test_kinds_registered: None) -> None:
+    """A case hypothesis found: an empty fan-out's run freezes, is swept and re-run (which
+    queues the gather), then wakes. It goes on from the row it claimed (a split it no
+    longer holds), not from the row as it is now, so it runs no gather."""
+    model = EngineModel()
+    model.start_fanout(kind="test-squares", n=0, fail_index=None, flaky=0)
+    task_id = model.tasks[0]
+    model.hang(data=_Drawn(task_id), what="task")
+    model.sweep(action="later")
+    model.job(data=_Drawn(0), action="deliver")
+    assert LongTask.objects.get(pk=task_id).fan_in_at is not None  # the gather is queued
+    model.wake(data=_Drawn(0), action="succeed")
+    assert test_kinds.GATHERED == []
+    model.gather_committed_at_most_once_per_claim()
+    model.teardown()
+    assert LongTask.objects.get(pk=task_id).result == []
+    assert [task_id] == test_kinds.GATHERED
 
 
 def test_the_engine_model(test_kinds_registered: None) -> None:
