@@ -23,6 +23,7 @@ from longtask.engine import states
 from longtask.engine.heartbeat import node_name
 from longtask.models import TOTALS, LongTask, Status, TaskMinute, rows
 from tests import broker
+from tests import tasks_sample as sample
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -75,6 +76,18 @@ def test_a_later_claim_keeps_the_first_start_and_the_start_is_counted_once():
     assert [entry["worker"] for entry in row.runs] == [node_name(), node_name()]
     assert claimed.runs == row.runs
     assert started_count(task.kind) == 1
+
+
+def test_only_kinds_that_keep_runs_get_an_entry():
+    """django.tasks functions get theirs in the claim's own statement; other kinds that
+    keep runs by a second UPDATE in its transaction; the rest get none."""
+    plain = longtask.start("test-count", {"n": 1})
+    _, claimed = states.claim(plain.pk)
+    assert claimed.runs == LongTask.objects.get(pk=plain.pk).runs == []
+    function = sample.noop_task.enqueue()
+    _, claimed = states.claim(function.id, keep_runs=lambda kind: True)
+    assert claimed.runs == LongTask.objects.get(pk=function.id).runs
+    assert [entry["worker"] for entry in claimed.runs] == [node_name()]
 
 
 def _store_undecodable(task: LongTask, column: str) -> None:

@@ -111,28 +111,56 @@ def move_task(
     progress_cached: bool = True,
     **changes: Any,
 ) -> bool:
+    return prepare_move(name, task_id, run, **changes).apply(progress_cached=progress_cached)
+
+
+@dataclass(frozen=True)
+class Move:
+    """A transition's fenced UPDATE, its values prepared (``prepare_move``) so that a
+    caller can build it before its transaction and hold the write lock for the statement
+    only; ``apply`` runs it inside the transaction."""
+
+    name: str
+    task_id: UUID | str
+    run: Run | None
+    changes: dict[str, Any]
+    statement: tuple[str, list[Any]] | None
+
+    def apply(self, *, progress_cached: bool = True) -> bool:
+        target = TASK_TRANSITIONS[self.name].target
+        if self.statement is None:
+            moved = task_rows(self.name, self.task_id, self.run).update(
+                status=target, **self.changes
+            )
+        else:  # the same UPDATE, its SQL prepared once (the hot path of every run)
+            moved = statements.execute(*self.statement)
+        task_id = self.task_id
+        if moved:
+            finished = target in FINISHED_STATUSES
+            transaction.on_commit(
+                lambda: changed(task_id, finished=finished, progress_cached=progress_cached)
+            )
+        elif self.run is not None:
+            logger.warning(
+                "LongTask id=%s %s refused: the run (token %s) no longer holds the task",
+                task_id,
+                self.name,
+                self.run.token,
+            )
+        return bool(moved)
+
+
+def prepare_move(name: str, task_id: UUID | str, run: Run | None, **changes: Any) -> Move:
+    """The transition ``name`` of the task (fenced by ``run`` when given), ready to apply."""
     sources, target = TASK_TRANSITIONS[name].sources, TASK_TRANSITIONS[name].target
-    if any(hasattr(value, "resolve_expression") for value in changes.values()):
-        moved = task_rows(name, task_id, run).update(status=target, **changes)
-    else:  # the same UPDATE, its SQL prepared once (the hot path of every run)
+    statement = None
+    if not any(hasattr(value, "resolve_expression") for value in changes.values()):
         token = None if run is None else run.token
         heartbeat_at = None if run is None else run.heartbeat_at
-        moved = statements.update(
+        statement = statements.update_statement(
             task_id, sources, {"status": target, **changes}, token, heartbeat_at
         )
-    if moved:
-        finished = target in FINISHED_STATUSES
-        transaction.on_commit(
-            lambda: changed(task_id, finished=finished, progress_cached=progress_cached)
-        )
-    elif run is not None:
-        logger.warning(
-            "LongTask id=%s %s refused: the run (token %s) no longer holds the task",
-            task_id,
-            name,
-            run.token,
-        )
-    return bool(moved)
+    return Move(name, task_id, run, changes, statement)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 from uuid import UUID
@@ -67,15 +68,14 @@ def _update_sql(vendor: str, names: tuple[str, ...], sources: int, fenced: bool,
     return f"UPDATE {table} SET {sets} WHERE {' AND '.join(where)}"  # noqa: S608
 
 
-def update(
+def update_statement(
     task_id: UUID | str,
     sources: Sequence[str],
     changes: Mapping[str, object],
     token: str | None = None,
     heartbeat_at: datetime.datetime | None = None,
-) -> int:
-    """``UPDATE`` the task's row if its status is one of ``sources`` (and, when given, its
-    token and heartbeat are those); return the number of rows moved (0 or 1)."""
+) -> tuple[str, list[Any]]:
+    """``update``'s SQL and values, which a caller may prepare before its transaction."""
     names = tuple(changes)
     sql = _update_sql(
         connection.vendor, names, len(sources), token is not None, heartbeat_at is not None
@@ -86,9 +86,26 @@ def update(
         params.append(token)
     if heartbeat_at is not None:
         params.append(_prep("heartbeat_at", heartbeat_at))
+    return sql, params
+
+
+def execute(sql: str, params: Sequence[Any]) -> int:
+    """Run a prepared statement; return the number of rows it changed."""
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return int(cursor.rowcount)
+
+
+def update(
+    task_id: UUID | str,
+    sources: Sequence[str],
+    changes: Mapping[str, object],
+    token: str | None = None,
+    heartbeat_at: datetime.datetime | None = None,
+) -> int:
+    """``UPDATE`` the task's row if its status is one of ``sources`` (and, when given, its
+    token and heartbeat are those); return the number of rows moved (0 or 1)."""
+    return execute(*update_statement(task_id, sources, changes, token, heartbeat_at))
 
 
 @functools.cache
@@ -120,41 +137,72 @@ def insert(task: LongTask) -> None:
 
 
 @functools.cache
-def _claim_sql(vendor: str, sources: int) -> str:
+def _claim_sql(vendor: str, sources: int, append_run: bool) -> str:
     table = connection.ops.quote_name(_META.db_table)
-    started, status = _column("started_at"), _column("status")
-    sets = ", ".join(
-        [
-            f"{status} = %s",
-            f"{_column('token')} = %s",
-            f"{_column('attempts')} = {_column('attempts')} + 1",
-            f"{started} = COALESCE({started}, %s)",
-            f"{_column('heartbeat_at')} = %s",
-            f"{_column('next_attempt_at')} = NULL",
-            f"{_column('worker')} = %s",
-        ]
-    )
+    started, status, runs = _column("started_at"), _column("status"), _column("runs")
+    sets = [
+        f"{status} = %s",
+        f"{_column('token')} = %s",
+        f"{_column('attempts')} = {_column('attempts')} + 1",
+        f"{started} = COALESCE({started}, %s)",
+        f"{_column('heartbeat_at')} = %s",
+        f"{_column('next_attempt_at')} = NULL",
+        f"{_column('worker')} = %s",
+    ]
+    if append_run:  # the entry joins ``runs`` when the kind's name has the prefix given
+        sets.append(
+            f"{runs} = CASE WHEN substr({_column('kind')}, 1, %s) = %s "
+            f"THEN {_APPEND[vendor].format(runs=runs)} ELSE {runs} END"
+        )
     return (
-        f"UPDATE {table} SET {sets} "  # noqa: S608 (names from _meta; values are params)
+        f"UPDATE {table} SET {', '.join(sets)} "  # noqa: S608 (names from _meta; values are params)
         f"WHERE {_column('id')} = %s AND {status} IN ({', '.join(['%s'] * sources)}) "
         f"RETURNING {rows.columns()}"
     )
 
 
-def claim(
+#: An element added at the end of a JSON array column, per vendor.
+_APPEND = {
+    "sqlite": "json_insert({runs}, '$[#]', json(%s))",
+    "postgresql": "{runs} || jsonb_build_array(%s::jsonb)",
+}
+
+
+def appends_runs(vendor: str) -> bool:
+    """Whether ``claim`` can add an entry to ``runs`` in its own statement here."""
+    return vendor in _APPEND
+
+
+def claim_statement(
     task_id: UUID | str,
     sources: Sequence[str],
     target: str,
     token: str,
     worker: str,
     now: datetime.datetime,
-) -> Sequence[object] | None:
-    """Move a claimable task to ``target`` under ``token`` in one statement; return the row
-    as claimed, as the database returned it (``rows.instance`` makes it a model, after
-    the transaction: the write lock is not held for the conversion), or None."""
-    sql = _claim_sql(connection.vendor, len(sources))
+    run_entry: tuple[str, object] | None = None,
+) -> tuple[str, list[Any]]:
+    """The claim's SQL and its values, prepared before its transaction begins (so that
+    the write lock is held for the statement only).
+
+    ``run_entry`` (kind prefix, entry): the entry is added to ``runs`` by the same
+    statement when the task's kind starts with the prefix (``appends_runs`` vendors).
+    """
+    sql = _claim_sql(connection.vendor, len(sources), run_entry is not None)
     now_db = _prep("heartbeat_at", now)
-    params: list[Any] = [target, token, now_db, now_db, worker, _pk(task_id), *sources]
+    params: list[Any] = [target, token, now_db, now_db, worker]
+    if run_entry is not None:
+        prefix, entry = run_entry
+        params += [len(prefix), prefix, json.dumps(entry)]
+    params += [_pk(task_id), *sources]
+    return sql, params
+
+
+def claim(sql: str, params: Sequence[Any]) -> Sequence[object] | None:
+    """Move a claimable task to its target under its token in one statement (prepared by
+    ``claim_statement``); return the row as claimed, as the database returned it
+    (``rows.instance`` makes it a model, after the transaction: the write lock is not
+    held for the conversion), or None."""
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         row: Sequence[object] | None = cursor.fetchone()

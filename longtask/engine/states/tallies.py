@@ -35,17 +35,30 @@ _COUNTERS = (
 
 def add(kind: str, at: datetime.datetime, **counts: float) -> None:
     """Add ``counts`` (``started=1``, ``subtasks_done=40``...) to ``kind`` at ``at``'s minute."""
+    statement = prepare(kind, at, **counts)
+    if statement is not None:
+        with connection.cursor() as cursor:
+            cursor.execute(*statement)
+
+
+def prepare(kind: str, at: datetime.datetime, **counts: float) -> tuple[str, list[Any]] | None:
+    """``add``'s statement and values (None when there is nothing to add), which a caller
+    may prepare before its transaction and execute in it."""
     unknown = set(counts) - set(_COUNTERS)
     if unknown:
         raise ValueError(f"no such counter: {sorted(unknown)}")
     minute = at.astimezone(datetime.UTC).replace(second=0, microsecond=0)
+    # Only the counters given are written (the rest keep their value, or their default
+    # on a new row): a claim's statement names one counter, not all of them.
+    names = tuple(name for name in _COUNTERS if name in counts)
+    if not names:
+        return None
     # The counters are plain numbers (integer and float columns take them as they are).
-    values = [counts.get(name, 0) for name in _COUNTERS]
+    values = [counts[name] for name in names]
     params: list[Any] = []
     for when in (minute, TOTALS):  # the minute first: every writer locks in this order
         params += [_moment(connection.vendor, when), kind, *values]
-    with connection.cursor() as cursor:
-        cursor.execute(_upsert(connection.vendor), params)
+    return _upsert(connection.vendor, names), params
 
 
 @functools.lru_cache(maxsize=4)  # this minute's, the totals', and the last minute's
@@ -58,15 +71,18 @@ def _fields() -> list[Any]:
 
 
 @functools.cache
-def _upsert(vendor: str) -> str:
-    """The statement: two rows inserted, or each added to the row already there."""
+def _upsert(vendor: str, names: tuple[str, ...]) -> str:
+    """The statement for these counters: two rows inserted, or each added to the row there.
+
+    A new row gets 0 in the other counters (a literal: the columns have no database
+    default); a row already there has only the counters named here set.
+    """
     quote = connection.ops.quote_name
     table = quote(TaskMinute._meta.db_table)
     columns = [quote(field.column) for field in _fields()]
-    marks = ", ".join(["%s"] * len(columns))
-    increments = ", ".join(
-        f"{column} = {table}.{column} + excluded.{column}" for column in columns[2:]
-    )
+    given = [column for name, column in zip(_COUNTERS, columns[2:], strict=True) if name in names]
+    marks = ", ".join(["%s", "%s", *("%s" if name in names else "0" for name in _COUNTERS)])
+    increments = ", ".join(f"{column} = {table}.{column} + excluded.{column}" for column in given)
     # Only quoted names from the model's own _meta are interpolated; values are params.
     return (
         f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks}), ({marks}) "  # noqa: S608
@@ -78,12 +94,19 @@ def finished(
     kind: str, status: str, at: datetime.datetime, started_at: datetime.datetime | None
 ) -> None:
     """Count a task that reached ``status`` at ``at``, and its run time if it had started."""
+    add(kind, at, **finished_counts(status, at, started_at))
+
+
+def finished_counts(
+    status: str, at: datetime.datetime, started_at: datetime.datetime | None
+) -> dict[str, float]:
+    """What ``finished`` adds: the status's counter, and the run's time if it had started."""
     counts: dict[str, float] = {FINISHED_EVENT[status]: 1}
     if started_at is not None:
         seconds = max(0.0, (at - started_at).total_seconds())
         counts.update(runs=1, run_seconds=seconds)
         counts.update({bucket_field(bound): 1 for bound in RUN_BUCKETS if seconds <= bound})
-    add(kind, at, **counts)
+    return counts
 
 
 def run_finished(run: Run, status: str, at: datetime.datetime) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any, cast
 from uuid import UUID
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -27,8 +27,10 @@ from longtask.engine.states.common import (
     logger,
     move_task,
     new_token,
+    prepare_move,
 )
 from longtask.engine.states.subtasks import reset_subtasks, skip_subtasks
+from longtask.kinds import TASK_KIND_PREFIX
 from longtask.models import LongTask, RunEntry, one_line, rows
 from longtask.progress import ProgressRecord, push
 from longtask.serialize import JSON
@@ -46,17 +48,31 @@ def claim(
     """
     now, token, worker = timezone.now(), new_token(), node_name()
     claim_ = TASK_TRANSITIONS["claim"]
+    entry = _run_entry(worker, now)
+    # Where the statement can, a django.tasks function's attempt joins ``runs`` in it.
+    appended = statements.appends_runs(connection.vendor)
+    sql, params = statements.claim_statement(
+        task_id,
+        claim_.sources,
+        claim_.target,
+        token,
+        worker,
+        now,
+        (TASK_KIND_PREFIX, entry) if appended else None,
+    )
     runs: list[RunEntry] | None = None
     with transaction.atomic():
-        row = statements.claim(task_id, claim_.sources, claim_.target, token, worker, now)
+        row = statements.claim(sql, params)
         if row is None:
             return None
         kind = str(rows.value(row, "kind"))
         started_at = rows.value(row, "started_at")
         taken.take(task_id)  # the ORM broker's job: done once this commits (dispatch/taken.py)
         if keep_runs(kind):
-            runs = [*cast("list[RunEntry]", rows.value(row, "runs")), _run_entry(worker, now)]
-            statements.update(task_id, (RUNNING,), {"runs": runs}, token=token)
+            runs = cast("list[RunEntry]", rows.value(row, "runs"))
+            if not (appended and kind.startswith(TASK_KIND_PREFIX)):
+                runs = [*runs, entry]
+                statements.update(task_id, (RUNNING,), {"runs": runs}, token=token)
         transaction.on_commit(lambda: push.notify(task_id))
         # started_at is set by the first claim only (COALESCE): ours set it iff it is ``now``.
         if started_at == now:  # a later claim keeps started_at
@@ -71,23 +87,6 @@ def claim(
 
 def _run_entry(worker: str, now: datetime.datetime) -> RunEntry:
     return {"worker": worker, "at": now.isoformat()}
-
-
-def record_run(run: Run, task: LongTask) -> bool:
-    """Append the claimed attempt's worker and start to ``runs`` (fenced by the run's token).
-
-    For a claim made without ``keep_runs``; ``claim`` records it itself otherwise.
-    """
-    entry: RunEntry = {
-        "worker": task.worker,
-        "at": (task.heartbeat_at or timezone.now()).isoformat(),
-    }
-    task.runs = [*task.runs, entry]
-    return bool(
-        LongTask.objects.filter(pk=run.task_id, status=RUNNING, token=run.token).update(
-            runs=task.runs
-        )
-    )
 
 
 def beat(run: Run) -> bool:
@@ -121,9 +120,18 @@ def succeed(
         "error": "",
         "finished_at": now,
     }
+    # Prepared before the transaction: the write lock is held for the statements only.
+    move = prepare_move("succeed", run.task_id, run, **changes)
+    count = None
+    if run.kind:
+        count = tallies.prepare(
+            run.kind, now, **tallies.finished_counts(SUCCEEDED, now, run.started_at)
+        )
     with transaction.atomic():
-        moved = move_task("succeed", run.task_id, run, progress_cached=progress_cached, **changes)
-        if moved:
+        moved = move.apply(progress_cached=progress_cached)
+        if moved and count is not None:
+            statements.execute(*count)
+        elif moved:
             tallies.run_finished(run, SUCCEEDED, now)
     if moved and task is not None:
         for name, value in {**changes, "status": TASK_TRANSITIONS["succeed"].target}.items():
