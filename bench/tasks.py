@@ -10,7 +10,9 @@ Run from the project root (nothing else heavy at the same time)::
 (c) django.tasks: N ``quiltsite.tasks.noop.enqueue()`` calls through LongTaskBackend
     (--raw-batch per transaction, from the bench process) run by a cluster of as many
     workers as (a), on the project's own settings; timed from the first enqueue until
-    N tasks have finished. Goal: no slower than (a).
+    N tasks have finished. Goal: no slower than (a). Like (a), whose django-q2 logs at
+    WARNING, the cluster writes no line per task (LONGTASK_LOG_LEVEL=WARNING; --log-level
+    INFO keeps the project's four: started and finished, from longtask and django.tasks).
 
 Embedded by default; ``--services`` runs both on a scratch PostgreSQL database and
 Redis database, as bench/fanout.py does (see there). Everything runs in a fresh private
@@ -37,7 +39,7 @@ from bench._lib.sampling import CpuWatch, Rss
 from bench._lib.session import Bench, Session, add_scratch_args, sizes
 
 
-def run_tasks(bench: Bench, n: int, workers: int, batch: int) -> Run:
+def run_tasks(bench: Bench, n: int, workers: int, batch: int, log_level: str) -> Run:
     from django.db import transaction
 
     from longtask.api import delete_finished
@@ -46,7 +48,8 @@ def run_tasks(bench: Bench, n: int, workers: int, batch: int) -> Run:
 
     print(f"(c) django.tasks, N={n}: starting the cluster ...", flush=True)
     cpu = CpuWatch(bench.sampler)
-    cluster = bench.qcluster(f"tasks-{n}", bench.env(LONGTASK_WORKERS=str(workers)))
+    env = bench.env(LONGTASK_WORKERS=str(workers), LONGTASK_LOG_LEVEL=log_level)
+    cluster = bench.qcluster(f"tasks-{n}", env)
     try:
         warm = noop.enqueue()
         wait_until(
@@ -106,6 +109,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="append",
         help="django.tasks sizes (10000); 0 skips them",
     )
+    parser.add_argument(
+        "--log-level",
+        default="WARNING",
+        help="the django.tasks cluster's LONGTASK_LOG_LEVEL (WARNING: no line per task, as raw)",
+    )
     baseline.add_raw_args(parser)
     add_scratch_args(parser)
     args = parser.parse_args(argv)
@@ -123,13 +131,14 @@ def main(argv: list[str]) -> int:
     def body(bench: Bench) -> None:
         print(
             f"data dir {bench.data_dir}; {os.cpu_count()} CPUs; {baseline.describe(args)}; "
-            f"django.tasks: {args.raw_workers} workers, {args.raw_batch} enqueue() a transaction",
+            f"django.tasks: {args.raw_workers} workers, {args.raw_batch} enqueue() a transaction, "
+            f"log level {args.log_level}",
             flush=True,
         )
         for n in args.raw_n:
             raw[n] = baseline.run_raw(bench, n, args)
         for n in args.n:
-            tasks[n] = run_tasks(bench, n, args.raw_workers, args.raw_batch)
+            tasks[n] = run_tasks(bench, n, args.raw_workers, args.raw_batch, args.log_level)
 
     session.run(body)
     if raw or tasks:
