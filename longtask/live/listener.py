@@ -14,7 +14,7 @@ import contextlib
 import logging
 from uuid import UUID
 
-from channels.layers import get_channel_layer
+from channels.layers import BaseChannelLayer, get_channel_layer
 
 from longtask.conf import settings
 from longtask.progress import push
@@ -59,6 +59,8 @@ class Listener:
         assert layer is not None  # a listener runs only when push.enabled()
         group = push.group_name(self.task_id)
         channel = await layer.new_channel()
+        # Marked before joining: workers push only to tasks with a mark (push.py).
+        await push.mark_watched(self.task_id)
         await layer.group_add(group, channel)
         try:
             self.subscribed = True
@@ -67,13 +69,25 @@ class Listener:
                 self.failing = False
                 self.changed.set()  # what changed while unsubscribed
             self.ready.set()
-            while True:
-                await layer.receive(channel)
-                self.changed.set()
+            # If either fails, the other stops and ``run`` subscribes again.
+            async with asyncio.TaskGroup() as both:
+                both.create_task(self.receive(layer, channel))
+                both.create_task(self.renew())
         finally:
             self.subscribed = False
             with contextlib.suppress(Exception):
                 await asyncio.shield(layer.group_discard(group, channel))
+
+    async def receive(self, layer: BaseChannelLayer, channel: str) -> None:
+        while True:
+            await layer.receive(channel)
+            self.changed.set()
+
+    async def renew(self) -> None:
+        """Keep the task's watched mark while listening; raise if the cache fails."""
+        while True:
+            await asyncio.sleep(push.WATCH_TTL / 3)
+            await push.mark_watched(self.task_id)
 
     def stop(self) -> None:
         self.task.cancel()

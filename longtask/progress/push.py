@@ -7,6 +7,14 @@ process's watcher of that task (longtask/live.py) then reads the task at once
 instead of at its next poll. The message carries no data: what the page shows is
 always read from the database and the cache, so a lost message only delays an update
 until the watcher's fallback read. Without a channel layer this does nothing.
+
+Only watched tasks are pushed. A web process's listener marks its task watched in the
+cache (``mark_watched``, renewed while it listens) before it joins the group, and its
+watcher reads the task only after joining. A worker looks for the marks after the
+change has committed, just before the message would leave (one read for the messages
+leaving together): a mark it does not find was made later, so that watcher's first read
+comes after the change. Most tasks are never watched, and a message to a group of no
+one still cost the worker two Redis round trips through channels_redis.
 """
 
 from __future__ import annotations
@@ -20,6 +28,9 @@ from functools import cache
 from uuid import UUID
 
 from channels.layers import BaseChannelLayer, get_channel_layer
+from django.core.cache import BaseCache, caches
+
+from longtask.conf import settings
 
 logger = logging.getLogger("longtask")
 
@@ -58,11 +69,56 @@ MAX_WAITING = 1000
 #: LONGTASK_LIVE_PUSH_INTERVAL (0.1 s) anyway.
 SEND_DELAY = 0.02
 
+#: Seconds a watcher's mark lasts; its listener renews it every third of that. A mark
+#: outlives its watcher by at most this long: its task is pushed to no one meanwhile.
+WATCH_TTL = 60
+#: How long the messages that became due wait for each other, to share one read of marks.
+GATHER_DELAY = 0.002
+
 _loops: dict[int, asyncio.AbstractEventLoop] = {}
 _loops_lock = threading.Lock()
-#: Tasks whose message waits to be sent, and the sends under way (the loop's thread only).
+#: Tasks whose message waits to be sent, those whose delay is over, and the sends under
+#: way (the loop's thread only).
 _waiting: set[str] = set()
+_due: list[str] = []
 _sends: set[asyncio.Task[None]] = set()
+
+
+def watched_key(task_id: UUID | str) -> str:
+    """The cache key that says someone watches ``task_id``."""
+    return f"longtask:watched:{UUID(str(task_id)).hex}"
+
+
+@cache
+def _marks_shared() -> bool:
+    """Whether a mark made by a web process is seen by the workers (the progress cache
+    is shared, as progress needs): not with a cache that lives in one process."""
+    backend = type(caches[settings.CACHE_ALIAS]).__name__
+    return backend not in {"LocMemCache", "DummyCache"}
+
+
+async def mark_watched(task_id: UUID | str) -> None:
+    """Say, for WATCH_TTL seconds, that someone watches ``task_id`` (before joining its group)."""
+    await caches[settings.CACHE_ALIAS].aset(watched_key(task_id), 1, WATCH_TTL)
+
+
+@cache
+def _marks_cache(pid: int) -> BaseCache:
+    """The sender loop's own cache object (``caches[...]`` in a coroutine's context is a
+    new object, with a new connection, each time)."""
+    return caches.create_connection(settings.CACHE_ALIAS)
+
+
+def _watched(task_ids: list[str]) -> list[str]:
+    """Those of ``task_ids`` that someone watches, by one read of the cache."""
+    if not _marks_shared():
+        return task_ids
+    try:
+        marks = _marks_cache(os.getpid()).get_many([watched_key(i) for i in task_ids])
+    except Exception:  # the cache away: send them all, as before marks
+        logger.warning("could not read the watched marks; pushing anyway", exc_info=True)
+        return task_ids
+    return [task_id for task_id in task_ids if watched_key(task_id) in marks]
 
 
 def _sender_loop() -> asyncio.AbstractEventLoop:
@@ -82,6 +138,7 @@ def _sender_loop() -> asyncio.AbstractEventLoop:
             threading.Thread(target=loop.run_forever, name=name, daemon=True).start()
             _loops.clear()  # a parent's loop, copied by fork, has no thread here
             _waiting.clear()
+            _due.clear()
             _sends.clear()
             _loops[pid] = loop
         return loop
@@ -114,13 +171,24 @@ def _schedule(layer: BaseChannelLayer, task_id: str) -> None:
 
 
 def _start(layer: BaseChannelLayer, task_id: str) -> None:
-    send = asyncio.get_running_loop().create_task(_send(layer, task_id))
-    _sends.add(send)  # the loop keeps only a weak reference to its tasks
-    send.add_done_callback(_sends.discard)
+    _due.append(task_id)
+    if len(_due) == 1:
+        asyncio.get_running_loop().call_later(GATHER_DELAY, _flush, layer)
+
+
+def _flush(layer: BaseChannelLayer) -> None:
+    """Send the messages that are due, to the tasks someone watches."""
+    due = list(_due)
+    _due.clear()
+    _waiting.difference_update(due)  # from here on, a new change needs a new message
+    loop = asyncio.get_running_loop()
+    for task_id in _watched(due):
+        send = loop.create_task(_send(layer, task_id))
+        _sends.add(send)  # the loop keeps only a weak reference to its tasks
+        send.add_done_callback(_sends.discard)
 
 
 async def _send(layer: BaseChannelLayer, task_id: str) -> None:
-    _waiting.discard(task_id)  # from here on, a new change needs a new message
     try:
         await asyncio.wait_for(layer.group_send(group_name(task_id), dict(CHANGED)), SEND_TIMEOUT)
     except Exception:  # Redis away: the watchers' fallback reads still see the change
