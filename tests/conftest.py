@@ -6,6 +6,7 @@ from collections.abc import Iterator
 import pytest
 from django.core.cache import cache
 
+from longtask.engine import enqueue
 from longtask.kinds import registry
 from tests import kinds as test_kinds
 
@@ -41,6 +42,7 @@ services = pytest.mark.skipif(
 @pytest.fixture(autouse=True)
 def _clean_cache() -> Iterator[None]:
     cache.clear()
+    enqueue._quick.clear()  # which kinds are quick: each test's counts start empty
     yield
 
 

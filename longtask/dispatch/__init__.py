@@ -9,7 +9,9 @@ here that registers its dispatcher.
 
 On the ORM broker the queue is a table in the same database, so a job is written in
 the caller's transaction: it commits with the state change that asked for it, or not
-at all (no job is ever lost between a COMMIT and an enqueue). The Redis broker is
+at all (no job is ever lost between a COMMIT and an enqueue). The one exception is a
+batch of quick tasks (``commit_batch``, ``engine/enqueue.py``), written after the
+commit on either broker and, if lost then, found as below. The Redis broker is
 outside the transaction: its jobs are pushed once the transaction commits, and a job
 lost there (a process killed at that moment, Redis restarted) is found by the sweeper,
 which re-dispatches work that waited STALE_AFTER past its due time with no job older
@@ -22,13 +24,23 @@ import datetime
 from collections.abc import Iterable, Sequence
 
 from longtask.dispatch import orm, redis  # noqa: F401  (register their dispatchers)
-from longtask.dispatch.base import CHUNK_JOB, RUN_JOB, Depth, dispatcher, package
+from longtask.dispatch.base import (
+    CHUNK_JOB,
+    RUN_JOB,
+    RUN_TASKS_JOB,
+    Depth,
+    commit_batch,
+    dispatcher,
+    package,
+)
 from longtask.dispatch.redis import delayed_key
 
 __all__ = [
     "CHUNK_JOB",
     "RUN_JOB",
+    "RUN_TASKS_JOB",
     "Depth",
+    "commit_batch",
     "delayed_key",
     "depth",
     "dispatcher",

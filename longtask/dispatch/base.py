@@ -6,6 +6,7 @@ import datetime
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 from uuid import uuid4
 
 from django.db import transaction
@@ -15,6 +16,8 @@ from django_q.conf import Conf
 from django_q.signing import SignedPackage
 
 RUN_JOB = "longtask.jobs.run_task"
+#: One job for several quick tasks queued by one transaction (``engine/batch.py``).
+RUN_TASKS_JOB = "longtask.jobs.run_tasks"
 CHUNK_JOB = "longtask.jobs.run_chunk"
 
 
@@ -109,3 +112,31 @@ def package(func: str, args: Sequence[object], name: str, timeout: int | None = 
         pack["timeout"] = timeout  # the worker raises TimeoutException after this long
     signed: str = SignedPackage.dumps(pack)
     return signed
+
+
+def commit_batch(key: tuple[Any, ...], send: Callable[[list[Any]], None]) -> list[Any] | None:
+    """The items that ``send`` gets, all at once, when the current transaction commits;
+    None outside a transaction.
+
+    Items added in a savepoint are a batch of their own, registered inside it, so a
+    rolled-back savepoint drops them with its other ``on_commit`` callbacks. Batches live
+    as long as the connection's list of pending callbacks, which Django replaces at every
+    commit, rollback and savepoint rollback: after any of those a new batch (and
+    callback) starts, and nothing joins a batch whose send was dropped.
+    """
+    connection = transaction.get_connection()
+    if not connection.in_atomic_block:
+        return None
+    pending = connection.run_on_commit
+    kept: tuple[list[Any], dict[Any, list[Any]]] | None = getattr(
+        connection, "_longtask_commit_batches", None
+    )
+    if kept is None or kept[0] is not pending:
+        kept = (pending, {})
+        connection._longtask_commit_batches = kept
+    full_key = (*key, tuple(connection.savepoint_ids))
+    batch = kept[1].get(full_key)
+    if batch is None:
+        batch = kept[1][full_key] = []
+        transaction.on_commit(functools.partial(send, batch))
+    return batch

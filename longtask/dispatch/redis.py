@@ -10,18 +10,14 @@ a delay is kept to within ``BLOCK`` seconds and several clusters may drain one s
 from __future__ import annotations
 
 import datetime
-import functools
 import logging
 import time
-from collections.abc import Callable
-from typing import Any
 
 import redis
-from django.db import transaction
 from django_q.brokers.redis_broker import Redis
 from django_q.signing import SignedPackage
 
-from longtask.dispatch.base import Depth, Dispatcher, register
+from longtask.dispatch.base import Depth, Dispatcher, commit_batch, register
 
 logger = logging.getLogger("longtask")
 
@@ -95,7 +91,9 @@ class RedisDispatcher(Dispatcher):
     def enqueue(self, packs: list[str], eta: datetime.datetime | None) -> None:
         # A job with an eta goes to the delayed set even if the eta passes before the
         # commit: the broker moves due jobs onto the list at its next dequeue.
-        batch = _batch(self.broker.list_key, eta, lambda batch: self._push(batch, eta))
+        # A transaction's jobs of one list and eta are one push at its commit, not a
+        # round trip each (500 for a transaction that starts 500 tasks).
+        batch = commit_batch(("push", self.broker.list_key, eta), lambda b: self._push(b, eta))
         if batch is None:  # no transaction: pushed now, as on_commit would
             self._push(packs, eta)
         else:
@@ -133,34 +131,3 @@ class RedisDispatcher(Dispatcher):
         return Depth(
             ready=int(connection.llen(key)), delayed=int(connection.zcard(delayed_key(key)))
         )
-
-
-def _batch(
-    list_key: str, eta: datetime.datetime | None, push: Callable[[list[str]], None]
-) -> list[str] | None:
-    """The jobs one push will send when the current transaction commits; None outside one.
-
-    A transaction that starts 500 tasks used to make 500 pushes at its commit, a round
-    trip to Redis each: the jobs of one list and eta are now one push. Jobs started in a
-    savepoint are a batch of their own, registered inside it, so a rolled-back savepoint
-    drops them with its other ``on_commit`` callbacks, as it did one by one. Batches
-    live as long as the connection's list of pending callbacks, which Django replaces at
-    every commit, rollback and savepoint rollback: after any of those a new batch (and
-    callback) starts, and no job joins a batch whose push was dropped.
-    """
-    connection = transaction.get_connection()
-    if not connection.in_atomic_block:
-        return None
-    pending = connection.run_on_commit
-    kept: tuple[list[Any], dict[Any, list[str]]] | None = getattr(
-        connection, "_longtask_push_batches", None
-    )
-    if kept is None or kept[0] is not pending:
-        kept = (pending, {})
-        connection._longtask_push_batches = kept
-    key = (list_key, eta, tuple(connection.savepoint_ids))
-    batch = kept[1].get(key)
-    if batch is None:
-        batch = kept[1][key] = []
-        transaction.on_commit(functools.partial(push, batch))
-    return batch

@@ -3,21 +3,62 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import math
+import time
 
 from longtask import dispatch
 from longtask.conf import settings
 from longtask.dispatch import queues
-from longtask.kinds import FanOutKind, registry
-from longtask.models import LongTask
+from longtask.kinds import FanOutKind, IterativeKind, Kind, registry
+from longtask.models import TOTALS, LongTask, TaskMinute
 
 #: Chunk size used before any subtask duration has been observed.
 INITIAL_CHUNK_SIZE = 8
+#: Quick tasks queued by one transaction share a job, this many at most (engine/batch.py).
+BATCH_SIZE = 16
+#: Seconds a process keeps its verdict on whether a kind is quick: a "yes" for a minute,
+#: a "no" (not run yet, or once slow) for a second, so that a kind's first runs count soon.
+QUICK_TTL = 60.0
+NOT_QUICK_TTL = 1.0
+
+_quick: dict[str, tuple[float, bool]] = {}
+
+
+def is_quick(kind: Kind) -> bool:
+    """Whether ``kind``'s tasks may share a job: a plain kind (not a fan-out, not
+    iterative, no time limit of its own) that has run before and never for over a
+    second (its counts: every run in the one-second bucket)."""
+    if isinstance(kind, FanOutKind | IterativeKind) or kind.time_limit is not None:
+        return False
+    now = time.monotonic()
+    known = _quick.get(kind.name)
+    if known is None or known[0] < now:
+        counts = (
+            TaskMinute.objects.filter(minute=TOTALS, kind=kind.name)
+            .values_list("runs", "runs_le_1")
+            .first()
+        )
+        quick = bool(counts and counts[0] == counts[1] > 0)
+        known = _quick[kind.name] = (now + (QUICK_TTL if quick else NOT_QUICK_TTL), quick)
+    return known[1]
 
 
 def task_job(task: LongTask, eta: datetime.datetime | None = None) -> None:
-    """Queue the job that runs ``task`` (call inside the transaction that asked for it)."""
+    """Queue the job that runs ``task`` (call inside the transaction that asked for it).
+
+    A quick kind's task queued inside a transaction joins that transaction's batch for
+    its queue: at the commit, the batch goes out as jobs of up to BATCH_SIZE tasks, which
+    a worker runs one after another (``engine/batch.py``). Those jobs are written after
+    the commit, on either broker; one lost then is found by the sweeper, as on Redis.
+    """
     kind = registry.find(task.kind)
+    cluster = queues.cluster_for(task.queue)
+    if eta is None and kind is not None and is_quick(kind):
+        batch = dispatch.commit_batch(("tasks", cluster), functools.partial(_send_batch, cluster))
+        if batch is not None:
+            batch.append(str(task.pk))
+            return
     dispatch.enqueue_many(
         dispatch.RUN_JOB,
         [(str(task.pk),)],
@@ -25,6 +66,19 @@ def task_job(task: LongTask, eta: datetime.datetime | None = None) -> None:
         cluster=queues.cluster_for(task.queue),
         eta=eta,
         timeout=kind.time_limit if kind else None,
+    )
+
+
+def _send_batch(cluster: str | None, task_ids: list[str]) -> None:
+    if len(task_ids) == 1:
+        dispatch.enqueue_many(
+            dispatch.RUN_JOB, [(task_ids[0],)], name=f"longtask-{task_ids[0]}", cluster=cluster
+        )
+        return
+    dispatch.enqueue_many(
+        dispatch.RUN_TASKS_JOB,
+        [(task_ids[first : first + BATCH_SIZE],) for first in range(0, len(task_ids), BATCH_SIZE)],
+        cluster=cluster,
     )
 
 
