@@ -53,14 +53,23 @@ def succeeded(tasks: list[LongTask]) -> int:
 
 
 def test_quick_tasks_of_one_transaction_share_jobs_of_up_to_sixteen():
+    """The first has its own job, written in the transaction (on the ORM broker)."""
     made_quick()
-    tasks = start_many(20)
+    tasks = start_many(21)
     jobs = broker.jobs()
-    assert [job.package["func"] for job in jobs] == [RUN_TASKS_JOB] * 2
-    assert [len(job.package["args"][0]) for job in jobs] == [16, 4]
-    assert [i for job in jobs for i in job.package["args"][0]] == [str(t.pk) for t in tasks]
+    assert [job.package["func"] for job in jobs] == [RUN_JOB, RUN_TASKS_JOB, RUN_TASKS_JOB]
+    assert [len(job.package["args"][0]) for job in jobs[1:]] == [16, 4]
+    assert queued_ids() == [str(t.pk) for t in tasks]
     drain_queue()
-    assert succeeded(tasks) == 20
+    assert succeeded(tasks) == 21
+
+
+def test_a_transactions_first_quick_task_has_a_job_whatever_becomes_of_the_batch(monkeypatch):
+    """On the ORM broker it is written in the transaction, as any task's job."""
+    made_quick()
+    monkeypatch.setattr(enqueue, "_send_batch", lambda *args: None)  # died after COMMIT
+    tasks = start_many(3)
+    assert queued_ids() == [str(tasks[0].pk)]
 
 
 def test_a_kind_that_never_ran_or_ran_long_gets_a_job_per_task():
@@ -96,16 +105,18 @@ def test_a_rolled_back_savepoint_drops_only_its_own_tasks():
 
 def test_a_batch_past_its_budget_hands_the_rest_to_jobs_of_their_own(monkeypatch):
     made_quick()
-    tasks = start_many(5)
-    (job,) = broker.jobs()
+    tasks = start_many(6)  # the first on its own, then a batch of five
+    first, job = broker.jobs()
+    assert job.package["func"] == RUN_TASKS_JOB
     broker.clear()
     monkeypatch.setattr(batch, "BATCH_BUDGET", 0.0)  # every task "took too long"
+    broker.run(first.package)
     broker.run(job.package)
-    assert succeeded(tasks) == 1
+    assert succeeded(tasks) == 2
     handed = broker.jobs()
     assert [j.package["func"] for j in handed] == [RUN_JOB] * 4
     drain_queue()
-    assert succeeded(tasks) == 5
+    assert succeeded(tasks) == 6
 
 
 def test_a_batch_whose_job_was_lost_is_found_by_the_sweeper():

@@ -114,7 +114,9 @@ def package(func: str, args: Sequence[object], name: str, timeout: int | None = 
     return signed
 
 
-def commit_batch(key: tuple[Any, ...], send: Callable[[list[Any]], None]) -> list[Any] | None:
+def commit_batch(
+    key: tuple[Any, ...], send: Callable[[list[Any]], None] | None
+) -> list[Any] | None:
     """The items that ``send`` gets, all at once, when the current transaction commits;
     None outside a transaction.
 
@@ -122,7 +124,8 @@ def commit_batch(key: tuple[Any, ...], send: Callable[[list[Any]], None]) -> lis
     rolled-back savepoint drops them with its other ``on_commit`` callbacks. Batches live
     as long as the connection's list of pending callbacks, which Django replaces at every
     commit, rollback and savepoint rollback: after any of those a new batch (and
-    callback) starts, and nothing joins a batch whose send was dropped.
+    callback) starts, and nothing joins a batch whose send was dropped. With ``send``
+    None, a batch not yet started is not started (None).
     """
     connection = transaction.get_connection()
     if not connection.in_atomic_block:
@@ -136,7 +139,7 @@ def commit_batch(key: tuple[Any, ...], send: Callable[[list[Any]], None]) -> lis
         connection._longtask_commit_batches = kept
     full_key = (*key, tuple(connection.savepoint_ids))
     batch = kept[1].get(full_key)
-    if batch is None:
+    if batch is None and send is not None:
         batch = kept[1][full_key] = []
         transaction.on_commit(functools.partial(send, batch))
     return batch

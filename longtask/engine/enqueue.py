@@ -47,15 +47,17 @@ def is_quick(kind: Kind) -> bool:
 def task_job(task: LongTask, eta: datetime.datetime | None = None) -> None:
     """Queue the job that runs ``task`` (call inside the transaction that asked for it).
 
-    A quick kind's task queued inside a transaction joins that transaction's batch for
-    its queue: at the commit, the batch goes out as jobs of up to BATCH_SIZE tasks, which
-    a worker runs one after another (``engine/batch.py``). Those jobs are written after
-    the commit, on either broker; one lost then is found by the sweeper, as on Redis.
+    A job is written in the caller's transaction on the ORM broker. The exception: a
+    quick kind's tasks after the first of a transaction (per queue and savepoint) join a
+    batch: at the commit the batch goes out as jobs of up to BATCH_SIZE tasks, which a
+    worker runs one after another (``engine/batch.py``). Those jobs are written after the
+    commit, on either broker; one lost then is found by the sweeper, as on Redis.
     """
     kind = registry.find(task.kind)
     cluster = queues.cluster_for(task.queue)
-    if eta is None and kind is not None and is_quick(kind):
-        batch = dispatch.commit_batch(("tasks", cluster), functools.partial(_send_batch, cluster))
+    quick = eta is None and kind is not None and is_quick(kind)
+    if quick:
+        batch = dispatch.commit_batch(("tasks", cluster), None)
         if batch is not None:
             batch.append(str(task.pk))
             return
@@ -67,9 +69,13 @@ def task_job(task: LongTask, eta: datetime.datetime | None = None) -> None:
         eta=eta,
         timeout=kind.time_limit if kind else None,
     )
+    if quick:  # the transaction's first quick task: the next ones join a batch
+        dispatch.commit_batch(("tasks", cluster), functools.partial(_send_batch, cluster))
 
 
 def _send_batch(cluster: str | None, task_ids: list[str]) -> None:
+    if not task_ids:
+        return
     if len(task_ids) == 1:
         dispatch.enqueue_many(
             dispatch.RUN_JOB, [(task_ids[0],)], name=f"longtask-{task_ids[0]}", cluster=cluster
