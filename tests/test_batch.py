@@ -127,3 +127,20 @@ def test_a_batch_whose_job_was_lost_is_found_by_the_sweeper():
     assert recovery.sweep(now=later)["requeued"] == 3
     drain_queue()
     assert succeeded(tasks) == 3
+
+
+def test_a_batch_counts_as_waiting_since_its_tasks_became_due(monkeypatch):
+    """The sweeper takes a task whose due time is past STALE_AFTER, with no job in its
+    queue as old, for one whose job was lost: a batch sent at the commit of a long
+    transaction must not look newer than its tasks."""
+    made_quick()
+    real_now = timezone.now
+    with transaction.atomic():
+        monkeypatch.setattr(timezone, "now", lambda: real_now() - datetime.timedelta(hours=1))
+        tasks = [longtask.start("test-count", {"n": 1}) for _ in range(3)]
+        monkeypatch.setattr(timezone, "now", real_now)
+    assert queued_ids() == [str(t.pk) for t in tasks]
+    assert broker.run_next()  # the first task's own job: the batch's is the oldest left
+    assert recovery.sweep()["requeued"] == 0
+    drain_queue()
+    assert LongTask.objects.filter(status=Status.SUCCEEDED, attempts=1).count() >= 3

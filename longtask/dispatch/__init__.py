@@ -58,16 +58,19 @@ def enqueue_many(
     cluster: str | None = None,
     eta: datetime.datetime | None = None,
     timeout: int | None = None,
+    since: datetime.datetime | None = None,
 ) -> int:
     """Queue many jobs at once: one INSERT on the ORM broker, one RPUSH on Redis.
 
     Call it inside the transaction that made the jobs necessary: on the ORM broker the
     rows are part of it; on Redis they are pushed after it commits (and dropped if it
-    rolls back). With ``eta`` the jobs are delivered no earlier than then.
+    rolls back). With ``eta`` the jobs are delivered no earlier than then. ``since``:
+    when their work became due, if before now (a batch sent at its commit), so that the
+    sweeper does not take them for lost jobs of tasks that waited since then.
     """
-    packs = [package(func, args, name, timeout) for args in args_list]
+    packs = [package(func, args, name, timeout, since) for args in args_list]
     if packs:
-        dispatcher(cluster).enqueue(packs, eta)
+        dispatcher(cluster).enqueue(packs, eta, since)
     return len(packs)
 
 

@@ -39,8 +39,14 @@ class Dispatcher:
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
 
-    def enqueue(self, packs: list[str], eta: datetime.datetime | None) -> None:
-        """Queue signed packages, as part of the caller's transaction or after it commits."""
+    def enqueue(
+        self,
+        packs: list[str],
+        eta: datetime.datetime | None,
+        since: datetime.datetime | None = None,
+    ) -> None:
+        """Queue signed packages, as part of the caller's transaction or after it commits;
+        ``since``: when their work became due, if before now (a batch sent at a commit)."""
         transaction.on_commit(lambda: [self.broker.enqueue(pack) for pack in packs])
 
     def oldest_ready(self) -> datetime.datetime | None:
@@ -92,9 +98,15 @@ def dispatcher(cluster: str | None) -> Dispatcher:
     return Dispatcher(broker)
 
 
-def package(func: str, args: Sequence[object], name: str, timeout: int | None = None) -> str:
+def package(
+    func: str,
+    args: Sequence[object],
+    name: str,
+    timeout: int | None = None,
+    started: datetime.datetime | None = None,
+) -> str:
     """A signed job package, the same one ``async_task()`` builds, so the cluster runs it
-    like any other."""
+    like any other; ``started``: when its work became due, if before now."""
     job_id = uuid4().hex
     pack: dict[str, object] = {
         "id": job_id,
@@ -104,7 +116,7 @@ def package(func: str, args: Sequence[object], name: str, timeout: int | None = 
         "func": func,
         "args": tuple(args),
         "kwargs": {},
-        "started": timezone.now(),
+        "started": started or timezone.now(),
     }
     if Conf.ACK_FAILURES:
         pack["ack_failure"] = True

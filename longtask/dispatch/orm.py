@@ -89,10 +89,16 @@ def _take_sql(alias: str) -> str:
 
 @register(ORM)  # and OrmBroker
 class OrmDispatcher(Dispatcher):
-    def enqueue(self, packs: list[str], eta: datetime.datetime | None) -> None:
-        # Rows in the caller's transaction; a row is hidden until its lock time.
+    def enqueue(
+        self,
+        packs: list[str],
+        eta: datetime.datetime | None,
+        since: datetime.datetime | None = None,
+    ) -> None:
+        # Rows in the caller's transaction; a row is hidden until its lock time, and
+        # counts as waiting since then (``oldest_ready``): since its work became due.
         # One prepared INSERT (a model and bulk_create() per job cost more than the row).
-        now = max(eta, timezone.now()) if eta else timezone.now()
+        now = max(eta, timezone.now()) if eta else min(since or timezone.now(), timezone.now())
         alias = self.broker.connection.db
         connection = connections[alias]
         lock = OrmQ._meta.get_field("lock").get_db_prep_value(now, connection)

@@ -88,7 +88,13 @@ class RedisDispatcher(Dispatcher):
     """Pushes after the caller's transaction commits; delayed jobs wait in the sorted set
     (drained by ``RedisBroker``, which a check requires with Redis)."""
 
-    def enqueue(self, packs: list[str], eta: datetime.datetime | None) -> None:
+    def enqueue(
+        self,
+        packs: list[str],
+        eta: datetime.datetime | None,
+        since: datetime.datetime | None = None,
+    ) -> None:
+        # ``since`` is in the packages ("started"), which ``oldest_ready`` reads.
         # A job with an eta goes to the delayed set even if the eta passes before the
         # commit: the broker moves due jobs onto the list at its next dequeue.
         # A transaction's jobs of one list and eta are one push at its commit, not a

@@ -7,6 +7,8 @@ import functools
 import math
 import time
 
+from django.utils import timezone
+
 from longtask import dispatch
 from longtask.conf import settings
 from longtask.dispatch import queues
@@ -59,7 +61,7 @@ def task_job(task: LongTask, eta: datetime.datetime | None = None) -> None:
     if quick:
         batch = dispatch.commit_batch(("tasks", cluster), None)
         if batch is not None:
-            batch.append(str(task.pk))
+            batch.append((str(task.pk), task.due_at or timezone.now()))
             return
     dispatch.enqueue_many(
         dispatch.RUN_JOB,
@@ -73,19 +75,24 @@ def task_job(task: LongTask, eta: datetime.datetime | None = None) -> None:
         dispatch.commit_batch(("tasks", cluster), functools.partial(_send_batch, cluster))
 
 
-def _send_batch(cluster: str | None, task_ids: list[str]) -> None:
-    if not task_ids:
-        return
-    if len(task_ids) == 1:
-        dispatch.enqueue_many(
-            dispatch.RUN_JOB, [(task_ids[0],)], name=f"longtask-{task_ids[0]}", cluster=cluster
-        )
-        return
-    dispatch.enqueue_many(
-        dispatch.RUN_TASKS_JOB,
-        [(task_ids[first : first + BATCH_SIZE],) for first in range(0, len(task_ids), BATCH_SIZE)],
-        cluster=cluster,
-    )
+def _send_batch(cluster: str | None, queued: list[tuple[str, datetime.datetime]]) -> None:
+    """Each job waits, for the sweeper, since the earliest of its tasks became due."""
+    for first in range(0, len(queued), BATCH_SIZE):
+        chunk = queued[first : first + BATCH_SIZE]
+        task_ids = [task_id for task_id, _due in chunk]
+        since = min(due for _task_id, due in chunk)
+        if len(task_ids) == 1:
+            dispatch.enqueue_many(
+                dispatch.RUN_JOB,
+                [(task_ids[0],)],
+                name=f"longtask-{task_ids[0]}",
+                cluster=cluster,
+                since=since,
+            )
+        else:
+            dispatch.enqueue_many(
+                dispatch.RUN_TASKS_JOB, [(task_ids,)], cluster=cluster, since=since
+            )
 
 
 def subtask_cluster(kind: FanOutKind) -> str | None:
