@@ -63,16 +63,29 @@ def task_job(task: LongTask, eta: datetime.datetime | None = None) -> None:
         if batch is not None:
             batch.append((str(task.pk), task.due_at or timezone.now()))
             return
-    dispatch.enqueue_many(
-        dispatch.RUN_JOB,
-        [(str(task.pk),)],
-        name=f"longtask-{task.pk}",
-        cluster=queues.cluster_for(task.queue),
-        eta=eta,
-        timeout=kind.time_limit if kind else None,
-    )
+    _run_job(str(task.pk), cluster, eta=eta, timeout=kind.time_limit if kind else None)
     if quick:  # the transaction's first quick task: the next ones join a batch
         dispatch.commit_batch(("tasks", cluster), functools.partial(_send_batch, cluster))
+
+
+def _run_job(
+    task_id: str,
+    cluster: str | None,
+    *,
+    eta: datetime.datetime | None = None,
+    timeout: int | None = None,
+    since: datetime.datetime | None = None,
+) -> None:
+    """Queue the job of one task."""
+    dispatch.enqueue_many(
+        dispatch.RUN_JOB,
+        [(task_id,)],
+        name=f"longtask-{task_id}",
+        cluster=cluster,
+        eta=eta,
+        timeout=timeout,
+        since=since,
+    )
 
 
 def _send_batch(cluster: str | None, queued: list[tuple[str, datetime.datetime]]) -> None:
@@ -82,13 +95,7 @@ def _send_batch(cluster: str | None, queued: list[tuple[str, datetime.datetime]]
         task_ids = [task_id for task_id, _due in chunk]
         since = min(due for _task_id, due in chunk)
         if len(task_ids) == 1:
-            dispatch.enqueue_many(
-                dispatch.RUN_JOB,
-                [(task_ids[0],)],
-                name=f"longtask-{task_ids[0]}",
-                cluster=cluster,
-                since=since,
-            )
+            _run_job(task_ids[0], cluster, since=since)
         else:
             dispatch.enqueue_many(
                 dispatch.RUN_TASKS_JOB, [(task_ids,)], cluster=cluster, since=since
