@@ -37,6 +37,11 @@ class Settings:
     #: A worker waits this long at most (seconds) for a rate or concurrency limit;
     #: longer, it puts the job back to run when the limit allows.
     LIMIT_WAIT: float = 2.0
+    #: On PostgreSQL (psycopg 3), a run's hot statements (its claim, its finish, a task's
+    #: insert) are prepared once per connection and then only bound and executed. Set
+    #: False behind a pooler that cannot keep prepared statements (PgBouncer in
+    #: transaction mode before 1.21, or without ``max_prepared_statements``).
+    PREPARE_STATEMENTS: bool = True
     #: Where the rate limiter keeps its windows: a ``limits`` storage URI such as
     #: "redis://host:6379/0", or None for the database (table longtask_queuestate).
     RATE_LIMIT_STORAGE: str | None = None

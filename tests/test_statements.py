@@ -175,3 +175,68 @@ def test_a_database_without_update_returning_is_refused_by_a_check(monkeypatch):
         monkeypatch.setattr(connections["default"], "vendor", "mysql")
     [error] = checks.check_database(None)
     assert error.id == "longtask.E004" and "3.35" in error.msg
+
+
+def test_a_claim_of_one_statement_counts_a_first_start_only():
+    """Where only django.tasks functions keep runs (``runs_by_prefix``), PostgreSQL's claim
+    is one statement with its count: the count and the runs entry as in a transaction."""
+    result = sample.noop_task.enqueue()
+    kind = LongTask.objects.get(pk=result.id).kind
+    first, _ = states.claim(result.id, runs_by_prefix=True)
+    LongTask.objects.filter(pk=result.id).update(status=Status.RETRYING)
+    second, claimed = states.claim(result.id, runs_by_prefix=True)
+    assert states.claim(result.id, runs_by_prefix=True) is None  # running: not claimed again
+    row = LongTask.objects.get(pk=result.id)
+    assert (row.token, row.attempts, claimed.attempts) == (second.token, 2, 2)
+    assert row.started_at == first.started_at == second.started_at
+    assert (
+        [entry["worker"] for entry in row.runs]
+        == [node_name(), node_name()]
+        == [entry["worker"] for entry in claimed.runs]
+    )
+    assert started_count(kind) == 1
+
+
+def succeeded_count(kind: str) -> int:
+    found = TaskMinute.objects.filter(minute=TOTALS, kind=kind).values_list("succeeded", "runs")
+    return sum(succeeded for succeeded, _ in found)
+
+
+def test_a_refused_finish_counts_nothing():
+    """The finish's count joins its move (one statement on PostgreSQL): a run fenced off
+    by a later claim neither moves the row nor counts."""
+    result = sample.noop_task.enqueue()
+    stale, task = states.claim(result.id, runs_by_prefix=True)
+    LongTask.objects.filter(pk=result.id).update(status=Status.RETRYING)
+    current, _ = states.claim(result.id, runs_by_prefix=True)
+    assert not states.succeed(stale, {"late": True}, None, task)
+    row = LongTask.objects.get(pk=result.id)
+    assert (row.status, row.result) == (Status.RUNNING, None)
+    assert succeeded_count(task.kind) == 0
+    assert states.succeed(current, 1, None)
+    assert LongTask.objects.get(pk=result.id).status == Status.SUCCEEDED
+    assert TaskMinute.objects.get(minute=TOTALS, kind=task.kind).succeeded == 1
+
+
+@pytest.mark.skipif("connection.vendor != 'postgresql'")
+@pytest.mark.parametrize("prepare", [True, False])
+def test_a_runs_statements_are_prepared_once_per_connection_on_postgresql(settings, prepare):
+    """Parsing and planning them was a third of PostgreSQL's CPU per run; Django's own
+    queries stay as Django runs them (never prepared)."""
+    settings.LONGTASK_PREPARE_STATEMENTS = prepare
+    for _ in range(2):
+        result = sample.noop_task.enqueue()
+        (job,) = broker.jobs()
+        broker.clear()
+        broker.run(job.package)
+        assert LongTask.objects.get(pk=result.id).status == Status.SUCCEEDED
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
+        prepared = [statement for (statement,) in cursor.fetchall()]
+    starts = sorted(
+        statement.split(" ", 2)[0] + " " + statement.split(" ", 2)[1] for statement in prepared
+    )
+    if prepare:
+        assert starts == ["INSERT INTO", "WITH claimed", "WITH moved"], prepared
+    else:
+        assert prepared == []

@@ -44,13 +44,19 @@ def _hold(sender: object, func: object, task: dict[str, Any], **kwargs: object) 
     _in_hand = task
 
 
-def take(task_id: object) -> bool:
-    """In the claim's transaction: delete the job in hand if it is this task's; say so."""
+def in_hand(task_id: object) -> bool:
+    """Whether the job in hand is this task's, on the ORM broker, not yet acknowledged."""
     job = _in_hand
     if job is None or not job.get("ack_id") or job.get("func") != RUN_JOB:
         return False
     args: list[object] = list(job.get("args") or ())
-    if args != [str(task_id)] and args != [task_id]:
+    return args in ([str(task_id)], [task_id])
+
+
+def take(task_id: object) -> bool:
+    """In the claim's transaction: delete the job in hand if it is this task's; say so."""
+    job = _in_hand
+    if job is None or not in_hand(task_id):
         return False
     connection = connections[DEFAULT_DB_ALIAS]
     with connection.cursor() as cursor:

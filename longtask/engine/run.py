@@ -30,7 +30,7 @@ from longtask.exceptions import (
     RetryLater,
     TimeLimitExceeded,
 )
-from longtask.kinds import FanOutKind, IterativeKind, Kind, registry
+from longtask.kinds import TASK_KIND_PREFIX, FanOutKind, IterativeKind, Kind, registry
 from longtask.models import LongTask, SubTask
 from longtask.progress import ProgressRecord
 from longtask.serialize import JSON, JSONObject
@@ -94,7 +94,11 @@ def _keeps_runs(kind_name: str) -> bool:
 def _claim_and_run(task_id: str, queue: queues.Queue | None, slot: str) -> None:
     """Claim and run the task; ``queue`` and ``slot`` are the concurrency lease it holds
     (None and "" when no queue has limits)."""
-    claimed = states.claim(task_id, keep_runs=_keeps_runs)
+    claimed = states.claim(
+        task_id,
+        keep_runs=_keeps_runs,
+        runs_by_prefix=registry.runs_kept_only_under(TASK_KIND_PREFIX),
+    )
     if claimed is None:
         logger.info("LongTask id=%s not claimable (or not found); skipping", task_id)
         return

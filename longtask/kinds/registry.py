@@ -52,6 +52,13 @@ class KindRegistry:
                     return resolve(name)
         return kind
 
+    def runs_kept_only_under(self, prefix: str) -> bool:
+        """Whether only kinds named under ``prefix`` may keep runs: no other resolver, and
+        no kind registered with ``keeps_runs`` under another name."""
+        return all(other == prefix for other in self._resolvers) and not any(
+            kind.keeps_runs and not name.startswith(prefix) for name, kind in self._kinds.items()
+        )
+
     def __contains__(self, name: object) -> bool:
         return name in self._kinds
 

@@ -126,14 +126,19 @@ class Move:
     changes: dict[str, Any]
     statement: tuple[str, list[Any]] | None
 
-    def apply(self, *, progress_cached: bool = True) -> bool:
+    def apply(
+        self, *, progress_cached: bool = True, statement: tuple[str, list[Any]] | None = None
+    ) -> bool:
+        """Make the move; ``statement``, if given, is this move's UPDATE with more to it
+        (``tallies.after_move``), which changes rows only if the UPDATE moved its row."""
         target = TASK_TRANSITIONS[self.name].target
-        if self.statement is None:
+        statement = statement or self.statement
+        if statement is None:
             moved = task_rows(self.name, self.task_id, self.run).update(
                 status=target, **self.changes
             )
         else:  # the same UPDATE, its SQL prepared once (the hot path of every run)
-            moved = statements.execute(*self.statement)
+            moved = statements.execute(*statement)
         task_id = self.task_id
         if moved:
             finished = target in FINISHED_STATUSES

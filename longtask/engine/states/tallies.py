@@ -16,6 +16,7 @@ from typing import Any
 
 from django.db import connection
 
+from longtask.engine.states import statements
 from longtask.engine.states.common import CANCELLED, FAILED, SUCCEEDED, Run
 from longtask.models import RUN_BUCKETS, TOTALS, LongTask, TaskMinute
 from longtask.models.rollup import EVENTS, bucket_field
@@ -44,21 +45,33 @@ def add(kind: str, at: datetime.datetime, **counts: float) -> None:
 def prepare(kind: str, at: datetime.datetime, **counts: float) -> tuple[str, list[Any]] | None:
     """``add``'s statement and values (None when there is nothing to add), which a caller
     may prepare before its transaction and execute in it."""
+    names, params = _values(kind, at, counts)
+    if not names:
+        return None
+    return _upsert(connection.vendor, names), params
+
+
+def _values(
+    kind: str, at: datetime.datetime, counts: dict[str, float]
+) -> tuple[tuple[str, ...], list[Any]]:
+    """The counters named (in column order) and the values of the upsert's two rows."""
     unknown = set(counts) - set(_COUNTERS)
     if unknown:
         raise ValueError(f"no such counter: {sorted(unknown)}")
-    minute = at.astimezone(datetime.UTC).replace(second=0, microsecond=0)
+    minute = _minute(at)
     # Only the counters given are written (the rest keep their value, or their default
     # on a new row): a claim's statement names one counter, not all of them.
     names = tuple(name for name in _COUNTERS if name in counts)
-    if not names:
-        return None
     # The counters are plain numbers (integer and float columns take them as they are).
     values = [counts[name] for name in names]
     params: list[Any] = []
     for when in (minute, TOTALS):  # the minute first: every writer locks in this order
         params += [_moment(connection.vendor, when), kind, *values]
-    return _upsert(connection.vendor, names), params
+    return names, params
+
+
+def _minute(at: datetime.datetime) -> datetime.datetime:
+    return at.astimezone(datetime.UTC).replace(second=0, microsecond=0)
 
 
 @functools.lru_cache(maxsize=4)  # this minute's, the totals', and the last minute's
@@ -77,6 +90,13 @@ def _upsert(vendor: str, names: tuple[str, ...]) -> str:
     A new row gets 0 in the other counters (a literal: the columns have no database
     default); a row already there has only the counters named here set.
     """
+    into, marks, conflict = _parts(vendor, names)
+    return f"{into} VALUES ({marks}), ({marks}) {conflict}"
+
+
+@functools.cache
+def _parts(vendor: str, names: tuple[str, ...]) -> tuple[str, str, str]:
+    """The upsert's ``INSERT INTO ... (columns)``, one row's marks, its ``ON CONFLICT``."""
     quote = connection.ops.quote_name
     table = quote(TaskMinute._meta.db_table)
     columns = [quote(field.column) for field in _fields()]
@@ -85,9 +105,59 @@ def _upsert(vendor: str, names: tuple[str, ...]) -> str:
     increments = ", ".join(f"{column} = {table}.{column} + excluded.{column}" for column in given)
     # Only quoted names from the model's own _meta are interpolated; values are params.
     return (
-        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks}), ({marks}) "  # noqa: S608
-        f"ON CONFLICT ({columns[0]}, {columns[1]}) DO UPDATE SET {increments}"
+        f"INSERT INTO {table} ({', '.join(columns)})",
+        marks,
+        f"ON CONFLICT ({columns[0]}, {columns[1]}) DO UPDATE SET {increments}",
     )
+
+
+#: Vendors where a data-modifying statement can be a WITH query of another (PostgreSQL):
+#: a move and its count are then one statement, a transaction of its own in autocommit.
+ONE_STATEMENT = frozenset({"postgresql"})
+
+
+def after_move(
+    move: tuple[str, list[Any]], kind: str, at: datetime.datetime, **counts: float
+) -> tuple[str, list[Any]]:
+    """``move`` (a fenced UPDATE's statement) and ``add``'s count as one statement that
+    counts only if the UPDATE moved its row (its row count is then 2, else 0).
+    ``ONE_STATEMENT`` vendors only; ``counts`` must name a counter."""
+    update_sql, update_params = move
+    names, params = _values(kind, at, counts)
+    into, marks, conflict = _parts(connection.vendor, names)
+    sql = (
+        f"WITH moved AS ({update_sql} RETURNING 1) {into} "  # noqa: S608 (as in _parts)
+        f"SELECT * FROM (VALUES ({marks}), ({marks})) AS counts "
+        f"WHERE EXISTS (SELECT 1 FROM moved) {conflict}"
+    )
+    return sql, [*update_params, *params]
+
+
+def after_claim(
+    claim: tuple[str, list[Any]], at: datetime.datetime, **counts: float
+) -> tuple[str, list[Any]]:
+    """``claim`` (an ``UPDATE ... RETURNING`` of a task row) and a count of the claimed
+    row's kind, made only if the claim set its ``started_at`` to ``at`` (a first start),
+    as one statement returning what the claim returns. ``ONE_STATEMENT`` vendors only."""
+    claim_sql, claim_params = claim
+    names, params = _values("", at, counts)
+    values = params[2 : 2 + len(names)]
+    into, _, conflict = _parts(connection.vendor, names)
+    kind, started_at = statements.column("kind"), statements.column("started_at")
+    select = ", ".join(
+        [
+            "counts.minute",
+            f"claimed.{kind}",
+            *("%s" if name in names else "0" for name in _COUNTERS),
+        ]
+    )
+    sql = (
+        f"WITH claimed AS ({claim_sql}), counted AS ({into} SELECT {select} "  # noqa: S608
+        f"FROM claimed, (VALUES (%s), (%s)) AS counts (minute) "
+        f"WHERE claimed.{started_at} = %s {conflict}) SELECT * FROM claimed"
+    )
+    moments = [_moment(connection.vendor, when) for when in (_minute(at), TOTALS)]
+    return sql, [*claim_params, *values, *moments, _fields()[0].get_db_prep_save(at, connection)]
 
 
 def finished(
