@@ -5,7 +5,9 @@ moved the row: the counts commit with the change they count, or not at all. The 
 one statement, ``INSERT ... ON CONFLICT (minute, kind) DO UPDATE SET n = n + excluded.n``
 (what ``F("n") + 1`` would write, without a read or a second round trip to create the
 row), on two rows of ``TaskMinute``: the kind's current minute and its totals row. Both
-are locked until the transaction ends, always in that order.
+are locked until the transaction ends, always in that order. On PostgreSQL a run's
+claim and finish carry their count in their own statement instead (``after_claim``,
+``after_move``): a ``WITH`` query that counts only what it moved.
 """
 
 from __future__ import annotations
