@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import pytest
+from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
 import longtask
 from longtask import stats
 from longtask.dispatch import concurrency, queues
-from longtask.models import LongTask
+from longtask.engine.states import tallies
+from longtask.models import LongTask, TaskMinute
 from tests import broker
 from tests.conftest import user_with
 from tests.helpers import drain_queue
@@ -164,3 +166,11 @@ def test_queue_limits_and_leases_in_use_are_gauges(client, settings):
     assert (row["rate"], row["burst"], row["concurrency_in_use"]) == (20, 20, 1)
     concurrency.release_slot(queues.get("subtasks"), token)
     assert value(scrape(client), "longtask_queue_concurrency_in_use", queue="subtasks") == 0
+
+
+@pytest.mark.django_db
+def test_a_count_cannot_be_negative():
+    """The counters have no CHECK of their own (models.rollup): their one writer refuses."""
+    with pytest.raises(ValueError, match="negative"):
+        tallies.add("test-count", timezone.now(), succeeded=1, retried=-1)
+    assert not TaskMinute.objects.exists()

@@ -60,6 +60,8 @@ def _values(
     unknown = set(counts) - set(_COUNTERS)
     if unknown:
         raise ValueError(f"no such counter: {sorted(unknown)}")
+    if any(value < 0 for value in counts.values()):  # counters only grow (no CHECK on them)
+        raise ValueError(f"a count cannot be negative: {counts}")
     minute = _minute(at)
     # Only the counters given are written (the rest keep their value, or their default
     # on a new row): a claim's statement names one counter, not all of them.
