@@ -17,6 +17,10 @@ def format_bytes(size: int) -> str:
 
 def json_size(value: object) -> int:
     """Return the length of ``value``'s JSON as stored (ASCII-escaped, so bytes = characters)."""
+    if value is None:
+        return 4  # null: a no-op subtask's result, without writing it out
+    if type(value) is bool or (type(value) is int and -(10**18) < value < 10**18):
+        return len(str(value).lower())  # true, false, 12
     return len(dumps(value))
 
 

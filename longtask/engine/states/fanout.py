@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from uuid import UUID
 
-from django.db import connection, transaction
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -55,16 +55,16 @@ def _insert_subtasks(parent_id: UUID | str, first: int, batch: list[JSONObject])
         "token": "",
     }
     fields = [subtask_field(name) for name in (*fixed, "index", "parameters")]
+    db = connections[DEFAULT_DB_ALIAS]  # not the proxy: each of its reads is a Local lookup
     constant = [
-        f.get_db_prep_save(value, connection)
-        for f, value in zip(fields, fixed.values(), strict=False)
+        f.get_db_prep_save(value, db) for f, value in zip(fields, fixed.values(), strict=False)
     ]
     index_field, parameters_field = fields[-2:]
     rows = [
         [
             *constant,
-            index_field.get_db_prep_save(first + offset, connection),
-            parameters_field.get_db_prep_save(params, connection),
+            index_field.get_db_prep_save(first + offset, db),
+            parameters_field.get_db_prep_save(params, db),
         ]
         for offset, params in enumerate(batch)
     ]

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 from uuid import UUID
 
-from django.db import connection, transaction
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -165,8 +165,9 @@ def _update_running(fields: list[str], rows: list[list[object]]) -> int:
     if not rows:
         return 0
     columns = [subtask_field(name) for name in fields]
+    db = connections[DEFAULT_DB_ALIAS]  # not the proxy: each of its reads is a Local lookup
     params = [
-        [f.get_db_prep_save(value, connection) for f, value in zip(columns, row[:-2], strict=True)]
+        [f.get_db_prep_save(value, db) for f, value in zip(columns, row[:-2], strict=True)]
         + [row[-2], row[-1]]
         for row in rows
     ]
