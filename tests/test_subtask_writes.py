@@ -74,8 +74,15 @@ def test_a_split_batch_and_a_chunks_outcomes_take_a_statement_each_not_one_per_s
     kind = registry.get("test-squares-tolerant")
     task, _ = _split(n)
     assert SubTask.objects.filter(parent=task).count() == n
-    claimed = states.claim_subtasks(str(task.pk), 0, n - 1, None)
+    with executions() as seen:
+        claimed = states.claim_subtasks(str(task.pk), 0, n - 1, None)
+    assert [verb for verb in ("SELECT", "UPDATE") if _runs(seen, verb)] == ["UPDATE"], seen
+    assert _runs(seen, "UPDATE") == 1  # one UPDATE ... RETURNING claims the chunk
     assert len(claimed.rows) == n
+    assert [row[1] for row in claimed.rows] == list(range(n))  # in index order
+    assert {row[3] for row in claimed.rows} == {1}  # the attempt each is on
+    assert claimed.rows[5][2] == {"i": 5, "fail": False, "flaky": 0}
+    assert states.claim_subtasks(str(task.pk), 0, n - 1, None).rows == []  # running now
     outcomes = [
         states.Outcome(pk, i, attempt, 0.001, token=claimed.token, result={"square": i * i})
         for pk, i, _params, attempt in claimed.rows

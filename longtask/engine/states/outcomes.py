@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import datetime
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 from uuid import UUID
 
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
-from django.db.models import F
+from django.db.models import F, Field
 from django.utils import timezone
 
 from longtask.engine import enqueue, window
@@ -166,8 +166,14 @@ def _update_running(fields: list[str], rows: list[list[object]]) -> int:
         return 0
     columns = [subtask_field(name) for name in fields]
     db = connections[DEFAULT_DB_ALIAS]  # not the proxy: each of its reads is a Local lookup
+    # A value repeated down a column (the status, the finish time, a no-op's None) is
+    # prepared once: preparing each field of each row was most of a record's time.
+    memos: list[dict[tuple[type, object], object]] = [{} for _ in columns]
     params = [
-        [f.get_db_prep_save(value, db) for f, value in zip(columns, row[:-2], strict=True)]
+        [
+            _prepared(f, value, db, memo)
+            for f, value, memo in zip(columns, row[:-2], memos, strict=True)
+        ]
         + [row[-2], row[-1]]
         for row in rows
     ]
@@ -184,6 +190,20 @@ def _update_running(fields: list[str], rows: list[list[object]]) -> int:
             len(rows),
         )
     return moved
+
+
+def _prepared(
+    field: Field[Any, Any], value: object, db: Any, memo: dict[tuple[type, object], object]
+) -> object:
+    """``field.get_db_prep_save(value, db)``, kept in ``memo`` by the value and its type
+    (so that 1, 1.0 and True stay apart); a value that cannot be a key is prepared each time."""
+    try:
+        return memo[type(value), value]
+    except KeyError:
+        prepared = memo[type(value), value] = field.get_db_prep_save(value, db)
+        return prepared
+    except TypeError:  # unhashable: a list or dict result
+        return field.get_db_prep_save(value, db)
 
 
 def _fail_fast(parent: LongTask, kind: Kind, failure: Outcome) -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import datetime
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 from uuid import UUID
 
-from django.db import transaction
-from django.db.models import F, Q, QuerySet
+from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
+from django.db.models import F, JSONField, QuerySet
 from django.utils import timezone
 
 from longtask.engine import enqueue
@@ -23,6 +25,8 @@ from longtask.engine.states.common import (
     SUBTASK_TRANSITIONS,
     SUCCEEDED,
     new_token,
+    subtask_column,
+    subtask_field,
 )
 from longtask.models import FINISHED_STATUSES, LongTask, SubTask
 from longtask.serialize import JSONObject
@@ -82,35 +86,114 @@ class Claimed:
 def claim_subtasks(
     parent_id: UUID | str, first: int, last: int, indexes: Sequence[int] | None
 ) -> Claimed:
-    """Mark a chunk's claimable subtasks RUNNING under one new token."""
+    """Mark a chunk's claimable subtasks RUNNING under one new token.
+
+    One ``UPDATE ... RETURNING`` (a transaction of its own): the rows of the chunk that
+    are claimable at that instant, while the parent runs, move to RUNNING under the
+    token and come back as claimed. On PostgreSQL the rows are picked in index order by
+    a ``FOR UPDATE SKIP LOCKED`` subquery, so a chunk never waits for rows that another
+    claim, the sweeper or a retry holds (what the ORM's select_for_update did).
+    """
     now, claimed = timezone.now(), Claimed(new_token())
-    with transaction.atomic():
-        rows = SubTask.objects.filter(  # type: ignore[misc]
-            Q(status=QUEUED) | Q(due_at__isnull=True) | Q(due_at__lte=now + DUE_TOLERANCE),
-            parent_id=parent_id,
-            parent__status=RUNNING,
-            status__in=CLAIMABLE,
-        )
-        if indexes is not None:
-            rows = rows.filter(index__in=list(indexes))
-        else:
-            rows = rows.filter(index__gte=first, index__lte=last)
-        picked = list(
-            rows.select_for_update(skip_locked=True, of=("self",))
-            .order_by("index")
-            .values_list("pk", "index", "parameters", "attempts")
-        )
-        if picked:
-            SubTask.objects.filter(pk__in=[row[0] for row in picked], status__in=CLAIMABLE).update(
-                status=RUNNING,
-                token=claimed.token,
-                attempts=F("attempts") + 1,
-                started_at=now,
-                heartbeat_at=now,
-                worker=node_name(),
-            )
-    claimed.rows = [(pk, index, params, attempts + 1) for pk, index, params, attempts in picked]
+    db = connections[DEFAULT_DB_ALIAS]
+    sql = _claim_sql(db.vendor, None if indexes is None else len(indexes))
+    prep = functools.partial(_prep_column, db=db)
+    chosen = (
+        [prep("index", first), prep("index", last)]
+        if indexes is None
+        else [prep("index", index) for index in indexes]
+    )
+    picked = [  # which rows may be claimed
+        prep("parent", parent_id),
+        *CLAIMABLE,
+        QUEUED,
+        prep("due_at", now + DUE_TOLERANCE),
+        *chosen,
+        _task_pk(parent_id, db),
+        RUNNING,
+    ]
+    changes = [
+        RUNNING,
+        claimed.token,
+        prep("started_at", now),
+        prep("heartbeat_at", now),
+        node_name(),
+    ]
+    params = [*changes, *picked, *CLAIMABLE] if db.vendor == "postgresql" else [*changes, *picked]
+    with db.cursor() as cursor:
+        cursor.execute(sql, params)
+        returned = cursor.fetchall()
+    parameters = SubTask._meta.get_field("parameters")
+    assert isinstance(parameters, JSONField)
+    column = parameters.get_col(SubTask._meta.db_table)  # what the ORM passes its converter
+    claimed.rows = [
+        (pk, index, parameters.from_db_value(params_, column, db), attempts)
+        for pk, index, params_, attempts in returned
+    ]
+    claimed.rows.sort(key=lambda row: row[1])  # RETURNING keeps no order
     return claimed
+
+
+def _prep_column(name: str, value: object, db: Any) -> Any:
+    return subtask_field(name).get_db_prep_value(value, db, prepared=False)
+
+
+def _task_pk(task_id: UUID | str, db: Any) -> Any:
+    pk = LongTask._meta.pk
+    assert pk is not None
+    return pk.get_db_prep_value(pk.to_python(task_id), db)
+
+
+@functools.cache
+def _claim_sql(vendor: str, indexes: int | None) -> str:
+    """The claim's statement: of a range of indexes (``indexes`` None), or of so many."""
+    quote = connection.ops.quote_name
+    table, tasks = quote(SubTask._meta.db_table), quote(LongTask._meta.db_table)
+    col = {
+        name: subtask_column(subtask_field(name))
+        for name in (
+            "id",
+            "parent",
+            "status",
+            "due_at",
+            "index",
+            "token",
+            "attempts",
+            "started_at",
+            "heartbeat_at",
+            "worker",
+            "parameters",
+        )
+    }
+    task_id = quote(LongTask._meta.get_field("id").column)  # type: ignore[arg-type]
+    task_status = quote(LongTask._meta.get_field("status").column)  # type: ignore[arg-type]
+    claimable = ", ".join(["%s"] * len(CLAIMABLE))
+    chosen = (
+        f"{col['index']} BETWEEN %s AND %s"
+        if indexes is None
+        else f"{col['index']} IN ({', '.join(['%s'] * indexes)})"
+    )
+    picked = (
+        f"{col['parent']} = %s AND {col['status']} IN ({claimable}) "  # noqa: S608
+        f"AND ({col['status']} = %s OR {col['due_at']} IS NULL OR {col['due_at']} <= %s) "
+        f"AND {chosen} "
+        f"AND EXISTS (SELECT 1 FROM {tasks} "
+        f"WHERE {tasks}.{task_id} = %s AND {tasks}.{task_status} = %s)"
+    )
+    if vendor == "postgresql":
+        where = (
+            f"{col['id']} IN (SELECT {col['id']} FROM {table} WHERE {picked} "  # noqa: S608
+            f"ORDER BY {col['index']} FOR UPDATE SKIP LOCKED) AND {col['status']} IN ({claimable})"
+        )
+    else:  # SQLite: one writer at a time, no row locks to skip
+        where = picked
+    # Only quoted names from the models' own _meta are interpolated; values are params.
+    return (
+        f"UPDATE {table} SET {col['status']} = %s, {col['token']} = %s, "  # noqa: S608
+        f"{col['attempts']} = {col['attempts']} + 1, {col['started_at']} = %s, "
+        f"{col['heartbeat_at']} = %s, {col['worker']} = %s WHERE {where} "
+        f"RETURNING {col['id']}, {col['index']}, {col['parameters']}, {col['attempts']}"
+    )
 
 
 def beat_subtasks(token: str, pks: Sequence[int]) -> int:
