@@ -5,6 +5,11 @@ each time (Django binds parameters on the client, so nothing is prepared): for a
 of no-op subtasks that was most of the database's work per subtask. One multi-row
 INSERT, or one UPDATE joined to a VALUES list, per batch does the same writes.
 
+On PostgreSQL the rows go as one array per column, unnested by the statement: its text
+is the same for every batch, so it is prepared once per connection (``statements.cursor``)
+instead of a VALUES list of thousands of parameters that psycopg split and PostgreSQL
+parsed and planned anew each time.
+
 Only quoted column names from the model's own ``_meta`` are interpolated; every value is
 a parameter.
 """
@@ -17,6 +22,7 @@ from typing import Any
 from django.db import connection
 from django.db.models import Field
 
+from longtask.engine.states import statements
 from longtask.engine.states.common import subtask_column
 from longtask.models import SubTask
 
@@ -38,10 +44,26 @@ def _typed(expression: str, field: Field[Any, Any]) -> str:
     return expression
 
 
+def _arrays(fields: Sequence[Field[Any, Any]]) -> str:
+    """PostgreSQL: ``unnest`` of one array parameter per field, typed as its column."""
+    return "unnest(" + ", ".join(f"%s::{f.db_type(connection)}[]" for f in fields) + ")"
+
+
+def _columns(rows: Rows, width: int) -> list[list[Any]]:
+    return [[row[i] for row in rows] for i in range(width)]
+
+
 def insert(fields: Sequence[Field[Any, Any]], rows: Rows) -> None:
     """INSERT ``rows`` (values already prepared for the database, in ``fields`` order)."""
     table = connection.ops.quote_name(SubTask._meta.db_table)
     columns = ", ".join(subtask_column(f) for f in fields)
+    if connection.vendor == "postgresql" and rows:
+        with statements.cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO {table} ({columns}) SELECT * FROM {_arrays(fields)}",  # noqa: S608
+                _columns(rows, len(fields)),
+            )
+        return
     marks = "(" + ", ".join(["%s"] * len(fields)) + ")"
     with connection.cursor() as cursor:
         for batch in _batches(rows, len(fields)):
@@ -83,6 +105,17 @@ def update_where(
         else:
             where.append(f"{table}.{subtask_column(field)} = %s")
             fixed.append(value)
+    if connection.vendor == "postgresql":
+        key_fields = [key, *(field for field, value in conditions if value is None)]
+        sql = (
+            f"UPDATE {table} SET {assignments} "  # noqa: S608
+            f"FROM {_arrays([*fields, *key_fields])} "
+            f"AS v ({', '.join(name.removeprefix('v.') for name in names)}) "
+            f"WHERE {' AND '.join(where)}"
+        )
+        with statements.cursor() as cursor:
+            cursor.execute(sql, [*_columns(rows, width), *fixed])
+            return int(cursor.rowcount)
     marks = "(" + ", ".join(["%s"] * width) + ")"
     moved = 0
     with connection.cursor() as cursor:
