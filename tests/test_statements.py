@@ -11,6 +11,7 @@ from __future__ import annotations
 import sqlite3
 import uuid
 
+import psycopg
 import pytest
 from django.contrib.auth import get_user_model
 from django.db import connection, connections
@@ -240,3 +241,23 @@ def test_a_runs_statements_are_prepared_once_per_connection_on_postgresql(settin
         assert starts == ["INSERT INTO", "WITH claimed", "WITH moved"], prepared
     else:
         assert prepared == []
+
+
+@pytest.mark.skipif("connection.vendor != 'postgresql'")
+def test_a_hot_statement_after_a_lost_connection_runs_on_a_new_one():
+    """Django replaces a connection that fails its health check when a cursor is made:
+    the prepared statements' cursor is made on the connection that check leaves."""
+    task = longtask.start("test-count", {"n": 1})
+    states.claim(task.pk)  # the connection is open and has prepared its claim
+    second = longtask.start("test-count", {"n": 2})
+    connection.health_check_enabled = True  # CONN_HEALTH_CHECKS, as the demo sets it
+    try:
+        with psycopg.connect(**connection.get_connection_params()) as other:  # a restart
+            other.execute(
+                "SELECT pg_terminate_backend(%s)", [connection.connection.info.backend_pid]
+            )
+        connection.health_check_done = False  # as at the start of a request or a job
+        # One statement, no transaction first (whose BEGIN would check the connection).
+        assert states.claim(second.pk, runs_by_prefix=True) is not None
+    finally:
+        connection.health_check_enabled = False

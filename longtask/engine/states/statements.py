@@ -110,11 +110,12 @@ def cursor(db: BaseDatabaseWrapper = connection) -> CursorWrapper:
     """
     if db.vendor != "postgresql" or _Preparing is None or not settings.PREPARE_STATEMENTS:
         return db.cursor()
-    db.ensure_connection()
+    # Django's cursor first: it replaces a connection that failed its health check, and
+    # wraps the cursor as every other (query logging, execute_wrappers).
+    wrapper = db.cursor()
     raw = db.connection
     if raw.prepare_threshold is None:
         raw.prepare_threshold = _NEVER
-    wrapper = db.cursor()  # validates the connection and applies Django's wrappers
     wrapper.cursor.close()
     wrapper.cursor = _Preparing(raw)
     # As Django's create_cursor: the cursor's time zone, if the connection's differs.
