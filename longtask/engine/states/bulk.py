@@ -37,13 +37,6 @@ def _batches(rows: Rows, per_row: int) -> Iterator[Rows]:
         yield rows[start : start + size]
 
 
-def _typed(expression: str, field: Field[Any, Any]) -> str:
-    """On PostgreSQL a VALUES column has no type of its own (all NULL: text): cast it."""
-    if connection.vendor == "postgresql":
-        return f"CAST({expression} AS {field.db_type(connection)})"
-    return expression
-
-
 def _arrays(fields: Sequence[Field[Any, Any]]) -> str:
     """PostgreSQL: ``unnest`` of one array parameter per field, typed as its column."""
     return "unnest(" + ", ".join(f"%s::{f.db_type(connection)}[]" for f in fields) + ")"
@@ -93,7 +86,7 @@ def update_where(
     width = len(fields) + 1 + sum(value is None for _, value in conditions)
     names = [f"v.column{i}" for i in range(1, width + 1)]
     assignments = ", ".join(
-        f"{subtask_column(f)} = {_typed(name, f)}" for f, name in zip(fields, names, strict=False)
+        f"{subtask_column(f)} = {name}" for f, name in zip(fields, names, strict=False)
     )
     where = [f"{table}.{subtask_column(key)} = {names[len(fields)]}"]
     fixed: list[Any] = []

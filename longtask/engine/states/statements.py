@@ -46,20 +46,17 @@ def _field(name: str) -> Field[Any, Any]:
 
 def column(name: str) -> str:
     """The quoted column of the task's field ``name``."""
-    return _column(name)
-
-
-def _column(name: str) -> str:
-    column = _field(name).column
-    assert column is not None
-    return connection.ops.quote_name(column)
+    name_in_db = _field(name).column
+    assert name_in_db is not None
+    return connection.ops.quote_name(name_in_db)
 
 
 def _prep(name: str, value: object) -> Any:
     return _field(name).get_db_prep_save(value, connection)
 
 
-def _pk(task_id: UUID | str) -> Any:
+def task_pk(task_id: UUID | str) -> Any:
+    """A task's id (a UUID or its text) as the database takes it."""
     pk = _field("id")
     return pk.get_db_prep_value(pk.to_python(task_id), connection)
 
@@ -67,12 +64,12 @@ def _pk(task_id: UUID | str) -> Any:
 @functools.cache
 def _update_sql(vendor: str, names: tuple[str, ...], sources: int, fenced: bool, beat: bool) -> str:
     table = connection.ops.quote_name(_META.db_table)
-    sets = ", ".join(f"{_column(name)} = %s" for name in names)
-    where = [f"{_column('id')} = %s", f"{_column('status')} IN ({', '.join(['%s'] * sources)})"]
+    sets = ", ".join(f"{column(name)} = %s" for name in names)
+    where = [f"{column('id')} = %s", f"{column('status')} IN ({', '.join(['%s'] * sources)})"]
     if fenced:
-        where.append(f"{_column('token')} = %s")
+        where.append(f"{column('token')} = %s")
     if beat:
-        where.append(f"{_column('heartbeat_at')} = %s")
+        where.append(f"{column('heartbeat_at')} = %s")
     # Only quoted names from the model's own _meta are interpolated; values are params.
     return f"UPDATE {table} SET {sets} WHERE {' AND '.join(where)}"  # noqa: S608
 
@@ -90,7 +87,7 @@ def update_statement(
         connection.vendor, names, len(sources), token is not None, heartbeat_at is not None
     )
     params: list[Any] = [_prep(name, changes[name]) for name in names]
-    params += [_pk(task_id), *sources]
+    params += [task_pk(task_id), *sources]
     if token is not None:
         params.append(token)
     if heartbeat_at is not None:
@@ -196,24 +193,24 @@ def insert(task: LongTask) -> None:
 @functools.cache
 def _claim_sql(vendor: str, sources: int, append_run: bool) -> str:
     table = connection.ops.quote_name(_META.db_table)
-    started, status, runs = _column("started_at"), _column("status"), _column("runs")
+    started, status, runs = column("started_at"), column("status"), column("runs")
     sets = [
         f"{status} = %s",
-        f"{_column('token')} = %s",
-        f"{_column('attempts')} = {_column('attempts')} + 1",
+        f"{column('token')} = %s",
+        f"{column('attempts')} = {column('attempts')} + 1",
         f"{started} = COALESCE({started}, %s)",
-        f"{_column('heartbeat_at')} = %s",
-        f"{_column('next_attempt_at')} = NULL",
-        f"{_column('worker')} = %s",
+        f"{column('heartbeat_at')} = %s",
+        f"{column('next_attempt_at')} = NULL",
+        f"{column('worker')} = %s",
     ]
     if append_run:  # the entry joins ``runs`` when the kind's name has the prefix given
         sets.append(
-            f"{runs} = CASE WHEN substr({_column('kind')}, 1, %s) = %s "
+            f"{runs} = CASE WHEN substr({column('kind')}, 1, %s) = %s "
             f"THEN {_APPEND[vendor].format(runs=runs)} ELSE {runs} END"
         )
     return (
         f"UPDATE {table} SET {', '.join(sets)} "  # noqa: S608 (names from _meta; values are params)
-        f"WHERE {_column('id')} = %s AND {status} IN ({', '.join(['%s'] * sources)}) "
+        f"WHERE {column('id')} = %s AND {status} IN ({', '.join(['%s'] * sources)}) "
         f"RETURNING {rows.columns()}"
     )
 
@@ -251,7 +248,7 @@ def claim_statement(
     if run_entry is not None:
         prefix, entry = run_entry
         params += [len(prefix), prefix, json.dumps(entry)]
-    params += [_pk(task_id), *sources]
+    params += [task_pk(task_id), *sources]
     return sql, params
 
 

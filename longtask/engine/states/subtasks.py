@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from longtask.engine import enqueue
 from longtask.engine.heartbeat import node_name
+from longtask.engine.states import statements
 from longtask.engine.states.common import (
     CANCELLED,
     CLAIMABLE,
@@ -109,7 +110,7 @@ def claim_subtasks(
         QUEUED,
         prep("due_at", now + DUE_TOLERANCE),
         *chosen,
-        _task_pk(parent_id, db),
+        statements.task_pk(parent_id),
         RUNNING,
     ]
     changes = [
@@ -136,12 +137,6 @@ def claim_subtasks(
 
 def _prep_column(name: str, value: object, db: Any) -> Any:
     return subtask_field(name).get_db_prep_value(value, db, prepared=False)
-
-
-def _task_pk(task_id: UUID | str, db: Any) -> Any:
-    pk = LongTask._meta.pk
-    assert pk is not None
-    return pk.get_db_prep_value(pk.to_python(task_id), db)
 
 
 @functools.cache

@@ -57,21 +57,25 @@ def _values(
     kind: str, at: datetime.datetime, counts: dict[str, float]
 ) -> tuple[tuple[str, ...], list[Any]]:
     """The counters named (in column order) and the values of the upsert's two rows."""
+    names, values = _named(counts)
+    params: list[Any] = []
+    for when in (_minute(at), TOTALS):  # the minute first: every writer locks in this order
+        params += [_moment(connection.vendor, when), kind, *values]
+    return names, params
+
+
+def _named(counts: dict[str, float]) -> tuple[tuple[str, ...], list[float]]:
+    """The counters named, in column order, and their amounts (checked)."""
     unknown = set(counts) - set(_COUNTERS)
     if unknown:
         raise ValueError(f"no such counter: {sorted(unknown)}")
     if any(value < 0 for value in counts.values()):  # counters only grow (no CHECK on them)
         raise ValueError(f"a count cannot be negative: {counts}")
-    minute = _minute(at)
     # Only the counters given are written (the rest keep their value, or their default
     # on a new row): a claim's statement names one counter, not all of them.
     names = tuple(name for name in _COUNTERS if name in counts)
     # The counters are plain numbers (integer and float columns take them as they are).
-    values = [counts[name] for name in names]
-    params: list[Any] = []
-    for when in (minute, TOTALS):  # the minute first: every writer locks in this order
-        params += [_moment(connection.vendor, when), kind, *values]
-    return names, params
+    return names, [counts[name] for name in names]
 
 
 def _minute(at: datetime.datetime) -> datetime.datetime:
@@ -144,8 +148,7 @@ def after_claim(
     row's kind, made only if the claim set its ``started_at`` to ``at`` (a first start),
     as one statement returning what the claim returns. ``ONE_STATEMENT`` vendors only."""
     claim_sql, claim_params = claim
-    names, params = _values("", at, counts)
-    values = params[2 : 2 + len(names)]
+    names, values = _named(counts)
     into, _, conflict = _parts(connection.vendor, names)
     kind, started_at = statements.column("kind"), statements.column("started_at")
     select = ", ".join(
