@@ -16,6 +16,7 @@ Each transition is one conditional UPDATE from the statuses in ``TASK_TRANSITION
   Redis it is pushed after the commit and the sweeper re-dispatches a lost one).
 """
 
+from longtask.engine.states.actions import cancel, requeue
 from longtask.engine.states.common import (
     CLAIMABLE,
     DUE_TOLERANCE,
@@ -42,7 +43,6 @@ from longtask.engine.states.subtasks import (
 )
 from longtask.engine.states.tasks import (
     beat,
-    cancel,
     claim,
     continue_later,
     defer,
@@ -50,7 +50,6 @@ from longtask.engine.states.tasks import (
     finish_cancelled,
     holds,
     move_cursor,
-    requeue,
     schedule_retry,
     succeed,
 )
