@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import http.cookiejar
 import json
@@ -113,6 +114,23 @@ def server_processes(port: int, data_dir: Path) -> list[int]:
     return pids
 
 
+def websocket_extensions(base: str, status_path: str) -> tuple[str, str | None]:
+    """Follow a task's websocket as a browser would (offering compression); return the
+    snapshot's status and the extensions the server agreed to."""
+    from websockets.asyncio.client import connect
+
+    async def follow() -> tuple[str, str | None]:
+        task_id = status_path.strip("/").split("/")[-1]
+        url = base.replace("http://", "ws://") + f"/ws/tasks/{task_id}/"
+        async with connect(url, origin=base, proxy=None) as ws:
+            snapshot = json.loads(await ws.recv())
+            return snapshot["document"]["status"], ws.response.headers.get(
+                "Sec-WebSocket-Extensions"
+            )
+
+    return asyncio.run(follow())
+
+
 def test_make_run_serves_stops_on_ctrl_c_and_keeps_results(tmp_path):
     port = free_port()
     data_dir = tmp_path / "var"
@@ -156,6 +174,9 @@ def test_make_run_serves_stops_on_ctrl_c_and_keeps_results(tmp_path):
         assert status == 200 and "2026-10-31" in html
         status, headers, csv = browser.request(status_path + "download/")
         assert status == 200 and csv.startswith("date,invoices,net,vat,gross")
+        # Live frames go uncompressed: with a thousand watchers, compressing each frame
+        # once per socket was the web process's biggest cost (docs/deployment.md).
+        assert websocket_extensions(browser.base, status_path) == ("SUCCEEDED", None)
         ctrl_c(run)
     finally:
         if run.poll() is None:
