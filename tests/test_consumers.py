@@ -122,6 +122,7 @@ def test_snapshot_progress_and_final_status_of_a_plain_task():
         frames = await frames_until(ws, final)
         assert frames[-1]["status"] == "SUCCEEDED"
         assert frames[-1]["document"]["result"] == {"rows": []}
+        assert frames[-1]["document"]["status_url"] == f"http://127.0.0.1/tasks/{task.pk}/"
         assert frames[-1]["document"]["progress"]["percent"] == 100
         assert await close_code(ws) == 1000
 
@@ -259,6 +260,55 @@ def test_client_messages_ping_unknown_and_malformed():
         assert (await ws.receive_json_from(TIMEOUT))["type"] == "error"
         await ws.send_to(text_data=json.dumps(["not", "an", "object"]))
         assert await close_code(ws) == 4400
+
+    run(scenario)
+
+
+def test_a_socket_s_messages_take_no_hop_to_the_database_thread(monkeypatch):
+    """channels' consumers close stale connections before each message, a hop to the one
+    database thread each, where the watchers' reads queue behind them; this one does not.
+    """
+    hops: list[str] = []
+
+    async def counted() -> None:
+        hops.append("close_old_connections")
+
+    for module in ("channels.consumer", "channels.generic.websocket"):
+        monkeypatch.setattr(f"{module}.aclose_old_connections", counted)
+    task = longtask.start("report", {"month": "2026-10"})
+
+    async def scenario() -> None:
+        ws = socket(f"/ws/tasks/{task.pk}/")
+        assert (await ws.connect(TIMEOUT))[0]
+        await ws.receive_json_from(TIMEOUT)
+        for _ in range(3):
+            await ws.send_json_to({"type": "ping"})
+            assert await ws.receive_json_from(TIMEOUT) == {"type": "pong"}
+        await ws.disconnect()
+
+    run(scenario)
+    assert hops == []
+
+
+def test_the_final_status_links_to_the_host_each_socket_used():
+    task = longtask.start("report", {"month": "2026-10"})
+
+    async def scenario() -> None:
+        sockets = []
+        for host in (b"127.0.0.1", b"localhost"):
+            ws = WebsocketCommunicator(
+                application,
+                f"/ws/tasks/{task.pk}/",
+                headers=[(b"host", host), (b"origin", b"http://" + host)],
+            )
+            assert (await ws.connect(TIMEOUT))[0]
+            await ws.receive_json_from(TIMEOUT)
+            sockets.append(ws)
+        run_ = await database_sync_to_async(claim)(task)
+        await database_sync_to_async(states.succeed)(run_, {"rows": []}, None)
+        for ws, host in zip(sockets, ("127.0.0.1", "localhost"), strict=True):
+            frames = await frames_until(ws, final)
+            assert frames[-1]["document"]["status_url"] == f"http://{host}/tasks/{task.pk}/"
 
     run(scenario)
 

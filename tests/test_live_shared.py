@@ -163,6 +163,20 @@ def test_subscribers_sent_the_same_get_the_same_frames_encoded_once():
     assert len(merged[0]["events"]) == 3 and len(sent[0][0]["events"]) == 2
 
 
+def test_a_shared_frame_is_encoded_once_per_origin():
+    document = {"status": "SUCCEEDED", "status_url": "/tasks/abc/", "result": [1, 2]}
+    frame = live.SharedFrame(live.status_frame("SUCCEEDED", document))
+    here = to_json(frame, "http://127.0.0.1")
+    assert to_json(frame, "http://127.0.0.1") is here  # once for all its sockets
+    assert '"status_url":"http://127.0.0.1/tasks/abc/"' in here
+    assert '"status_url":"https://example.com/tasks/abc/"' in to_json(frame, "https://example.com")
+    assert '"status_url":"/tasks/abc/"' in to_json(frame)
+    assert frame["document"]["status_url"] == "/tasks/abc/"  # the queued frame unchanged
+    # A frame without a link has one encoding, whatever the origin.
+    plain = live.SharedFrame(subtasks_frame([{"type": "subtask", "index": 0}], 1))
+    assert to_json(plain, "http://a") is to_json(plain, "http://b")
+
+
 class FlakyLayer:
     """A channel layer whose first read fails, as Redis timing out a read did."""
 

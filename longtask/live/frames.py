@@ -39,24 +39,46 @@ GONE: Frame = {"type": "gone"}
 
 
 class SharedFrame(dict[str, Any]):
-    """A frame queued for many clients as it is: its JSON is encoded once, for all of them.
+    """A frame queued for many clients as it is: its JSON is encoded once, for all of them
+    (once per origin, when it holds a document whose link is made absolute).
 
     Never changed once queued (``coalesce`` merges into copies).
     """
 
-    __slots__ = ("_json",)
-    _json: str
+    __slots__ = ("_encoded",)
+    _encoded: dict[str, str]
 
 
-def to_json(frame: Frame) -> str:
-    """Return ``frame`` as compact JSON text: ASCII, on one line."""
+def _relative_link(frame: Frame) -> bool:
+    document = frame.get("document")
+    return document is not None and str(document.get("status_url", "")).startswith("/")
+
+
+def _encode(frame: Frame, origin: str) -> str:
+    if origin and _relative_link(frame):
+        # As the JSON endpoint does: a link a terminal or another site can follow.
+        document = frame["document"]
+        frame = {**frame, "document": {**document, "status_url": origin + document["status_url"]}}
+    return json.dumps(frame, separators=(",", ":"))
+
+
+def to_json(frame: Frame, origin: str = "") -> str:
+    """Return ``frame`` as compact JSON text: ASCII, on one line.
+
+    ``origin`` ("https://example.com"): a document's relative ``status_url`` is made
+    absolute under it. A shared frame is encoded once for all the clients of one origin.
+    """
     if not isinstance(frame, SharedFrame):
-        return json.dumps(frame, separators=(",", ":"))
+        return _encode(frame, origin)
+    key = origin if _relative_link(frame) else ""
     try:
-        return frame._json
+        encoded = frame._encoded
     except AttributeError:  # the first of its clients
-        frame._json = json.dumps(frame, separators=(",", ":"))
-        return frame._json
+        encoded = frame._encoded = {}
+    text = encoded.get(key)
+    if text is None:
+        text = encoded[key] = _encode(frame, key)
+    return text
 
 
 def coalesce(frames: list[Frame], limit: int = MAX_SUBTASKS_PER_TICK) -> list[Frame]:

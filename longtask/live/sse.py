@@ -153,11 +153,8 @@ async def stream(
 
 def encode(request: HttpRequest, frame: live.Frame) -> bytes:
     """Return ``frame`` as one Server-Sent Event (JSON on one ``data`` line)."""
-    document = frame.get("document")
-    if document and str(document.get("status_url", "")).startswith("/"):
-        # As the JSON endpoint and the websocket do: a link a terminal can follow.
-        url = request.build_absolute_uri(document["status_url"])
-        frame = {**frame, "document": {**document, "status_url": url}}
     head = f"id: {frame['cursor']}\n" if "cursor" in frame else ""
-    data = to_json(frame)  # ASCII, no newline: one line
+    # ASCII, no newline: one line. The document's link made absolute, as the JSON
+    # endpoint and the websocket make it.
+    data = to_json(frame, f"{request.scheme}://{request.get_host()}")
     return f"{head}event: {frame['type']}\ndata: {data}\n\n".encode()
