@@ -19,10 +19,11 @@ With ``--others N`` the quilt runs beside N other 10x10 quilts, each followed by
 of 10 other tasks"); the table then has a row for the quilt's watchers, one for the
 others' and one for all.
 
-On the embedded default (DATABASE_URL and REDIS_URL are ignored) the web process polls
-the database for its watchers; with ``--services`` everything runs on a scratch
-PostgreSQL database and Redis database, as bench/fanout.py does, and workers push
-each change through the channel layer.
+On the embedded default (DATABASE_URL and REDIS_URL are ignored) workers push each
+change to the web processes by a datagram (longtask/progress/local.py; the web processes
+poll every LONGTASK_LIVE_INTERVAL with LONGTASK_LIVE_LOCAL_PUSH off); with
+``--services`` everything runs on a scratch PostgreSQL database and Redis database, as
+bench/fanout.py does, and workers push each change through the channel layer.
 """
 
 from __future__ import annotations

@@ -100,6 +100,10 @@ class Settings:
     #: With a channel layer, the least time between two reads of one watched task: the
     #: pushes that arrive meanwhile are served by one read (seconds).
     LIVE_PUSH_INTERVAL: float = 0.1
+    #: On SQLite, workers send each change to the web processes of their machine (a
+    #: datagram through a socket beside the database), which then read at once instead
+    #: of polling every LIVE_INTERVAL (longtask/progress/local.py).
+    LIVE_LOCAL_PUSH: bool = True
     #: Seconds between two refreshes of the status page without JavaScript.
     REFRESH_SECONDS: int = 2
     # Abuse limits (see SECURITY.md). They apply to web and CLI starts, not to

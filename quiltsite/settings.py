@@ -236,6 +236,12 @@ LONGTASK_MAX_QUEUED_SUBTASKS = env_int("LONGTASK_MAX_QUEUED_SUBTASKS", 100_000)
 # no window, every square queued at the split).
 if os.environ.get("LONGTASK_FANOUT_WINDOW_JOBS"):
     LONGTASK_FANOUT_WINDOW_JOBS = env_int("LONGTASK_FANOUT_WINDOW_JOBS", 0)
+# Seconds between a watched task's reads when nothing pushes its changes, and between
+# its reads anyway when something does (longtask's defaults: 0.3 and 5).
+if os.environ.get("LONGTASK_LIVE_INTERVAL"):
+    LONGTASK_LIVE_INTERVAL = float(os.environ["LONGTASK_LIVE_INTERVAL"])
+if os.environ.get("LONGTASK_LIVE_FALLBACK"):
+    LONGTASK_LIVE_FALLBACK = float(os.environ["LONGTASK_LIVE_FALLBACK"])
 # /metrics answers a scraper sending "Authorization: Bearer <this token>" (and staff
 # sessions that may view all tasks); unset, no token gets in.
 LONGTASK_METRICS_TOKEN = os.environ.get("LONGTASK_METRICS_TOKEN", "").strip() or None

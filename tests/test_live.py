@@ -160,14 +160,14 @@ def serving(base: str) -> bool:
 
 
 @contextmanager
-def daphne(log_path: Path) -> Iterator[str]:
+def daphne(log_path: Path, **env: str) -> Iterator[str]:
     """Serve the site with a real daphne on a free port; yield its base URL."""
     port = free_port()
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
             [*DAPHNE, "-p", str(port), "quiltsite.asgi:application"],
             cwd=ROOT,
-            env=process_env(),
+            env=process_env(**env),
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -270,3 +270,24 @@ def test_real_daphne_sends_every_square_of_a_quilt_once_and_the_end(tmp_path):
     live_events = [f for f in steady.frames[1:] if f["type"] == "subtasks"]
     assert live_events, "no subtask arrived while the quilt was running"
     assert LongTask.objects.filter(pk=task.pk).exists()
+
+
+@pytest.mark.integration
+@pytest.mark.django_db(transaction=True)
+def test_real_workers_push_each_change_to_the_web_process(tmp_path):
+    """The web process reads a watched task when a worker says it changed, not by polling:
+    here it would poll every ten minutes. Through Redis on the service pass, else through
+    this machine's datagrams (longtask/progress/local.py)."""
+    task = longtask.start("quilt", {"rows": 5, "cols": 5, "work_ms": 50})
+    never = {"LONGTASK_LIVE_INTERVAL": "600", "LONGTASK_LIVE_FALLBACK": "600"}
+    with daphne(tmp_path / "daphne.log", **never) as base:
+        follower = Follower(base, task.pk)
+        assert follower.ready.wait(DEADLINE) and follower.error is None, follower.error
+        with workers(tmp_path):
+            follower.thread.join(DEADLINE)
+            assert not follower.thread.is_alive(), (tmp_path / "daphne.log").read_text()[-3000:]
+    assert follower.error is None, follower.error
+    assert sorted(follower.indexes()) == list(range(25))
+    assert follower.final()["status"] == "SUCCEEDED"
+    # Squares arrived while the quilt ran, in several frames (not all with the end).
+    assert len([f for f in follower.frames if f["type"] == "subtasks"]) > 1

@@ -1,4 +1,5 @@
-"""The web side of the workers' pushes: one channel-layer subscription per watched task.
+"""The web side of the workers' pushes: one channel-layer subscription per watched task
+(or, on SQLite, this process's datagram socket: ``LocalListener``).
 
 A watcher (``longtask.live.watcher``) listens to its task's group through one channel of
 the layer, whatever the number of clients it serves: the consumers themselves hold no
@@ -17,7 +18,7 @@ from uuid import UUID
 from channels.layers import BaseChannelLayer, get_channel_layer
 
 from longtask.conf import settings
-from longtask.progress import push
+from longtask.progress import local, push
 
 logger = logging.getLogger("longtask")
 
@@ -91,3 +92,29 @@ class Listener:
 
     def stop(self) -> None:
         self.task.cancel()
+
+
+class LocalListener:
+    """Sets ``changed`` whenever a worker of this machine sends a change of one task.
+
+    Through this process's datagram socket (longtask/progress/local.py), shared by the
+    watchers of every task; polls (``subscribed`` False) when it could not be bound.
+    """
+
+    def __init__(self, task_id: UUID, changed: asyncio.Event) -> None:
+        self.task_id = task_id
+        self.changed = changed
+        self.receiver = local.receiver()
+        if self.receiver is not None:
+            self.receiver.add(task_id, changed)
+        # Bound before the watcher's first read: a change after that read is sent here.
+        self.ready = asyncio.Event()
+        self.ready.set()
+
+    @property
+    def subscribed(self) -> bool:
+        return self.receiver is not None and self.receiver.open
+
+    def stop(self) -> None:
+        if self.receiver is not None:
+            self.receiver.discard(self.task_id, self.changed)

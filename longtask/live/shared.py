@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 def hold() -> float:
     """Return how long (seconds) a finished read still serves: one tick of a watcher."""
-    return float(settings.LIVE_PUSH_INTERVAL if push.enabled() else settings.LIVE_INTERVAL)
+    return float(settings.LIVE_PUSH_INTERVAL if push.pushed() else settings.LIVE_INTERVAL)
 
 
 @dataclass

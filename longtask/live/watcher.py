@@ -7,12 +7,13 @@ subscriber's queue. Each subscriber has its own cursor, so a slow client gets
 bigger frames later, never fewer events. Subscribers that had been sent the same
 get the same frames, built and encoded once.
 
-When a tick happens: without a channel layer that crosses processes (the embedded
-default), every LONGTASK_LIVE_INTERVAL seconds. With one (channels_redis), the
-watcher's listener (``longtask.live.listener``) joins the task's group and the watcher
-ticks when a worker says the task changed (longtask/progress/push.py), at most once per
-LONGTASK_LIVE_PUSH_INTERVAL, so a burst of changes is coalesced into one read; it also
-reads every LONGTASK_LIVE_FALLBACK seconds in case a message was lost.
+When a tick happens: when a worker says the task changed, at most once per
+LONGTASK_LIVE_PUSH_INTERVAL, so a burst of changes is coalesced into one read; and every
+LONGTASK_LIVE_FALLBACK seconds in case a message was lost. The watcher's listener
+(``longtask.live.listener``) hears the workers: through the channel layer when one
+crosses processes (channels_redis; longtask/progress/push.py), else, on SQLite, through
+this machine's datagrams (longtask/progress/local.py). Without either (or while the
+listener is failing), every LONGTASK_LIVE_INTERVAL seconds.
 """
 
 from __future__ import annotations
@@ -38,9 +39,9 @@ from longtask.live.frames import (
     status_frame,
     subtasks_frame,
 )
-from longtask.live.listener import Listener
+from longtask.live.listener import Listener, LocalListener
 from longtask.live.reads import State, read_snapshot, read_subtasks, read_tick
-from longtask.progress import push
+from longtask.progress import local, push
 
 logger = logging.getLogger("longtask")
 
@@ -117,9 +118,11 @@ class Watcher:
         self.reads = 0
         self.changed = asyncio.Event()
         #: Listens to the workers' pushes, if they push (a channel layer crosses processes).
-        self.listener: Listener | None = None
+        self.listener: Listener | LocalListener | None = None
         if push.enabled():
             self.listener = Listener(task_id, self.changed)
+        elif local.enabled():
+            self.listener = LocalListener(task_id, self.changed)
         self.runner = self.loop.create_task(self.run(), name=f"longtask-live-{task_id}")
 
     async def run(self) -> None:

@@ -31,6 +31,7 @@ from channels.layers import BaseChannelLayer, get_channel_layer
 from django.core.cache import BaseCache, caches
 
 from longtask.conf import settings
+from longtask.progress import local
 
 logger = logging.getLogger("longtask")
 
@@ -53,8 +54,13 @@ def _layer() -> BaseChannelLayer | None:
 
 
 def enabled() -> bool:
-    """Say whether changes are pushed (a channel layer crosses processes)."""
+    """Say whether changes are pushed through a channel layer (one that crosses processes)."""
     return _layer() is not None
+
+
+def pushed() -> bool:
+    """Say whether changes are pushed at all: by the channel layer, or on this machine."""
+    return enabled() or local.enabled()
 
 
 #: How long one message may take to be sent before the sender gives up on it.
@@ -154,7 +160,8 @@ def notify(task_id: UUID | str) -> None:
     change after that sends anew.
     """
     layer = _layer()
-    if layer is None:
+    if layer is None:  # no channel layer: this machine's web processes, if any listen
+        local.notify(task_id)
         return
     with contextlib.suppress(RuntimeError):  # the loop is closed: the process is ending
         _sender_loop().call_soon_threadsafe(_schedule, layer, str(task_id))
