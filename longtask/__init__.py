@@ -9,6 +9,7 @@ The public API is importable from here once Django is set up::
 
 from __future__ import annotations
 
+from importlib import import_module
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # what __getattr__ below hands out, for the type checker
@@ -69,7 +70,5 @@ _LAZY = {
 def __getattr__(name: str) -> object:
     # Lazy, so that listing "longtask" in INSTALLED_APPS does not import models early.
     if name in _LAZY:
-        from importlib import import_module
-
         return getattr(import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'longtask' has no attribute {name!r}")
