@@ -137,3 +137,26 @@ def test_a_whole_fan_out_completes_under_the_default_window():
     drain_queue()
     task.refresh_from_db()
     assert task.status == Status.SUCCEEDED and task.subtasks_done == 1500
+
+
+@override_settings(LONGTASK_FANOUT_WINDOW_JOBS=2, LONGTASK_MAX_CHUNK_SIZE=500)
+def test_quick_subtasks_go_in_whole_chunks_while_many_wait_then_spread_at_the_end():
+    """A chunk job costs its dispatch (a poll of the broker, a claim, a record) whatever
+    its size: while thousands wait, quick subtasks go MAX_CHUNK_SIZE a job (they went a
+    quarter of that, as if only MAX_CHUNK_SIZE waited); the last ones are spread so that
+    every worker gets some."""
+    (task,) = _split(6000)
+    sizes: dict[tuple[int, int], int] = {}
+    while True:
+        for package, _eta in broker.jobs():
+            args = package["args"]
+            if len(args) >= 3 and args[0] == str(task.pk):  # its chunk jobs
+                sizes[(args[1], args[2])] = len(_indexes(args))
+        if not broker.run_next():
+            break
+    task.refresh_from_db()
+    assert task.status == Status.SUCCEEDED and task.subtasks_done == 6000
+    in_order = [size for _span, size in sorted(sizes.items())]
+    assert sum(in_order) == 6000  # each subtask in one job
+    assert max(in_order) == 500
+    assert in_order[-1] < 500

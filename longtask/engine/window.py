@@ -30,15 +30,19 @@ def window_jobs() -> int:
     return 2 * max(1, settings.SUBTASK_PARALLELISM) if jobs is None else jobs
 
 
-def chunk(kind: FanOutKind, task: LongTask) -> int:
-    """Subtasks per chunk job of the window: sized by the observed durations."""
-    return enqueue.chunk_size(kind, task, settings.MAX_CHUNK_SIZE) or enqueue.INITIAL_CHUNK_SIZE
+def chunk(kind: FanOutKind, task: LongTask, waiting: int) -> int:
+    """Subtasks per chunk job of the window: sized by the observed durations, and small
+    enough that the ``waiting`` subtasks leave work for every worker."""
+    return enqueue.chunk_size(kind, task, waiting) or enqueue.INITIAL_CHUNK_SIZE
 
 
 def window_subtasks(kind: FanOutKind, task: LongTask) -> int | None:
-    """Subtasks a fan-out may have dispatched and unfinished; None: no window."""
+    """Most subtasks a fan-out may have dispatched and unfinished; None: no window.
+
+    (A chunk is largest while the most subtasks wait: at the start.)
+    """
     jobs = window_jobs()
-    return jobs * chunk(kind, task) if jobs else None
+    return jobs * chunk(kind, task, task.subtasks_total) if jobs else None
 
 
 def refill(task: LongTask, kind: FanOutKind) -> int:
@@ -58,7 +62,7 @@ def refill(task: LongTask, kind: FanOutKind) -> int:
     upto, done, total = row
     if not window_jobs():  # no window: everything saved goes at once
         return _dispatch(task, kind, upto, total - upto, None)
-    size = chunk(kind, task)
+    size = chunk(kind, task, total - upto)
     room = min(total - upto, window_jobs() * size - (upto - done))
     count = room if upto + room == total else room // size * size
     return _dispatch(task, kind, upto, count, size) if count > 0 else 0
