@@ -15,10 +15,13 @@ from typing import Any
 
 import psycopg
 import pytest
-from django.db import connection
+from django.db import connection, transaction
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import longtask
 from longtask.engine import states
+from longtask.engine.states import fanout
 from longtask.kinds import registry
 from longtask.models import LongTask, Status, SubTask
 from tests import broker
@@ -173,3 +176,35 @@ def literal_statements() -> Iterator[list[str]]:
 
     with connection.execute_wrapper(keep):
         yield seen
+
+
+_TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"))
+# (jsonb keeps numbers as numerics: a whole float comes back an int, on any path.)
+_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**53), 2**53)
+    | st.floats(allow_nan=False, allow_infinity=False).filter(lambda x: not x.is_integer())
+    | _TEXT,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_TEXT, inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(batch=st.lists(st.dictionaries(_TEXT, _JSON, max_size=4), min_size=1, max_size=30))
+def test_a_split_batch_saves_each_parameters_as_given_numbered_in_order(batch):
+    """Quotes, backslashes, braces, commas and any Unicode survive the batch's INSERT (on
+    PostgreSQL a text array cast row by row to jsonb), and each row gets its index."""
+    parent = longtask.start("test-squares", {"n": 1})
+    first = 7
+    with transaction.atomic():
+        fanout._insert_subtasks(parent.pk, first, batch)
+    saved = list(
+        SubTask.objects.filter(parent=parent).order_by("index").values_list("index", "parameters")
+    )
+    assert saved == [(first + i, params) for i, params in enumerate(batch)]
+    assert set(SubTask.objects.filter(parent=parent).values_list("status", flat=True)) == {"QUEUED"}
+    parent.delete()

@@ -64,6 +64,32 @@ def insert(fields: Sequence[Field[Any, Any]], rows: Rows) -> None:
             cursor.execute(sql, [value for row in batch for value in row])
 
 
+def insert_numbered(
+    fixed: Sequence[tuple[Field[Any, Any], Any]],
+    index: Field[Any, Any],
+    first: int,
+    document: Field[Any, Any],
+    texts: Sequence[str],
+) -> None:
+    """PostgreSQL: INSERT a row per JSON text of ``texts``, as ``document``; ``index``
+    numbered from ``first``; the ``fixed`` values (prepared) the same in every row.
+
+    One array parameter, the texts: sent as arrays, the values repeated down the other
+    columns were most of psycopg's work for a split (quoting each element of each).
+    """
+    table = connection.ops.quote_name(SubTask._meta.db_table)
+    columns = ", ".join(subtask_column(f) for f in (*(f for f, _ in fixed), index, document))
+    values = ", ".join(f"%s::{f.db_type(connection)}" for f, _ in fixed)
+    sql = (
+        f"INSERT INTO {table} ({columns}) "  # noqa: S608
+        f"SELECT {values}, (%s::bigint + u.n - 1)::{index.db_type(connection)}, "
+        f"u.text::{document.db_type(connection)} "
+        "FROM unnest(%s::text[]) WITH ORDINALITY AS u (text, n)"
+    )
+    with statements.cursor() as cursor:
+        cursor.execute(sql, [*(value for _, value in fixed), first, list(texts)])
+
+
 def update_where(
     fields: Sequence[Field[Any, Any]],
     rows: Rows,

@@ -20,7 +20,7 @@ from longtask.engine.states.common import (
 from longtask.kinds import FanOutKind
 from longtask.models import LongTask
 from longtask.progress import push
-from longtask.serialize import JSONObject
+from longtask.serialize import JSONObject, dumps
 
 
 def save_split_batch(run: Run, task: LongTask, kind: FanOutKind, batch: list[JSONObject]) -> bool:
@@ -60,6 +60,12 @@ def _insert_subtasks(parent_id: UUID | str, first: int, batch: list[JSONObject])
         f.get_db_prep_save(value, db) for f, value in zip(fields, fixed.values(), strict=False)
     ]
     index_field, parameters_field = fields[-2:]
+    if db.vendor == "postgresql":  # the JSON texts as one array; the rest once each
+        texts = [dumps(params) for params in batch]
+        bulk.insert_numbered(
+            list(zip(fields, constant, strict=False)), index_field, first, parameters_field, texts
+        )
+        return
     rows = [
         [
             *constant,
