@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import http.cookiejar
 import json
@@ -114,6 +115,14 @@ def server_processes(port: int, data_dir: Path) -> list[int]:
     return pids
 
 
+def kill_leftovers(port: int, data_dir: Path) -> None:
+    """After a failure, kill what the run started: gunicorn and the workers leave honcho's
+    process group, so killing the group left them serving (and restarting clusters)."""
+    for pid in server_processes(port, data_dir):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
 def websocket_extensions(base: str, status_path: str) -> tuple[str, str | None]:
     """Follow a task's websocket as a browser would (offering compression); return the
     snapshot's status and the extensions the server agreed to."""
@@ -157,6 +166,9 @@ def test_make_run_serves_stops_on_ctrl_c_and_keeps_results(tmp_path):
         # gunicorn and its uvicorn workers (one at least), 2 worker wrappers, 2 clusters.
         assert len(server_processes(port, data_dir)) >= 6
         took = ctrl_c(run)
+    except BaseException:
+        kill_leftovers(port, data_dir)
+        raise
     finally:
         if run.poll() is None:
             os.killpg(run.pid, signal.SIGKILL)
@@ -178,6 +190,9 @@ def test_make_run_serves_stops_on_ctrl_c_and_keeps_results(tmp_path):
         # once per socket was the web process's biggest cost (docs/deployment.md).
         assert websocket_extensions(browser.base, status_path) == ("SUCCEEDED", None)
         ctrl_c(run)
+    except BaseException:
+        kill_leftovers(port, data_dir)
+        raise
     finally:
         if run.poll() is None:
             os.killpg(run.pid, signal.SIGKILL)
