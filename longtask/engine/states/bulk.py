@@ -5,8 +5,8 @@ each time (Django binds parameters on the client, so nothing is prepared): for a
 of no-op subtasks that was most of the database's work per subtask. One multi-row
 INSERT, or one UPDATE joined to a VALUES list, per batch does the same writes.
 
-On PostgreSQL the rows go as one array per column, unnested by the statement: its text
-is the same for every batch, so it is prepared once per connection (``statements.cursor``)
+On PostgreSQL the rows go as arrays, unnested by the statement: its text is the same
+for every batch, so it is prepared once per connection (``statements.cursor``)
 instead of a VALUES list of thousands of parameters that psycopg split and PostgreSQL
 parsed and planned anew each time.
 
@@ -46,24 +46,6 @@ def _columns(rows: Rows, width: int) -> list[list[Any]]:
     return [[row[i] for row in rows] for i in range(width)]
 
 
-def insert(fields: Sequence[Field[Any, Any]], rows: Rows) -> None:
-    """INSERT ``rows`` (values already prepared for the database, in ``fields`` order)."""
-    table = connection.ops.quote_name(SubTask._meta.db_table)
-    columns = ", ".join(subtask_column(f) for f in fields)
-    if connection.vendor == "postgresql" and rows:
-        with statements.cursor() as cursor:
-            cursor.execute(
-                f"INSERT INTO {table} ({columns}) SELECT * FROM {_arrays(fields)}",  # noqa: S608
-                _columns(rows, len(fields)),
-            )
-        return
-    marks = "(" + ", ".join(["%s"] * len(fields)) + ")"
-    with connection.cursor() as cursor:
-        for batch in _batches(rows, len(fields)):
-            sql = f"INSERT INTO {table} ({columns}) VALUES {', '.join([marks] * len(batch))}"  # noqa: S608
-            cursor.execute(sql, [value for row in batch for value in row])
-
-
 def insert_numbered(
     fixed: Sequence[tuple[Field[Any, Any], Any]],
     index: Field[Any, Any],
@@ -71,14 +53,24 @@ def insert_numbered(
     document: Field[Any, Any],
     texts: Sequence[str],
 ) -> None:
-    """PostgreSQL: INSERT a row per JSON text of ``texts``, as ``document``; ``index``
-    numbered from ``first``; the ``fixed`` values (prepared) the same in every row.
+    """INSERT a row per JSON text of ``texts``, as ``document``; ``index`` numbered from
+    ``first``; the ``fixed`` values (prepared) the same in every row.
 
-    One array parameter, the texts: sent as arrays, the values repeated down the other
-    columns were most of psycopg's work for a split (quoting each element of each).
+    On PostgreSQL one array parameter, the texts: sent as arrays, the values repeated
+    down the other columns were most of psycopg's work for a split (quoting each
+    element of each). Elsewhere multi-row VALUES lists.
     """
     table = connection.ops.quote_name(SubTask._meta.db_table)
     columns = ", ".join(subtask_column(f) for f in (*(f for f, _ in fixed), index, document))
+    if connection.vendor != "postgresql":
+        constant = [value for _, value in fixed]
+        rows = [[*constant, first + offset, text] for offset, text in enumerate(texts)]
+        marks = "(" + ", ".join(["%s"] * (len(fixed) + 2)) + ")"
+        with connection.cursor() as cursor:
+            for batch in _batches(rows, len(fixed) + 2):
+                sql = f"INSERT INTO {table} ({columns}) VALUES {', '.join([marks] * len(batch))}"  # noqa: S608
+                cursor.execute(sql, [value for row in batch for value in row])
+        return
     values = ", ".join(f"%s::{f.db_type(connection)}" for f, _ in fixed)
     sql = (
         f"INSERT INTO {table} ({columns}) "  # noqa: S608

@@ -60,21 +60,11 @@ def _insert_subtasks(parent_id: UUID | str, first: int, batch: list[JSONObject])
         f.get_db_prep_save(value, db) for f, value in zip(fields, fixed.values(), strict=False)
     ]
     index_field, parameters_field = fields[-2:]
-    if db.vendor == "postgresql":  # the JSON texts as one array; the rest once each
-        texts = [dumps(params) for params in batch]
-        bulk.insert_numbered(
-            list(zip(fields, constant, strict=False)), index_field, first, parameters_field, texts
-        )
-        return
-    rows = [
-        [
-            *constant,
-            index_field.get_db_prep_save(first + offset, db),
-            parameters_field.get_db_prep_save(params, db),
-        ]
-        for offset, params in enumerate(batch)
-    ]
-    bulk.insert(fields, rows)
+    # The parameters as JSON text (what the JSON field would store), the rest once.
+    texts = [dumps(params) for params in batch]
+    bulk.insert_numbered(
+        list(zip(fields, constant, strict=False)), index_field, first, parameters_field, texts
+    )
 
 
 def finish_split(run: Run, task: LongTask) -> bool:
