@@ -73,7 +73,7 @@ def test_a_socket_left_by_a_killed_process_is_removed_by_the_next_change(tmp_pat
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as dead:
         dead.bind(str(stale))
     assert stale.exists()
-    local._listing = (-1, 0, [])  # list the directory again at once
+    local._listing = (None, -1, 0, [])  # list the directory again at once
     push.notify(uuid.uuid4())  # never raises
     assert not stale.exists()
 

@@ -72,8 +72,8 @@ def enabled() -> bool:
 
 _sender: socket.socket | None = None
 _sender_pid = 0
-#: The sockets found by the last listing, and when (the directory's mtime, and ours).
-_listing: tuple[int, int, list[str]] = (-1, 0, [])
+#: The last listing: its directory, the directory's mtime then, when it was made, the sockets.
+_listing: tuple[Path | None, int, int, list[str]] = (None, -1, 0, [])
 
 
 def _targets(where: Path) -> list[str]:
@@ -83,13 +83,13 @@ def _targets(where: Path) -> list[str]:
         changed = os.stat(where).st_mtime_ns
     except FileNotFoundError:
         return []
-    mtime, listed_at, paths = _listing
-    if changed == mtime and listed_at - mtime > RACY * 1e9:
+    listed, mtime, listed_at, paths = _listing
+    if listed == where and changed == mtime and listed_at - mtime > RACY * 1e9:
         return paths
     now = time.time_ns()
     with os.scandir(where) as entries:
         paths = [entry.path for entry in entries if entry.name.isdigit()]
-    _listing = (changed, now, paths)
+    _listing = (where, changed, now, paths)
     return paths
 
 
