@@ -191,6 +191,10 @@ def test_chunk_size_follows_observed_duration_and_overrides():
     assert enqueue.chunk_size(kind, task, 10_000) == 100  # 10 ms each: 1 s per chunk
     LongTask.objects.filter(pk=task.pk).update(subtask_seconds=0.0001)
     assert enqueue.chunk_size(kind, task, 10_000) == 500  # capped
+    # 1 us each: the last 40 go in one chunk; spread, each worker's would be 10 us of work.
+    assert enqueue.chunk_size(kind, task, 40) == 40
+    LongTask.objects.filter(pk=task.pk).update(subtask_seconds=5.0)
+    assert enqueue.chunk_size(kind, task, 10_000) == 20  # 50 ms each
     assert enqueue.chunk_size(kind, task, 40) == 10  # leaves work for every worker
     LongTask.objects.filter(pk=task.pk).update(subtask_seconds=500.0)
     assert enqueue.chunk_size(kind, task, 10_000) == 1

@@ -17,6 +17,9 @@ from longtask.models import TOTALS, LongTask, TaskMinute
 
 #: Chunk size used before any subtask duration has been observed.
 INITIAL_CHUNK_SIZE = 8
+#: The end of a fan-out is spread over the workers in chunks of no less than this
+#: share of CHUNK_TARGET_SECONDS of work (0.1 s by default: about one broker poll).
+SPREAD_FLOOR = 0.1
 #: Quick tasks queued by one transaction share a job, this many at most (engine/batch.py).
 BATCH_SIZE = 16
 #: Seconds a process keeps its verdict on whether a kind is quick: a "yes" for a minute,
@@ -143,7 +146,7 @@ def chunk_size(kind: FanOutKind, task: LongTask, batch_len: int) -> int | None:
     if not (observed and observed[1]):
         return None
     mean = max(observed[0] / observed[1], 1e-6)
-    return max(1, min(int(settings.CHUNK_TARGET_SECONDS / mean), _cap(batch_len, kind)))
+    return max(1, min(int(settings.CHUNK_TARGET_SECONDS / mean), _cap(batch_len, kind, mean)))
 
 
 def _rate_cap(kind: FanOutKind) -> int | None:
@@ -152,9 +155,18 @@ def _rate_cap(kind: FanOutKind) -> int | None:
     return max(1, math.ceil(rate * settings.CHUNK_TARGET_SECONDS)) if rate else None
 
 
-def _cap(batch_len: int, kind: FanOutKind) -> int:
-    # Leave work for every worker, whatever the estimate says.
+def _cap(batch_len: int, kind: FanOutKind, mean: float | None = None) -> int:
+    """Leave work for every worker, whatever the estimate says, but not by chunks of
+    less than SPREAD_FLOOR of CHUNK_TARGET_SECONDS (given the ``mean`` duration).
+
+    Spreading saves at most a chunk's work, and each smaller round of jobs costs a wait
+    for the broker (its poll, 0.1 s): the last 1,500 quick subtasks went in eight rounds
+    of halving chunks, 0.8 s of a 10,000-subtask fan-out's 1.5.
+    """
     spread = math.ceil(batch_len / (2 * max(1, settings.SUBTASK_PARALLELISM)))
+    if mean is not None:
+        worth = math.ceil(settings.CHUNK_TARGET_SECONDS * SPREAD_FLOOR / mean)
+        spread = max(spread, min(worth, batch_len))
     return max(1, min(settings.MAX_CHUNK_SIZE, spread, _rate_cap(kind) or spread))
 
 
