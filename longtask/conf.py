@@ -99,7 +99,7 @@ class Settings:
     LIVE_RECHECK: float = 5.0
     #: With a channel layer, the least time between two reads of one watched task: the
     #: pushes that arrive meanwhile are served by one read (seconds).
-    LIVE_PUSH_INTERVAL: float = 0.1
+    LIVE_PUSH_INTERVAL: float = 0.05
     #: On SQLite, workers send each change to the web processes of their machine (a
     #: datagram through a socket beside the database), which then read at once instead
     #: of polling every LIVE_INTERVAL (longtask/progress/local.py).

@@ -69,11 +69,11 @@ SEND_TIMEOUT = 5.0
 #: is dropped (a message is a hint; the watchers' fallback read still sees the change).
 MAX_WAITING = 1000
 #: Seconds a change's message waits before it leaves, so that the changes of those
-#: seconds share it: a quick task's claim and finish are one message, not two. A send
-#: costs the worker about 1.3 ms of CPU through channels_redis (two round trips and a
-#: script), as much as the task's own database work; a watcher reads at most every
-#: LONGTASK_LIVE_PUSH_INTERVAL (0.1 s) anyway.
-SEND_DELAY = 0.02
+#: seconds share it: a quick task's claim and finish (2-3 ms apart for a no-op) are one
+#: message, not two. A send costs the worker about 1.3 ms of CPU through channels_redis
+#: (two round trips and a script), as much as the task's own database work. It was 20
+#: ms: a fifth of a watched event's time to its sockets (issue 15's 100 ms, p95).
+SEND_DELAY = 0.005
 
 #: Seconds a watcher's mark lasts; its listener renews it every third of that. A mark
 #: outlives its watcher by at most this long: its task is pushed to no one meanwhile.
