@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8000
 export PORT
 
-.PHONY: run test lint bench clean browser
+.PHONY: run test lint bench bench-services clean browser
 
 # The venv is made once with a Python >= 3.12 found on the machine and reused.
 $(PY):
@@ -62,6 +62,16 @@ bench: $(VENV)/.dev
 	$(PY) bench/fairness.py
 	$(PY) bench/web.py
 	$(PY) bench/scale.py
+	@if $(PY) bench/services_up.py; then $(MAKE) --no-print-directory bench-services; fi
+
+# The benches that compare the two stacks, on PostgreSQL + Redis (scratch databases of
+# their own; docs/benchmarks.md). `make bench` runs them when both answer.
+bench-services: $(VENV)/.dev
+	$(PY) bench/fanout.py --services
+	$(PY) bench/tasks.py --services
+	$(PY) bench/live.py --watchers 1000 --others 10 --other-watchers 100 --services
+	$(PY) bench/reads.py --services
+	$(PY) bench/scale.py --services
 
 clean:
 	rm -rf $(VENV) var
