@@ -205,7 +205,8 @@ def test_chunk_size_follows_observed_duration_and_overrides():
     assert enqueue.chunk_size(Fixed(), task, 10_000) == 7
 
 
-@override_settings(LONGTASK_FANOUT_WINDOW_JOBS=0)  # no window: every subtask at its split
+# No window: every subtask at its split, in batches of 1000.
+@override_settings(LONGTASK_FANOUT_WINDOW_JOBS=0, LONGTASK_SPLIT_BATCH=1000)
 def test_chunks_are_enqueued_in_bulk(django_assert_max_num_queries):
     task = longtask.start("test-squares", {"n": 3000})
     run = claim(task)
