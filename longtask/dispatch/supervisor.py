@@ -5,17 +5,22 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import platform
 import signal
 import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+
+from longtask.dispatch.procfs import (
+    cluster_processes,
+    cpu_ticks,
+    live_children,
+    pipes,
+    waits_on_queue,
+)
 
 logger = logging.getLogger("longtask")
 
-PROC = Path("/proc")
 #: Seconds between two looks at the cluster's processes: a death is acted on this late
 #: at most (a scan of /proc took 2-4 ms here with 150 processes).
 POLL_INTERVAL = 0.2
@@ -31,9 +36,6 @@ RESTART_GRACE = 1.0
 #: healthy stop hands out its poison pills within 0.3 s (one broker poll of the pusher).
 STOP_STALL = 2.0
 
-# Syscall numbers (read, futex) of the architectures we know; elsewhere /proc/PID/wchan.
-_SYSCALLS = {"x86_64": (0, 202), "aarch64": (63, 98)}.get(platform.machine())
-
 
 @dataclass(frozen=True)
 class ClusterStatus:
@@ -46,88 +48,6 @@ class ClusterStatus:
     roles: dict[int, str]
     #: Processes the sentinel replaced (after a death, a timeout or a recycle).
     reincarnations: int = 0
-
-
-def _stat(pid: int) -> list[str] | None:
-    """Fields of /proc/PID/stat after the command name (field 3 onwards), None if gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:  # pathlib doubled a scan's 30 ms
-            return stat.read().rsplit(b")", 1)[1].decode().split()
-    except (OSError, IndexError):
-        return None
-
-
-def cpu_ticks(pid: int) -> int | None:
-    """User + system CPU time of ``pid`` in clock ticks (all its threads), None if gone."""
-    fields = _stat(pid)
-    return int(fields[11]) + int(fields[12]) if fields else None
-
-
-def live_children() -> dict[int, list[int]]:
-    """Live (not zombie) processes by parent PID."""
-    by_parent: dict[int, list[int]] = {}
-    for name in os.listdir(PROC):
-        if name.isdigit() and (fields := _stat(int(name))) and fields[0] != "Z":
-            by_parent.setdefault(int(fields[1]), []).append(int(name))
-    return by_parent
-
-
-def cluster_processes(main_pid: int) -> set[int]:
-    """qcluster's sentinel and the sentinel's children (workers, monitor, pusher).
-
-    Children of workers (a job's own subprocesses) are not the cluster's.
-    """
-    by_parent = live_children()
-    sentinels = by_parent.get(main_pid, [])
-    return {*sentinels, *(pid for sentinel in sentinels for pid in by_parent.get(sentinel, []))}
-
-
-def pipes(pid: int) -> set[str]:
-    """The pipes ``pid`` holds open ("pipe:[inode]")."""
-    found = set()
-    with contextlib.suppress(OSError):
-        for fd in (PROC / str(pid) / "fd").iterdir():
-            with contextlib.suppress(OSError):
-                if (target := os.readlink(fd)).startswith("pipe:"):
-                    found.add(target)
-    return found
-
-
-def waits_on_queue(pid: int, queue_pipes: set[str]) -> bool:
-    """Whether ``pid`` is blocked on one of the cluster's multiprocessing queues.
-
-    That is: reading one of ``queue_pipes`` (the pipes the sentinel holds), or waiting
-    for a multiprocessing lock (a futex in a /dev/shm/sem.* mapping). A job that reads
-    a pipe of its own, sleeps or waits on a thread lock is not idle.
-    """
-    try:
-        syscall = (PROC / str(pid) / "syscall").read_text().split()
-    except OSError:
-        syscall = []
-    if not syscall or not _SYSCALLS or syscall[0] == "running":
-        try:
-            wchan = (PROC / str(pid) / "wchan").read_text()
-        except OSError:
-            return False
-        return "pipe_read" in wchan or "futex" in wchan
-    if not syscall[0].isdigit() or len(syscall) < 3:
-        return False
-    number, first_arg = int(syscall[0]), int(syscall[1], 16)
-    read, futex = _SYSCALLS
-    if number == read:
-        with contextlib.suppress(OSError):
-            return os.readlink(PROC / str(pid) / "fd" / str(first_arg)) in queue_pipes
-        return False
-    if number == futex:
-        with contextlib.suppress(OSError), open(PROC / str(pid) / "maps") as maps:
-            for line in maps:
-                span, *rest = line.split()
-                # e.g. "7f0fe0fc1000-7f0fe0fc2000 rw-s 0 00:1b 4436 /dev/shm/sem.ymJyB6 (deleted)"
-                if len(rest) >= 5 and rest[4].startswith("/dev/shm/sem."):  # noqa: S108
-                    low, high = (int(bound, 16) for bound in span.split("-"))
-                    if low <= first_arg < high:
-                        return True
-    return False
 
 
 class Supervisor:
