@@ -34,7 +34,7 @@ from hypothesis.stateful import (
 )
 
 import longtask
-from longtask.engine import recovery, states
+from longtask.engine import failures, recovery, states
 from longtask.engine import run as engine_run
 from longtask.kinds import registry
 from longtask.models import FINISHED_STATUSES, LongTask, Status, SubTask
@@ -66,7 +66,7 @@ def _resume(run: states.Run, task: LongTask) -> bool:
     try:
         result = engine_run._run_kind(run, task, kind)
     except Exception as exc:
-        engine_run.handle_failure(run, task, kind, exc, "")
+        failures.handle_failure(run, task, kind, exc, "")
         return False
     return result is not engine_run._NOTHING and states.succeed(run, result, None)
 

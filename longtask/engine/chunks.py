@@ -22,8 +22,8 @@ from longtask import dispatch
 from longtask.conf import settings
 from longtask.dispatch import concurrency, queues, ratelimit
 from longtask.engine import states
+from longtask.engine.failures import is_fatal, retry_delay
 from longtask.engine.heartbeat import Heartbeat
-from longtask.engine.run import is_fatal, retry_delay
 from longtask.engine.values import to_json
 from longtask.exceptions import ResultTooLarge
 from longtask.guards import sizes

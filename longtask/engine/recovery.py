@@ -32,15 +32,15 @@ from functools import partial
 from typing import cast
 from uuid import UUID
 
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
 from longtask import dispatch
 from longtask.conf import settings
 from longtask.dispatch import queues
-from longtask.engine import enqueue, states
-from longtask.engine.run import handle_failure
+from longtask.engine import enqueue, stalled, states
+from longtask.engine.failures import handle_failure
 from longtask.kinds import FanOutKind, registry
 from longtask.models import FINISHED_STATUSES, LongTask, Status, SubTask
 
@@ -56,9 +56,9 @@ def sweep(now: datetime.datetime | None = None) -> dict[str, int]:
     now = now or timezone.now()
     stale_before = now - datetime.timedelta(seconds=settings.STALE_AFTER)
     oldest = _OldestReady()
-    _bound_lock_waits()
+    stalled.bound_lock_waits()
     steps: dict[str, Callable[[], int]] = {
-        "unblocked": _terminate_stalled_lock_holders,
+        "unblocked": stalled.terminate_stalled_lock_holders,
         "tasks": lambda: _recover_runs(now, stale_before),
         "subtasks": lambda: _recover_subtasks(now, stale_before),
         "requeued": lambda: _redispatch_tasks(stale_before, oldest),
@@ -75,54 +75,6 @@ def sweep(now: datetime.datetime | None = None) -> dict[str, int]:
     if any(counts.values()):
         logger.warning("longtask sweep recovered %s", counts)
     return counts
-
-
-#: Longest a sweep waits for a row lock (PostgreSQL) before it gives that step up.
-SWEEP_LOCK_TIMEOUT_MS = 5000
-
-# Sessions of this database user that hold a transaction open while waiting for their
-# client (a partitioned or frozen worker), for longer than STALE_AFTER, and block others.
-_STALLED_BLOCKERS = """
-SELECT blocker.pid FROM pg_stat_activity AS blocker
-WHERE blocker.datname = current_database() AND blocker.usename = current_user
-  AND blocker.pid <> pg_backend_pid() AND blocker.xact_start IS NOT NULL
-  AND blocker.wait_event_type = 'Client'
-  AND blocker.state_change < now() - make_interval(secs => %s)
-  AND EXISTS (
-    SELECT 1 FROM pg_stat_activity AS waiter
-    WHERE blocker.pid = ANY(pg_blocking_pids(waiter.pid))
-  )
-"""
-
-
-def _bound_lock_waits() -> None:
-    """A sweep never waits long for a lock: a stalled holder must not stop every sweep."""
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT set_config('lock_timeout', %s, false)", [f"{SWEEP_LOCK_TIMEOUT_MS}ms"]
-            )
-
-
-def _terminate_stalled_lock_holders() -> int:
-    """End the sessions of workers cut off (or frozen) inside a transaction that blocks others.
-
-    PostgreSQL keeps such a session, and its row locks (a fan-out's parent row, say),
-    for as long as its client stays silent; every other node's recorders and sweepers
-    would queue behind it. Its run is stale by then and is handed over by the steps
-    that follow; the terminated transaction rolls back, so nothing of it counts.
-    """
-    if connection.vendor != "postgresql":
-        return 0
-    with connection.cursor() as cursor:
-        cursor.execute(_STALLED_BLOCKERS, [settings.STALE_AFTER])
-        pids = [row[0] for row in cursor.fetchall()]
-        for pid in pids:
-            cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
-            logger.warning(
-                "longtask sweep ended PostgreSQL session pid=%s (stalled holding locks)", pid
-            )
-    return len(pids)
 
 
 def _isolated(what: str, pk: object, action: Callable[[], int]) -> int:

@@ -9,8 +9,6 @@ import datetime
 import logging
 import traceback
 from collections.abc import Iterator
-from types import TracebackType
-from typing import Literal
 from uuid import UUID
 
 from django.utils import timezone
@@ -18,21 +16,17 @@ from django_q.exceptions import TimeoutException
 
 from longtask.conf import settings
 from longtask.dispatch import concurrency, queues, ratelimit
-from longtask.engine import iterative, split, states
+from longtask.engine import failures, iterative, split, states
 from longtask.engine.current import running
 from longtask.engine.heartbeat import Heartbeat
 from longtask.engine.values import result_to_json
 from longtask.exceptions import (
     Cancelled,
-    FatalError,
     InvalidParameters,
     InvalidStoredParameters,
-    RetryLater,
-    TimeLimitExceeded,
 )
 from longtask.kinds import TASK_KIND_PREFIX, FanOutKind, IterativeKind, Kind, registry
 from longtask.models import LongTask, SubTask
-from longtask.progress import ProgressRecord
 from longtask.serialize import JSON, JSONObject
 
 logger = logging.getLogger("longtask")
@@ -119,7 +113,7 @@ def _claim_and_run(task_id: str, queue: queues.Queue | None, slot: str) -> None:
     with Heartbeat(beat) as heartbeat:
         task.__dict__["_cancel_event"] = heartbeat.stopped
         try:
-            with _time_limit(run_, task, kind), running(task):
+            with failures.time_limit(run_, task, kind), running(task):
                 result = _run_kind(run_, task, kind)
         except iterative.BatchTaken:
             logger.warning("LongTask id=%s lost its run (token %s); stopping", task.pk, run_.token)
@@ -130,16 +124,17 @@ def _claim_and_run(task_id: str, queue: queues.Queue | None, slot: str) -> None:
                 kind.on_finished(task)
             return
         except TimeoutException:
-            raise  # counted by _time_limit; django-q2 replaces the worker process
+            raise  # counted by failures.time_limit; django-q2 replaces the worker process
         except (Exception, SystemExit) as exc:
             # A SystemExit (exit() in the task's code) fails the attempt like any error,
             # rather than stopping the worker with the task left RUNNING until recovery.
-            handle_failure(run_, task, kind, exc, traceback.format_exc())
+            failures.handle_failure(run_, task, kind, exc, traceback.format_exc())
             return
     if result is _NOTHING:
         return
-    progress = _progress_of(task, kind)
-    if states.succeed(run_, result, progress, task, _may_have_cached_progress(task, kind)):
+    progress = failures.progress_of(task, kind)
+    cached = failures.may_have_cached_progress(task, kind)
+    if states.succeed(run_, result, progress, task, cached):
         after = " after fan-in" if task.fan_in_at is not None else ""
         logger.info("LongTask id=%s kind=%s status=SUCCEEDED%s", task.pk, task.kind, after)
         kind.on_finished(task)
@@ -214,32 +209,6 @@ def stored_parameters(kind: Kind, task: LongTask) -> JSONObject:
         raise InvalidStoredParameters(f"invalid parameters: {type(exc).__name__}: {exc}") from exc
 
 
-class _time_limit:
-    """Count a run stopped at its time limit (django-q2 raises a SystemExit) as a failed attempt.
-
-    The exception is re-raised, so that django-q2 replaces the worker process as it
-    does after a timeout.
-    """
-
-    def __init__(self, run_: states.Run, task: LongTask, kind: Kind) -> None:
-        self.run, self.task, self.kind = run_, task, kind
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> Literal[False]:
-        if isinstance(exc, TimeoutException):
-            limit = self.kind.time_limit or "the cluster's timeout"
-            error = TimeLimitExceeded(f"the run took longer than its time limit of {limit}s")
-            handle_failure(self.run, self.task, self.kind, error, "")
-        return False
-
-
 class Results:
     """A fan-out's subtask results in index order, read in pages rather than all at once."""
 
@@ -257,72 +226,3 @@ class Results:
             .values_list("result", flat=True)
         )
         return rows.iterator(chunk_size=2000)
-
-
-def _progress_of(task: LongTask, kind: Kind | None) -> ProgressRecord | None:
-    if isinstance(kind, FanOutKind):
-        task.refresh_from_db()
-        return task.fanout_progress()
-    if "_progress_reporter" in task.__dict__:  # this process ran it: flush the last value
-        return task.progress_reporter.flush()
-    if not _may_have_cached_progress(task, kind):
-        return None
-    return task.progress_record()  # an earlier attempt's: what it last wrote
-
-
-def _may_have_cached_progress(task: LongTask, kind: Kind | None) -> bool:
-    """Whether the cache may hold progress of ``task`` as its run ends.
-
-    Not when this run reported none and it is the task's first attempt since it was
-    queued: a finish deletes the cached record, and only a run writes one. (A retry's
-    attempt, or an iterative task's next batch, may find the previous one's.)
-    """
-    return (
-        "_progress_reporter" in task.__dict__
-        or task.attempts != 1
-        or isinstance(kind, (FanOutKind, IterativeKind))
-    )
-
-
-def is_fatal(kind: Kind, exc: BaseException) -> bool:
-    """Say whether a failure may not be retried (FatalError or one of the kind's fatal ones)."""
-    return isinstance(exc, (FatalError, *kind.fatal_exceptions))
-
-
-def retry_delay(exc: BaseException) -> float | None:
-    """The delay a failure asked for with RetryLater, if any."""
-    return exc.delay if isinstance(exc, RetryLater) else None
-
-
-def exception_path(exc: BaseException) -> str:
-    """The dotted path of ``exc``'s class, as django.tasks' TaskError keeps it."""
-    return f"{type(exc).__module__}.{type(exc).__qualname__}"
-
-
-def handle_failure(
-    run_: states.Run, task: LongTask, kind: Kind, exc: BaseException, tb: str
-) -> None:
-    """Fail the task for good or schedule its next attempt under the kind's retry policy."""
-    error = f"{type(exc).__name__}: {exc}"
-    if isinstance(kind, FanOutKind) and task.fan_in_at is not None:
-        error = f"gather: {error}"
-    failure = states.Failure(error, tb, _progress_of(task, kind), exception_path(exc))
-    policy = kind.retry_policy()
-    age = (timezone.now() - task.created_at).total_seconds()
-    if not is_fatal(kind, exc) and not policy.gives_up(task.attempts, age):
-        delay = retry_delay(exc)
-        delay = policy.delay(task.attempts) if delay is None else delay
-        next_at = timezone.now() + datetime.timedelta(seconds=delay)
-        if states.schedule_retry(run_, task, failure, next_at):
-            logger.warning(
-                "LongTask id=%s kind=%s status=RETRYING attempt=%s delay=%.1fs error=%s",
-                task.pk,
-                task.kind,
-                task.attempts,
-                delay,
-                error,
-            )
-        return
-    if states.fail(run_, task, failure):
-        logger.error("LongTask id=%s kind=%s status=FAILED error=%s", task.pk, task.kind, error)
-        kind.on_finished(task)
