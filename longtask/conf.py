@@ -59,12 +59,12 @@ class Settings:
     NODE: str | None = None
     #: Worker processes expected to run subtasks in parallel (caps the chunk size).
     SUBTASK_PARALLELISM: int = 2
-    #: Subtask rows created and queued per transaction while splitting. Each batch takes
-    #: the parent's row lock, which every chunk's record takes too: at 1,000 a batch, the
-    #: split of 100,000 on PostgreSQL waited for it most of its 6.7 s (2.2 s at 5,000),
-    #: holding a parent worker meanwhile. On SQLite a batch of 5,000 holds the write lock
-    #: for about 65 ms.
-    SPLIT_BATCH: int = 5000
+    #: Subtask rows created and queued per transaction while splitting; None: 5,000 on
+    #: PostgreSQL, 1,000 on SQLite. A batch takes the parent's row lock, which every
+    #: chunk's record takes too: at 1,000, PostgreSQL's split of 100,000 waited for it
+    #: most of its 6.7 s (2.2 s at 5,000) and held a parent worker meanwhile. SQLite gains
+    #: nothing, and a batch holds its one write lock: 8-15 ms at 1,000, 40-100 at 5,000.
+    SPLIT_BATCH: int | None = None
     #: Run time a chunk of subtasks aims at when its size is picked automatically.
     CHUNK_TARGET_SECONDS: float = 1.0
     #: Upper bound of an automatic chunk size.

@@ -3,7 +3,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-from django.db import close_old_connections
+from django.db import close_old_connections, connection
 from django.test import override_settings
 
 import longtask
@@ -214,6 +214,29 @@ def test_chunks_are_enqueued_in_bulk(django_assert_max_num_queries):
         split.split(run, task, registry.get("test-squares"))
     chunk_jobs = broker.count() - 1  # the parent's own job is still on the queue
     assert chunk_jobs == 3 * 9  # three batches of 1000, slow-started (see above)
+
+
+def test_a_split_saves_batches_of_its_database_s_size(monkeypatch):
+    """5,000 a transaction on PostgreSQL (fewer waits for the parent's row lock), 1,000
+    on SQLite (each batch holds the one write lock); LONGTASK_SPLIT_BATCH overrides."""
+    task = longtask.start("test-squares", {"n": 6000})
+    run = claim(task)
+    sizes: list[int] = []
+    save = states.save_split_batch
+
+    def counted(run, task, kind, batch):  # type: ignore[no-untyped-def]
+        sizes.append(len(batch))
+        return save(run, task, kind, batch)
+
+    monkeypatch.setattr(states, "save_split_batch", counted)
+    split.split(run, task, registry.get("test-squares"))
+    expected = 5000 if connection.vendor == "postgresql" else 1000
+    assert sizes[0] == expected and sum(sizes) == 6000
+    task = longtask.start("test-squares", {"n": 10})
+    sizes.clear()
+    with override_settings(LONGTASK_SPLIT_BATCH=4):
+        split.split(claim(task), task, registry.get("test-squares"))
+    assert sizes == [4, 4, 2]
 
 
 def test_split_resumes_after_a_crash_without_duplicates():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from django.db import transaction
+from django.db import connection, transaction
 
 from longtask.conf import settings
 from longtask.engine import states, window
@@ -14,6 +14,16 @@ from longtask.models import LongTask
 from longtask.serialize import JSONObject
 
 logger = logging.getLogger("longtask")
+
+#: SPLIT_BATCH when not set, by database (see longtask.conf).
+BATCH_SIZES = {"postgresql": 5000}
+DEFAULT_BATCH_SIZE = 1000
+
+
+def batch_size() -> int:
+    """Subtasks saved per transaction: SPLIT_BATCH, else what suits the database."""
+    size = settings.SPLIT_BATCH
+    return size if size is not None else BATCH_SIZES.get(connection.vendor, DEFAULT_BATCH_SIZE)
 
 
 def split(run: states.Run, task: LongTask, kind: FanOutKind) -> None:
@@ -30,12 +40,13 @@ def split(run: states.Run, task: LongTask, kind: FanOutKind) -> None:
             window.redispatch_below_line(task)
             window.refill(task, kind)
     if not task.split_done:
+        size = batch_size()
         batch: list[JSONObject] = []
         for position, params in enumerate(kind.split(task.parameters)):
             if position < already:
                 continue
             batch.append(to_json(params))
-            if len(batch) >= settings.SPLIT_BATCH:
+            if len(batch) >= size:
                 if not states.save_split_batch(run, task, kind, batch):
                     return
                 batch = []
