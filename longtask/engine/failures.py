@@ -1,4 +1,5 @@
-"""A run's failure: whether it may be retried, and its next attempt or its end.
+"""A run's failure: whether it may be retried, and its next attempt or its end (with the
+progress that any run's end keeps).
 
 Used by the run itself (``engine/run.py``), by a chunk for each subtask's failure
 (``engine/chunks.py``: fatal or not, and a RetryLater's delay) and by the sweeper for a
@@ -52,6 +53,8 @@ class time_limit:
 
 
 def progress_of(task: LongTask, kind: Kind | None) -> ProgressRecord | None:
+    """The progress a run's end keeps on the row (a success's too): a fan-out's from its
+    counters, else the last one reported, by this run or an earlier attempt."""
     if isinstance(kind, FanOutKind):
         task.refresh_from_db()
         return task.fanout_progress()
