@@ -67,6 +67,8 @@ class _Beater:
         self._order = itertools.count()
         self._changed = threading.Condition()
         self._beating: Heartbeat | None = None
+        #: When the thread, asleep, wakes by itself (-inf while it is awake).
+        self._wake_at = float("-inf")
         self._thread = threading.Thread(target=self._run, name="longtask-heartbeat", daemon=True)
         self._thread.start()
 
@@ -74,7 +76,10 @@ class _Beater:
         with self._changed:
             entry = (time.monotonic() + heartbeat.interval, next(self._order), heartbeat)
             heapq.heappush(self._due, entry)
-            self._changed.notify()
+            # Woken only when this beat is due before the thread wakes anyway: a wake-up
+            # per run (two switches of the GIL) cost quick tasks a few percent.
+            if entry[0] < self._wake_at:
+                self._changed.notify()
 
     def remove(self, heartbeat: Heartbeat) -> None:
         """Stop beating ``heartbeat``; wait for a beat of it in progress to end."""
@@ -89,8 +94,13 @@ class _Beater:
         while True:
             with self._changed:
                 while not self._due or self._due[0][0] > time.monotonic():
-                    timeout = self._due[0][0] - time.monotonic() if self._due else None
+                    # Idle, it wakes every HEARTBEAT_INTERVAL: a block added meanwhile with
+                    # that interval is due after it, so its ``add`` need not wake it.
+                    now = time.monotonic()
+                    timeout = self._due[0][0] - now if self._due else settings.HEARTBEAT_INTERVAL
+                    self._wake_at = now + timeout
                     self._changed.wait(timeout)
+                    self._wake_at = float("-inf")
                 _, _, heartbeat = heapq.heappop(self._due)
                 self._beating = heartbeat
             try:
