@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import heapq
 import itertools
@@ -105,9 +106,7 @@ class _Beater:
                 self._beating = heartbeat
             try:
                 heartbeat._beat()
-                # Like a request's end: a connection past CONN_MAX_AGE (0 in the tests,
-                # whose database must be droppable) is closed; a persistent one is kept.
-                close_old_connections()
+                _tidy_connections()
             finally:
                 with self._changed:
                     self._beating = None
@@ -119,6 +118,21 @@ class _Beater:
                         )
                         heapq.heappush(self._due, entry)
                     self._changed.notify_all()
+
+
+def _tidy_connections() -> None:
+    """Like a request's end: a connection past CONN_MAX_AGE (0 in the tests, whose database
+    must be droppable) is closed; a persistent one is kept.
+
+    Never raises: Django checks the connection first (it reconnects to ask), so with the
+    database away this raised, and the thread ended with it: no run of the process beat
+    again, and the sweeper took each for lost after STALE_AFTER.
+    """
+    try:
+        close_old_connections()
+    except Exception:
+        with contextlib.suppress(Exception):
+            connection.close()  # the next beat opens a new one
 
 
 _lock = threading.Lock()
